@@ -1,0 +1,13 @@
+# Shared helpers for the set-up scripts (sourced, not run).
+: "${IOMMULAB_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/iommulab}"
+IOMMULAB_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+IOMMULAB_VENV="${IOMMULAB_VENV:-$IOMMULAB_REPO/.venv}"
+export IOMMULAB_CACHE IOMMULAB_REPO IOMMULAB_VENV
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run as root, or through sudo when there is one.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
