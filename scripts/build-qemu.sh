@@ -70,15 +70,26 @@ step "qemu: building ${targets[*]} (log: $logs/qemu-build.log)"
 start=$(date +%s)
 NINJA_STATUS='[%f/%t] ' ninja -C "$build" "${targets[@]}" > "$logs/qemu-build.log" 2>&1 &
 pid=$!
+next=15
 while kill -0 "$pid" 2>/dev/null; do
-    sleep 15
-    kill -0 "$pid" 2>/dev/null || break
-    last=$(grep -o '^\[[0-9]*/[0-9]*\]' "$logs/qemu-build.log" | tail -n 1)
-    echo "   ${last:-[starting]} $(( $(date +%s) - start ))s" >&2
+    sleep 1
+    if [ $(( $(date +%s) - start )) -ge $next ]; then
+        next=$(( next + 15 ))
+        last=$(grep -ao '^\[[0-9]*/[0-9]*\]' "$logs/qemu-build.log" | tail -n 1)
+        echo "   ${last:-[starting]} $(( $(date +%s) - start ))s" >&2
+    fi
 done
 if ! wait "$pid"; then
     grep -B2 -A12 -m3 -E 'FAILED|error:' "$logs/qemu-build.log" >&2 || tail -n 40 "$logs/qemu-build.log" >&2
     die "QEMU build failed; full log in $logs/qemu-build.log"
 fi
 echo "   done in $(( $(date +%s) - start ))s" >&2
+
+# 4. Run from the build tree, QEMU resolves its configured paths inside
+#    qemu-bundle/ next to the binary; mirror the firmware path there.
+bundle_fw="$build/qemu-bundle$firmware"
+if [ ! -e "$bundle_fw" ]; then
+    mkdir -p "$(dirname "$bundle_fw")"
+    ln -sfn "$firmware" "$bundle_fw"
+fi
 echo "$build"
