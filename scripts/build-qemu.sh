@@ -3,7 +3,8 @@
 # with the project's patch series (hw/qemu-patches) and devices (hw/iommulab).
 #
 #   cache/qemu-src/<ver>   pristine, verified Debian source (fetch-qemu.sh)
-#   cache/qemu-tree        a copy with the patches applied, hw/iommulab linked in
+#   cache/qemu-tree        a copy with the patches applied, hw/iommulab and its
+#                          QAPI modules (hw/iommulab/*.json) linked in
 #   cache/qemu-build       the build directory (incremental across runs)
 #
 # Prints the build directory on stdout.  Progress and logs go to stderr.
@@ -38,7 +39,9 @@ fi
 # The overlay: links, so that editing hw/iommulab in the repo is seen by
 # ninja at once (incremental rebuilds) and a fresh clone simply re-points them.
 ln -sfn "$IOMMULAB_REPO/hw/iommulab" "$tree/hw/iommulab"
-ln -sfn "$IOMMULAB_REPO/hw/iommulab/iommulab.json" "$tree/qapi/iommulab.json"
+for schema in "$IOMMULAB_REPO"/hw/iommulab/*.json; do
+    ln -sfn "$schema" "$tree/qapi/$(basename "$schema")"
+done
 
 # 2. Configure, redone when the arguments or the tree change.
 cfg=(
