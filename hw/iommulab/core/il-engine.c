@@ -1,0 +1,519 @@
+/*
+ * iommulab core: domains, the IOTLB, the fault queue and translation.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "il-engine.h"
+#include "il-alloc.h"
+
+void il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
+                    ILReadFn *read, void *read_opaque)
+{
+    memset(e, 0, sizeof(*e));
+    if (tlb_entries == 0 || (tlb_entries & (tlb_entries - 1))) {
+        tlb_entries = 4096;
+    }
+    e->tlb = il_zalloc(tlb_entries * sizeof(*e->tlb));
+    e->tlb_mask = tlb_entries - 1;
+    e->fq_cap = fq_cap ? fq_cap : 1;
+    e->fq = il_zalloc(e->fq_cap * sizeof(*e->fq));
+    e->read = read;
+    e->read_opaque = read_opaque;
+}
+
+static void domain_destroy(ILDomain *d)
+{
+    if (d->type == IL_DOMAIN_PAGING) {
+        il_s2_destroy(&d->s2);
+    }
+    free(d);
+}
+
+void il_engine_reset(ILEngine *e)
+{
+    for (size_t i = 0; i < e->ndomains; i++) {
+        domain_destroy(e->domains[i]);
+    }
+    e->ndomains = 0;
+    memset(e->tlb, 0, (e->tlb_mask + 1) * sizeof(*e->tlb));
+    e->tlb_valid = 0;
+    il_faults_clear(e);
+    memset(&e->c, 0, sizeof(e->c));
+}
+
+void il_engine_destroy(ILEngine *e)
+{
+    il_engine_reset(e);
+    free(e->domains);
+    free(e->tlb);
+    free(e->fq);
+    memset(e, 0, sizeof(*e));
+}
+
+/* Index of the first domain with id >= id. */
+static size_t domain_pos(const ILEngine *e, uint32_t id)
+{
+    size_t lo = 0, hi = e->ndomains;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (e->domains[mid]->id < id) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+ILDomain *il_domain_find(const ILEngine *e, uint32_t id)
+{
+    size_t pos = domain_pos(e, id);
+
+    return pos < e->ndomains && e->domains[pos]->id == id ?
+           e->domains[pos] : NULL;
+}
+
+static void domain_insert(ILEngine *e, ILDomain *d)
+{
+    size_t pos = domain_pos(e, d->id);
+
+    if (e->ndomains == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 16;
+        ILDomain **nd = il_zalloc(cap * sizeof(*nd));
+
+        if (e->ndomains) {
+            memcpy(nd, e->domains, e->ndomains * sizeof(*nd));
+        }
+        free(e->domains);
+        e->domains = nd;
+        e->cap = cap;
+    }
+    memmove(&e->domains[pos + 1], &e->domains[pos],
+            (e->ndomains - pos) * sizeof(*e->domains));
+    e->domains[pos] = d;
+    e->ndomains++;
+}
+
+ILError il_domain_alloc_paging(ILEngine *e, uint32_t id, unsigned ias)
+{
+    ILDomain *d;
+    ILError err;
+
+    if (il_domain_find(e, id)) {
+        return IL_ERR_EXISTS;
+    }
+    if (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX) {
+        return IL_ERR_INVAL;
+    }
+    d = il_zalloc(sizeof(*d));
+    d->id = id;
+    d->type = IL_DOMAIN_PAGING;
+    err = il_s2_init(&d->s2, ias);
+    if (err != IL_OK) {
+        free(d);
+        return err;
+    }
+    domain_insert(e, d);
+    return IL_OK;
+}
+
+ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
+                               uint64_t s1_root)
+{
+    ILDomain *p, *d;
+
+    if (il_domain_find(e, id)) {
+        return IL_ERR_EXISTS;
+    }
+    p = il_domain_find(e, parent);
+    if (!p) {
+        return IL_ERR_NOENT;
+    }
+    if (p->type != IL_DOMAIN_PAGING) {
+        return IL_ERR_TYPE;
+    }
+    if (s1_root & IL_PAGE_MASK) {
+        return IL_ERR_ALIGN;
+    }
+    d = il_zalloc(sizeof(*d));
+    d->id = id;
+    d->type = IL_DOMAIN_NESTED;
+    d->parent = p;
+    d->s1_root = s1_root;
+    p->children++;
+    domain_insert(e, d);
+    return IL_OK;
+}
+
+/* Drop every IOTLB entry for which match() is true. */
+static void tlb_drop(ILEngine *e, bool (*match)(const ILTlbEntry *, const void *),
+                     const void *arg)
+{
+    for (uint32_t i = 0; i <= e->tlb_mask; i++) {
+        ILTlbEntry *t = &e->tlb[i];
+
+        if (t->dom && match(t, arg)) {
+            t->dom = NULL;
+            e->tlb_valid--;
+        }
+    }
+}
+
+static bool match_domain(const ILTlbEntry *t, const void *arg)
+{
+    const ILDomain *d = arg;
+
+    return t->dom == d || t->dom->parent == d;
+}
+
+typedef struct RangeArg {
+    const ILDomain *d;
+    uint64_t first;
+    uint64_t last;
+} RangeArg;
+
+static bool match_range(const ILTlbEntry *t, const void *arg)
+{
+    const RangeArg *ra = arg;
+    uint64_t mask = (1ULL << t->shift) - 1;
+    uint64_t first = (t->page << IL_PAGE_SHIFT) & ~mask;
+    uint64_t last = first + mask;
+
+    if (ra->d && t->dom != ra->d) {
+        return false;
+    }
+    return first <= ra->last && ra->first <= last;
+}
+
+static bool match_range_or_child(const ILTlbEntry *t, const void *arg)
+{
+    const RangeArg *ra = arg;
+
+    return t->dom->parent == ra->d || match_range(t, arg);
+}
+
+void il_invalidate_all(ILEngine *e)
+{
+    memset(e->tlb, 0, (e->tlb_mask + 1) * sizeof(*e->tlb));
+    e->tlb_valid = 0;
+    e->c.invalidations++;
+}
+
+void il_invalidate_domain(ILEngine *e, const ILDomain *d)
+{
+    tlb_drop(e, match_domain, d);
+    e->c.invalidations++;
+}
+
+void il_invalidate_range(ILEngine *e, const ILDomain *d, uint64_t iova,
+                         uint64_t size)
+{
+    RangeArg ra = { .d = d, .first = iova, .last = iova + (size - 1) };
+
+    tlb_drop(e, match_range, &ra);
+    e->c.invalidations++;
+}
+
+ILError il_domain_free(ILEngine *e, uint32_t id)
+{
+    size_t pos = domain_pos(e, id);
+    ILDomain *d;
+
+    if (pos >= e->ndomains || e->domains[pos]->id != id) {
+        return IL_ERR_NOENT;
+    }
+    d = e->domains[pos];
+    if (d->devices || d->children) {
+        return IL_ERR_BUSY;
+    }
+    tlb_drop(e, match_domain, d);
+    if (d->parent) {
+        d->parent->children--;
+    }
+    memmove(&e->domains[pos], &e->domains[pos + 1],
+            (e->ndomains - pos - 1) * sizeof(*e->domains));
+    e->ndomains--;
+    domain_destroy(d);
+    return IL_OK;
+}
+
+ILError il_domain_map(ILEngine *e, uint32_t id, const ILMapping *maps,
+                      size_t n, size_t *bad_index)
+{
+    ILDomain *d = il_domain_find(e, id);
+
+    *bad_index = 0;
+    if (!d) {
+        return IL_ERR_NOENT;
+    }
+    if (d->type != IL_DOMAIN_PAGING) {
+        return IL_ERR_TYPE;
+    }
+    /* Mapping an unmapped range cannot make an IOTLB entry stale. */
+    return il_s2_map_batch(&d->s2, maps, n, bad_index);
+}
+
+ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,
+                        size_t n, size_t *bad_index, uint64_t *unmapped)
+{
+    ILDomain *d = il_domain_find(e, id);
+    uint64_t bytes = 0;
+
+    *bad_index = 0;
+    *unmapped = 0;
+    if (!d) {
+        return IL_ERR_NOENT;
+    }
+    if (d->type != IL_DOMAIN_PAGING) {
+        return IL_ERR_TYPE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ILError err = il_check_range(ranges[i].iova, ranges[i].size,
+                                     d->s2.ias);
+
+        if (err != IL_OK) {
+            *bad_index = i;
+            return err;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        RangeArg ra = {
+            .d = d, .first = ranges[i].iova,
+            .last = ranges[i].iova + (ranges[i].size - 1),
+        };
+        uint64_t b = il_s2_unmap(&d->s2, ranges[i].iova, ranges[i].size);
+
+        if (b) {
+            /*
+             * Nested children: their stage-1 tables and outputs are IPAs
+             * anywhere in this domain, so all of their entries go.
+             */
+            tlb_drop(e, d->children ? match_range_or_child : match_range,
+                     &ra);
+            e->c.invalidations++;
+        }
+        bytes += b;
+    }
+    *unmapped = bytes;
+    return IL_OK;
+}
+
+void il_domain_ref(ILDomain *d)
+{
+    if (d) {
+        d->devices++;
+    }
+}
+
+void il_domain_unref(ILDomain *d)
+{
+    if (d) {
+        d->devices--;
+    }
+}
+
+static inline uint32_t tlb_index(const ILEngine *e, const ILDomain *d,
+                                 uint64_t page)
+{
+    return (uint32_t)(page ^ ((uintptr_t)d >> 4) * 0x9e3779b1u) & e->tlb_mask;
+}
+
+static void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
+                         uint64_t iova, unsigned access, unsigned flags,
+                         ILResult *r, bool *recorded)
+{
+    ILFault *f;
+
+    if (!(flags & IL_TR_NOCOUNT)) {
+        e->c.faults++;
+    }
+    if (flags & IL_TR_NORECORD) {
+        return;
+    }
+    if (e->fq_len == e->fq_cap) {
+        e->fq_dropped++;
+        e->c.faults_dropped++;
+        return;
+    }
+    f = &e->fq[(e->fq_head + e->fq_len) % e->fq_cap];
+    e->fq_len++;
+    f->dev = dev;
+    f->has_domain = d != NULL;
+    f->domain = d ? d->id : 0;
+    f->access = access;
+    f->stage = r->stage;
+    f->reason = r->reason;
+    f->iova = iova;
+    if (recorded) {
+        *recorded = true;
+    }
+}
+
+static inline bool fail(ILResult *r, ILFaultStage stage, ILFaultReason reason)
+{
+    r->stage = stage;
+    r->reason = reason;
+    return false;
+}
+
+static inline uint64_t le64(const uint8_t *b)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | b[i];
+    }
+    return v;
+}
+
+/* Walk stage 1 (and stage 2 for each table and the output). */
+static bool walk_nested(ILEngine *e, const ILDomain *d, uint64_t iova,
+                        ILResult *r, unsigned *s1_perm)
+{
+    const ILS2 *s2 = &d->parent->s2;
+    uint64_t table = d->s1_root;
+    unsigned perm = IL_PERM_RW;
+    ILFaultReason reason;
+    ILLookup lk;
+    uint64_t ent = 0;
+    unsigned shift;
+
+    if (iova >> IL_S1_IAS) {
+        return fail(r, IL_STAGE_1, IL_REASON_ADDRESS_SIZE);
+    }
+    for (shift = 39; ; shift -= IL_LEVEL_BITS) {
+        uint64_t ipa = table + ((iova >> shift) & 511) * 8;
+        uint8_t buf[8];
+
+        if (!il_s2_lookup(s2, ipa, &lk, &reason)) {
+            return fail(r, IL_STAGE_2, reason);
+        }
+        if (!(lk.perm & IL_PERM_R)) {
+            return fail(r, IL_STAGE_2, IL_REASON_PERMISSION);
+        }
+        if (!e->read(e->read_opaque, lk.addr, buf, sizeof(buf))) {
+            return fail(r, IL_STAGE_1, IL_REASON_WALK_ERROR);
+        }
+        ent = le64(buf);
+        if (!(ent & IL_S1_P)) {
+            return fail(r, IL_STAGE_1, IL_REASON_NOT_PRESENT);
+        }
+        perm &= ((ent & IL_S1_R) ? IL_PERM_R : 0) |
+                ((ent & IL_S1_W) ? IL_PERM_W : 0);
+        if (shift == IL_PAGE_SHIFT) {
+            break;
+        }
+        if (ent & IL_S1_PS) {
+            if (shift == 39 ||
+                (ent & IL_S1_ADDR & ((1ULL << shift) - 1))) {
+                return fail(r, IL_STAGE_1, IL_REASON_WALK_ERROR);
+            }
+            break;
+        }
+        table = ent & IL_S1_ADDR;
+    }
+    /* The output IPA, through stage 2. */
+    if (!il_s2_lookup(s2, (ent & IL_S1_ADDR) + (iova & ((1ULL << shift) - 1)),
+                      &lk, &reason)) {
+        return fail(r, IL_STAGE_2, reason);
+    }
+    *s1_perm = perm;
+    r->addr = lk.addr;
+    r->perm = perm & lk.perm;
+    r->shift = lk.shift < shift ? lk.shift : shift;
+    return true;
+}
+
+bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d, uint32_t dev,
+                  uint64_t iova, unsigned access, unsigned flags,
+                  ILResult *r, bool *recorded)
+{
+    uint64_t page = iova >> IL_PAGE_SHIFT;
+    ILTlbEntry *t = NULL;
+    unsigned s1_perm = IL_PERM_RW;
+    ILFaultReason reason;
+    ILLookup lk;
+    bool ok;
+
+    if (recorded) {
+        *recorded = false;
+    }
+    if (mode == IL_MODE_DOMAIN && d) {
+        if (!(flags & IL_TR_NOCACHE)) {
+            t = &e->tlb[tlb_index(e, d, page)];
+            if (t->dom == d && t->page == page &&
+                (t->perm & access) == access) {
+                uint64_t mask = (1ULL << t->shift) - 1;
+
+                if (!(flags & IL_TR_NOCOUNT)) {
+                    e->c.hits++;
+                }
+                r->addr = t->out + (iova & mask);
+                r->perm = t->perm;
+                r->shift = t->shift;
+                return true;
+            }
+        }
+        if (!(flags & IL_TR_NOCOUNT)) {
+            e->c.misses++;
+            e->c.walks++;
+        }
+        if (d->type == IL_DOMAIN_NESTED) {
+            ok = walk_nested(e, d, iova, r, &s1_perm);
+        } else if (il_s2_lookup(&d->s2, iova, &lk, &reason)) {
+            r->addr = lk.addr;
+            r->perm = lk.perm;
+            r->shift = lk.shift;
+            ok = true;
+        } else {
+            ok = fail(r, IL_STAGE_2, reason);
+        }
+        if (ok && (r->perm & access) != access) {
+            ok = fail(r, (s1_perm & access) != access ? IL_STAGE_1 : IL_STAGE_2,
+                      IL_REASON_PERMISSION);
+        }
+        if (ok && t) {
+            if (!t->dom) {
+                e->tlb_valid++;
+            }
+            t->dom = d;
+            t->page = page;
+            t->out = r->addr & ~((1ULL << r->shift) - 1);
+            t->perm = r->perm;
+            t->shift = r->shift;
+        }
+    } else if (mode == IL_MODE_BYPASS) {
+        r->addr = iova;
+        r->perm = IL_PERM_RW;
+        r->shift = IL_PAGE_SHIFT;
+        return true;
+    } else {
+        d = NULL;
+        ok = fail(r, IL_STAGE_DEVICE, IL_REASON_BLOCKED);
+    }
+    if (!ok && access) {
+        record_fault(e, d, dev, iova, access, flags, r, recorded);
+    }
+    return ok;
+}
+
+uint32_t il_faults_count(const ILEngine *e)
+{
+    return e->fq_len;
+}
+
+const ILFault *il_faults_get(const ILEngine *e, uint32_t i)
+{
+    return i < e->fq_len ? &e->fq[(e->fq_head + i) % e->fq_cap] : NULL;
+}
+
+void il_faults_clear(ILEngine *e)
+{
+    e->fq_head = 0;
+    e->fq_len = 0;
+    e->fq_dropped = 0;
+}

@@ -1,0 +1,457 @@
+/*
+ * iommulab core: stage-2 radix table in host memory.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "il-s2.h"
+#include "il-alloc.h"
+
+/* Entry bits.  A table entry holds the (4-byte aligned) ILS2Table pointer. */
+#define S2_V        1ULL
+#define S2_T        2ULL
+#define S2_R        4ULL
+#define S2_W        8ULL
+#define S2_ADDR     (~IL_PAGE_MASK)
+#define S2_PTR      (~3ULL)
+
+struct ILS2Table {
+    uint64_t e[IL_TABLE_ENTRIES];
+    uint32_t used;                  /* valid entries */
+};
+
+static inline ILS2Table *s2_child(uint64_t e)
+{
+    return (ILS2Table *)(uintptr_t)(e & S2_PTR);
+}
+
+static inline unsigned s2_index(uint64_t iova, unsigned shift)
+{
+    return (iova >> shift) & (IL_TABLE_ENTRIES - 1);
+}
+
+static inline uint64_t s2_leaf(uint64_t addr, unsigned perm)
+{
+    return addr | S2_V | ((perm & IL_PERM_R) ? S2_R : 0) |
+           ((perm & IL_PERM_W) ? S2_W : 0);
+}
+
+static inline unsigned s2_perm(uint64_t e)
+{
+    return ((e & S2_R) ? IL_PERM_R : 0) | ((e & S2_W) ? IL_PERM_W : 0);
+}
+
+static ILS2Table *s2_table_new(ILS2 *s2)
+{
+    ILS2Table *t = il_zalloc(sizeof(*t));
+
+    s2->tables++;
+    return t;
+}
+
+const char *il_strerror(ILError err)
+{
+    switch (err) {
+    case IL_OK:
+        return "success";
+    case IL_ERR_ALIGN:
+        return "not aligned to 4 KiB";
+    case IL_ERR_SIZE:
+        return "size is zero";
+    case IL_ERR_OVERFLOW:
+        return "range wraps past 2^64";
+    case IL_ERR_IAS:
+        return "range exceeds the domain's input address size";
+    case IL_ERR_PERM:
+        return "neither read nor write allowed";
+    case IL_ERR_OVERLAP:
+        return "overlaps an existing mapping";
+    case IL_ERR_OVERLAP_BATCH:
+        return "overlaps another mapping of the same request";
+    case IL_ERR_EXISTS:
+        return "domain id already exists";
+    case IL_ERR_NOENT:
+        return "no such domain";
+    case IL_ERR_TYPE:
+        return "wrong domain type";
+    case IL_ERR_BUSY:
+        return "domain is in use";
+    case IL_ERR_INVAL:
+        return "invalid argument";
+    }
+    return "unknown error";
+}
+
+ILError il_s2_init(ILS2 *s2, unsigned ias)
+{
+    if (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX) {
+        return IL_ERR_INVAL;
+    }
+    memset(s2, 0, sizeof(*s2));
+    s2->ias = ias;
+    s2->levels = (ias - IL_PAGE_SHIFT + IL_LEVEL_BITS - 1) / IL_LEVEL_BITS;
+    s2->top_shift = IL_PAGE_SHIFT + IL_LEVEL_BITS * (s2->levels - 1);
+    s2->root = s2_table_new(s2);
+    return IL_OK;
+}
+
+/* Free a subtree; returns the bytes it mapped. */
+static uint64_t s2_free_table(ILS2 *s2, ILS2Table *t, unsigned shift)
+{
+    uint64_t bytes = 0;
+
+    for (unsigned i = 0; i < IL_TABLE_ENTRIES && t->used; i++) {
+        uint64_t e = t->e[i];
+
+        if (!(e & S2_V)) {
+            continue;
+        }
+        if ((e & S2_T) && shift > IL_PAGE_SHIFT) {
+            bytes += s2_free_table(s2, s2_child(e), shift - IL_LEVEL_BITS);
+        } else {
+            bytes += 1ULL << shift;
+        }
+        t->used--;
+    }
+    free(t);
+    s2->tables--;
+    return bytes;
+}
+
+void il_s2_destroy(ILS2 *s2)
+{
+    if (s2->root) {
+        s2_free_table(s2, s2->root, s2->top_shift);
+        s2->root = NULL;
+    }
+    s2->mapped = 0;
+}
+
+bool il_s2_lookup(const ILS2 *s2, uint64_t iova, ILLookup *out,
+                  ILFaultReason *reason)
+{
+    const ILS2Table *t = s2->root;
+    unsigned shift = s2->top_shift;
+
+    if (iova >> s2->ias) {
+        *reason = IL_REASON_ADDRESS_SIZE;
+        return false;
+    }
+    for (;;) {
+        uint64_t e = t->e[s2_index(iova, shift)];
+
+        if (!(e & S2_V)) {
+            *reason = IL_REASON_NOT_PRESENT;
+            return false;
+        }
+        if ((e & S2_T) && shift > IL_PAGE_SHIFT) {
+            t = s2_child(e);
+            shift -= IL_LEVEL_BITS;
+            continue;
+        }
+        out->addr = (e & S2_ADDR) + (iova & ((1ULL << shift) - 1));
+        out->perm = s2_perm(e);
+        out->shift = shift;
+        return true;
+    }
+}
+
+ILError il_check_range(uint64_t iova, uint64_t size, unsigned ias)
+{
+    if (size == 0) {
+        return IL_ERR_SIZE;
+    }
+    if ((iova | size) & IL_PAGE_MASK) {
+        return IL_ERR_ALIGN;
+    }
+    if (size - 1 > UINT64_MAX - iova) {
+        return IL_ERR_OVERFLOW;
+    }
+    if (ias < 64 && ((iova + (size - 1)) >> ias)) {
+        return IL_ERR_IAS;
+    }
+    return IL_OK;
+}
+
+ILError il_s2_check_mapping(const ILS2 *s2, const ILMapping *m)
+{
+    ILError err = il_check_range(m->iova, m->size, 64);
+
+    if (err != IL_OK) {
+        return err;
+    }
+    if (m->addr & IL_PAGE_MASK) {
+        return IL_ERR_ALIGN;
+    }
+    if (m->size - 1 > UINT64_MAX - m->addr) {
+        return IL_ERR_OVERFLOW;
+    }
+    if ((m->iova + (m->size - 1)) >> s2->ias) {
+        return IL_ERR_IAS;
+    }
+    if (m->perm & ~IL_PERM_RW) {
+        return IL_ERR_INVAL;
+    }
+    if (!(m->perm & IL_PERM_RW)) {
+        return IL_ERR_PERM;
+    }
+    return IL_OK;
+}
+
+static bool s2_any_mapped(const ILS2Table *t, unsigned shift, uint64_t base,
+                          uint64_t first, uint64_t last)
+{
+    unsigned i0 = first > base ? (first - base) >> shift : 0;
+    uint64_t li = (last - base) >> shift;
+    unsigned i1 = li >= IL_TABLE_ENTRIES ? IL_TABLE_ENTRIES - 1 : li;
+
+    for (unsigned i = i0; i <= i1; i++) {
+        uint64_t e = t->e[i];
+        uint64_t ebase = base + ((uint64_t)i << shift);
+        uint64_t elast = ebase + ((1ULL << shift) - 1);
+
+        if (!(e & S2_V)) {
+            continue;
+        }
+        if (!(e & S2_T) || shift == IL_PAGE_SHIFT ||
+            (first <= ebase && elast <= last)) {
+            return true;    /* a leaf, or a (never empty) table fully inside */
+        }
+        if (s2_any_mapped(s2_child(e), shift - IL_LEVEL_BITS, ebase,
+                          first, last)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool il_s2_any_mapped(const ILS2 *s2, uint64_t first, uint64_t last)
+{
+    if (first >> s2->ias) {
+        return false;
+    }
+    return s2_any_mapped(s2->root, s2->top_shift, 0, first, last);
+}
+
+static void s2_set_leaf(ILS2 *s2, uint64_t iova, unsigned leaf_shift,
+                        uint64_t addr, unsigned perm)
+{
+    ILS2Table *t = s2->root;
+    unsigned shift = s2->top_shift;
+
+    while (shift > leaf_shift) {
+        uint64_t *e = &t->e[s2_index(iova, shift)];
+
+        if (!(*e & S2_V)) {
+            *e = (uint64_t)(uintptr_t)s2_table_new(s2) | S2_V | S2_T;
+            t->used++;
+        }
+        t = s2_child(*e);
+        shift -= IL_LEVEL_BITS;
+    }
+    t->e[s2_index(iova, shift)] = s2_leaf(addr, perm);
+    t->used++;
+}
+
+static void s2_map_range(ILS2 *s2, const ILMapping *m)
+{
+    uint64_t iova = m->iova, addr = m->addr, left = m->size;
+
+    while (left) {
+        unsigned shift = IL_PAGE_SHIFT;
+
+        for (unsigned bs = 30; bs >= 21; bs -= IL_LEVEL_BITS) {
+            uint64_t bsize = 1ULL << bs;
+
+            if (bs <= s2->top_shift && left >= bsize &&
+                !((iova | addr) & (bsize - 1))) {
+                shift = bs;
+                break;
+            }
+        }
+        s2_set_leaf(s2, iova, shift, addr, m->perm);
+        iova += 1ULL << shift;
+        addr += 1ULL << shift;
+        left -= 1ULL << shift;
+    }
+    s2->mapped += m->size;
+}
+
+typedef struct S2Span {
+    uint64_t first;
+    uint64_t last;
+    size_t index;
+} S2Span;
+
+static int cmp_span(const void *a, const void *b)
+{
+    uint64_t x = ((const S2Span *)a)->first;
+    uint64_t y = ((const S2Span *)b)->first;
+
+    return x < y ? -1 : x > y;
+}
+
+ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
+                        size_t *bad_index)
+{
+    ILError err;
+
+    for (size_t i = 0; i < n; i++) {
+        err = il_s2_check_mapping(s2, &maps[i]);
+        if (err == IL_OK &&
+            il_s2_any_mapped(s2, maps[i].iova,
+                             maps[i].iova + (maps[i].size - 1))) {
+            err = IL_ERR_OVERLAP;
+        }
+        if (err != IL_OK) {
+            *bad_index = i;
+            return err;
+        }
+    }
+    if (n > 1) {
+        S2Span *spans = il_zalloc(n * sizeof(*spans));
+
+        for (size_t i = 0; i < n; i++) {
+            spans[i].first = maps[i].iova;
+            spans[i].last = maps[i].iova + (maps[i].size - 1);
+            spans[i].index = i;
+        }
+        qsort(spans, n, sizeof(*spans), cmp_span);
+        for (size_t i = 1; i < n; i++) {
+            if (spans[i - 1].last >= spans[i].first) {
+                *bad_index = spans[i].index > spans[i - 1].index ?
+                             spans[i].index : spans[i - 1].index;
+                free(spans);
+                return IL_ERR_OVERLAP_BATCH;
+            }
+        }
+        free(spans);
+    }
+    for (size_t i = 0; i < n; i++) {
+        s2_map_range(s2, &maps[i]);
+    }
+    return IL_OK;
+}
+
+static uint64_t s2_unmap_table(ILS2 *s2, ILS2Table *t, unsigned shift,
+                               uint64_t base, uint64_t first, uint64_t last)
+{
+    unsigned i0 = first > base ? (first - base) >> shift : 0;
+    uint64_t li = (last - base) >> shift;
+    unsigned i1 = li >= IL_TABLE_ENTRIES ? IL_TABLE_ENTRIES - 1 : li;
+    uint64_t bytes = 0;
+
+    for (unsigned i = i0; i <= i1; i++) {
+        uint64_t e = t->e[i];
+        uint64_t ebase = base + ((uint64_t)i << shift);
+        uint64_t elast = ebase + ((1ULL << shift) - 1);
+        bool covered = first <= ebase && elast <= last;
+        ILS2Table *child;
+
+        if (!(e & S2_V)) {
+            continue;
+        }
+        if (!(e & S2_T) || shift == IL_PAGE_SHIFT) {
+            if (covered) {
+                t->e[i] = 0;
+                t->used--;
+                bytes += 1ULL << shift;
+                continue;
+            }
+            /* Split the block into a table of smaller leaves. */
+            child = s2_table_new(s2);
+            for (unsigned j = 0; j < IL_TABLE_ENTRIES; j++) {
+                child->e[j] = s2_leaf((e & S2_ADDR) +
+                                      ((uint64_t)j << (shift - IL_LEVEL_BITS)),
+                                      s2_perm(e));
+            }
+            child->used = IL_TABLE_ENTRIES;
+            e = (uint64_t)(uintptr_t)child | S2_V | S2_T;
+            t->e[i] = e;
+        }
+        child = s2_child(e);
+        if (covered) {
+            bytes += s2_free_table(s2, child, shift - IL_LEVEL_BITS);
+        } else {
+            bytes += s2_unmap_table(s2, child, shift - IL_LEVEL_BITS, ebase,
+                                    first, last);
+            if (child->used) {
+                continue;
+            }
+            free(child);
+            s2->tables--;
+        }
+        t->e[i] = 0;
+        t->used--;
+    }
+    return bytes;
+}
+
+uint64_t il_s2_unmap(ILS2 *s2, uint64_t iova, uint64_t size)
+{
+    uint64_t last = iova + (size - 1), bytes;
+
+    if (iova >> s2->ias) {
+        return 0;
+    }
+    if (last >> s2->ias) {
+        last = (1ULL << s2->ias) - 1;
+    }
+    bytes = s2_unmap_table(s2, s2->root, s2->top_shift, 0, iova, last);
+    s2->mapped -= bytes;
+    return bytes;
+}
+
+typedef struct S2Walk {
+    ILS2WalkFn *fn;
+    void *opaque;
+    ILMapping run;
+} S2Walk;
+
+static void s2_walk_leaf(S2Walk *w, uint64_t iova, uint64_t size,
+                         uint64_t addr, unsigned perm)
+{
+    ILMapping *r = &w->run;
+
+    if (r->size && r->iova + r->size == iova && r->addr + r->size == addr &&
+        r->perm == perm) {
+        r->size += size;
+        return;
+    }
+    if (r->size) {
+        w->fn(w->opaque, r);
+    }
+    r->iova = iova;
+    r->size = size;
+    r->addr = addr;
+    r->perm = perm;
+}
+
+static void s2_walk_table(S2Walk *w, const ILS2Table *t, unsigned shift,
+                          uint64_t base)
+{
+    for (unsigned i = 0; i < IL_TABLE_ENTRIES; i++) {
+        uint64_t e = t->e[i];
+        uint64_t ebase = base + ((uint64_t)i << shift);
+
+        if (!(e & S2_V)) {
+            continue;
+        }
+        if ((e & S2_T) && shift > IL_PAGE_SHIFT) {
+            s2_walk_table(w, s2_child(e), shift - IL_LEVEL_BITS, ebase);
+        } else {
+            s2_walk_leaf(w, ebase, 1ULL << shift, e & S2_ADDR, s2_perm(e));
+        }
+    }
+}
+
+void il_s2_for_each(const ILS2 *s2, ILS2WalkFn *fn, void *opaque)
+{
+    S2Walk w = { .fn = fn, .opaque = opaque };
+
+    s2_walk_table(&w, s2->root, s2->top_shift, 0);
+    if (w.run.size) {
+        fn(opaque, &w.run);
+    }
+}

@@ -1,0 +1,81 @@
+/*
+ * iommulab core: stage-2 radix table in host memory.
+ *
+ * A table is 512 eight-byte entries plus a count of valid entries, so empty
+ * tables are freed on unmap and memory stays proportional to what is mapped.
+ * Levels: ceil((ias - 12) / 9), 4 KiB pages at the last level, 2 MiB and
+ * 1 GiB blocks at the two levels above it when iova and addr are aligned.
+ * A lookup reads one entry per level.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef IL_S2_H
+#define IL_S2_H
+
+#include "il-types.h"
+
+typedef struct ILS2Table ILS2Table;
+
+typedef struct ILS2 {
+    ILS2Table *root;
+    uint8_t ias;          /* input address bits, 21..57 */
+    uint8_t levels;
+    uint8_t top_shift;    /* address bit indexed by the root table */
+    uint64_t mapped;      /* bytes mapped */
+    uint64_t tables;      /* tables allocated, including the root */
+} ILS2;
+
+typedef struct ILMapping {
+    uint64_t iova;
+    uint64_t size;
+    uint64_t addr;
+    unsigned perm;        /* IL_PERM_* */
+} ILMapping;
+
+typedef struct ILLookup {
+    uint64_t addr;        /* output address of the input address */
+    unsigned perm;
+    uint8_t shift;        /* log2 of the leaf size: 12, 21 or 30 */
+} ILLookup;
+
+#define IL_S2_IAS_MIN 21
+#define IL_S2_IAS_MAX 57
+
+ILError il_s2_init(ILS2 *s2, unsigned ias);
+void il_s2_destroy(ILS2 *s2);
+
+/*
+ * Look up one input address.  Returns false with *reason set when it is not
+ * mapped (IL_REASON_NOT_PRESENT) or beyond ias (IL_REASON_ADDRESS_SIZE).
+ * Permissions are not checked here.
+ */
+bool il_s2_lookup(const ILS2 *s2, uint64_t iova, ILLookup *out,
+                  ILFaultReason *reason);
+
+/* Validate one range of a map (does not look at existing mappings). */
+ILError il_s2_check_mapping(const ILS2 *s2, const ILMapping *m);
+/* Validate an unmap/invalidate range [iova, iova + size). */
+ILError il_check_range(uint64_t iova, uint64_t size, unsigned ias);
+
+/* True if any byte of [first, last] is mapped. */
+bool il_s2_any_mapped(const ILS2 *s2, uint64_t first, uint64_t last);
+
+/*
+ * Map a batch, all or nothing: every range is validated, against existing
+ * mappings and against the others, before any is applied.  On error,
+ * *bad_index names the offending range.
+ */
+ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
+                        size_t *bad_index);
+
+/* Unmap [iova, iova + size) (already validated); returns bytes unmapped. */
+uint64_t il_s2_unmap(ILS2 *s2, uint64_t iova, uint64_t size);
+
+/*
+ * Call fn for every leaf in iova order; contiguous leaves with contiguous
+ * output and equal permissions are merged into one call.
+ */
+typedef void ILS2WalkFn(void *opaque, const ILMapping *m);
+void il_s2_for_each(const ILS2 *s2, ILS2WalkFn *fn, void *opaque);
+
+#endif

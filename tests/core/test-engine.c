@@ -1,0 +1,263 @@
+/*
+ * Unit test: the engine (domains, nested walks through a fake guest memory,
+ * the IOTLB with stale-before/fresh-after invalidation, faults).
+ */
+#include <string.h>
+#include "check.h"
+#include "il-engine.h"
+
+#define MiB (1024 * 1024ULL)
+#define MEM_SIZE (16 * MiB)
+#define IPA_BASE (8 * MiB)      /* stage 2 maps IPA x to PA x + IPA_BASE */
+
+static uint8_t mem[MEM_SIZE];
+static unsigned reads;
+
+static bool mem_read(void *opaque, uint64_t addr, void *buf, size_t len)
+{
+    (void)opaque;
+    reads++;
+    if (addr >= MEM_SIZE || len > MEM_SIZE - addr) {
+        return false;
+    }
+    memcpy(buf, &mem[addr], len);
+    return true;
+}
+
+/* Write a stage-1 entry at IPA table + 8 * index (little-endian). */
+static void s1_set(uint64_t table_ipa, unsigned index, uint64_t val)
+{
+    uint8_t *p = &mem[IPA_BASE + table_ipa + 8 * index];
+
+    for (int i = 0; i < 8; i++) {
+        p[i] = val >> (8 * i);
+    }
+}
+
+static unsigned idx(uint64_t iova, unsigned level)
+{
+    return (iova >> (12 + 9 * (level - 1))) & 511;
+}
+
+static bool tr(ILEngine *e, const ILDomain *d, uint64_t iova, unsigned acc,
+               ILResult *r)
+{
+    return il_translate(e, IL_MODE_DOMAIN, d, 7, iova, acc, 0, r, NULL);
+}
+
+static void test_paging(void)
+{
+    ILEngine e;
+    ILMapping m = { .iova = 0x100000, .size = 0x3000, .addr = 0x500000,
+                    .perm = IL_PERM_R };
+    ILDomain *d;
+    ILResult r;
+    size_t bad;
+    uint64_t bytes;
+    bool rec;
+
+    il_engine_init(&e, 64, 4, mem_read, NULL);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_ERR_EXISTS);
+    CHECK_EQ(il_domain_alloc_paging(&e, 2, 64), IL_ERR_INVAL);
+    d = il_domain_find(&e, 1);
+    CHECK(d);
+    CHECK_EQ(il_domain_map(&e, 1, &m, 1, &bad), IL_OK);
+    CHECK_EQ(il_domain_map(&e, 9, &m, 1, &bad), IL_ERR_NOENT);
+
+    CHECK(tr(&e, d, 0x101234, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.addr, 0x501234);
+    CHECK_EQ(e.c.misses, 1);
+    CHECK(tr(&e, d, 0x101238, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.addr, 0x501238);
+    CHECK_EQ(e.c.hits, 1);
+    CHECK_EQ(e.tlb_valid, 1);
+    /* permission fault: write to a read-only mapping, even on a hit page */
+    CHECK(!il_translate(&e, IL_MODE_DOMAIN, d, 7, 0x101000, IL_ACCESS_WRITE,
+                        0, &r, &rec));
+    CHECK(rec);
+    CHECK_EQ(r.stage, IL_STAGE_2);
+    CHECK_EQ(r.reason, IL_REASON_PERMISSION);
+    CHECK_EQ(il_faults_count(&e), 1);
+    CHECK_EQ(il_faults_get(&e, 0)->iova, 0x101000);
+    CHECK_EQ(il_faults_get(&e, 0)->dev, 7);
+    CHECK_EQ(il_faults_get(&e, 0)->domain, 1);
+    CHECK_EQ(il_faults_get(&e, 0)->access, IL_ACCESS_WRITE);
+
+    /* unmap invalidates before returning: the cached page faults now */
+    m.size = 0x1000;
+    m.iova = 0x101000;
+    CHECK_EQ(il_domain_unmap(&e, 1, &m, 1, &bad, &bytes), IL_OK);
+    CHECK_EQ(bytes, 0x1000);
+    CHECK_EQ(e.tlb_valid, 0);
+    CHECK(!tr(&e, d, 0x101238, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.reason, IL_REASON_NOT_PRESENT);
+    CHECK(tr(&e, d, 0x102000, IL_ACCESS_READ, &r));
+
+    /* debug translation: no IOTLB, no counters, no queue */
+    ILCounters before = e.c;
+    uint32_t valid = e.tlb_valid;
+    CHECK(il_translate(&e, IL_MODE_DOMAIN, d, 7, 0x100000, IL_ACCESS_READ,
+                       IL_TR_DEBUG, &r, NULL));
+    CHECK(!il_translate(&e, IL_MODE_DOMAIN, d, 7, 0x900000, IL_ACCESS_READ,
+                        IL_TR_DEBUG, &r, &rec));
+    CHECK(!rec);
+    CHECK(memcmp(&before, &e.c, sizeof(before)) == 0);
+    CHECK_EQ(e.tlb_valid, valid);
+
+    /* blocked, bypass, queue overflow, probes */
+    CHECK(il_translate(&e, IL_MODE_BYPASS, NULL, 3, 0x1234, IL_ACCESS_WRITE,
+                       0, &r, NULL));
+    CHECK_EQ(r.addr, 0x1234);
+    for (int i = 0; i < 5; i++) {
+        CHECK(!il_translate(&e, IL_MODE_BLOCKED, NULL, 3, 0x1000 * i,
+                            IL_ACCESS_READ, 0, &r, NULL));
+        CHECK_EQ(r.stage, IL_STAGE_DEVICE);
+        CHECK_EQ(r.reason, IL_REASON_BLOCKED);
+    }
+    CHECK_EQ(il_faults_count(&e), 4);
+    CHECK_EQ(e.fq_dropped, 3);
+    CHECK_EQ(e.c.faults_dropped, 3);
+    CHECK_EQ(e.c.faults, 7);
+    CHECK(il_faults_get(&e, 1)->has_domain);
+    CHECK(!il_faults_get(&e, 3)->has_domain);
+    CHECK(!il_translate(&e, IL_MODE_BLOCKED, NULL, 3, 0, 0, 0, &r, &rec));
+    CHECK(!rec);
+    CHECK_EQ(e.c.faults, 7);
+    il_faults_clear(&e);
+    CHECK_EQ(il_faults_count(&e), 0);
+    CHECK_EQ(e.fq_dropped, 0);
+
+    /* busy domains */
+    il_domain_ref(d);
+    CHECK_EQ(il_domain_free(&e, 1), IL_ERR_BUSY);
+    il_domain_unref(d);
+    CHECK_EQ(il_domain_free(&e, 1), IL_OK);
+    CHECK_EQ(il_domain_free(&e, 1), IL_ERR_NOENT);
+    CHECK_EQ(e.tlb_valid, 0);
+    il_engine_destroy(&e);
+}
+
+static void test_nested(void)
+{
+    ILEngine e;
+    ILMapping s2m[2] = {
+        { .iova = 0, .size = 6 * MiB, .addr = IPA_BASE, .perm = IL_PERM_RW },
+        { .iova = 6 * MiB, .size = 2 * MiB, .addr = IPA_BASE + 6 * MiB,
+          .perm = IL_PERM_R },
+    };
+    const uint64_t root = 0x1000, l3 = 0x2000, l2 = 0x3000, l1 = 0x4000;
+    const uint64_t iova = 0x40201000ULL;    /* L4 0, L3 1, L2 1, L1 1 */
+    const uint64_t rw = IL_S1_P | IL_S1_R | IL_S1_W;
+    ILDomain *d, *p;
+    ILResult r;
+    size_t bad;
+    uint64_t bytes;
+
+    memset(mem, 0, sizeof(mem));
+    il_engine_init(&e, 64, 16, mem_read, NULL);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
+    CHECK_EQ(il_domain_map(&e, 1, s2m, 2, &bad), IL_OK);
+    CHECK_EQ(il_domain_alloc_nested(&e, 2, 9, root), IL_ERR_NOENT);
+    CHECK_EQ(il_domain_alloc_nested(&e, 2, 1, root + 8), IL_ERR_ALIGN);
+    CHECK_EQ(il_domain_alloc_nested(&e, 2, 1, root), IL_OK);
+    CHECK_EQ(il_domain_alloc_nested(&e, 3, 2, root), IL_ERR_TYPE);
+    CHECK_EQ(il_domain_map(&e, 2, s2m, 1, &bad), IL_ERR_TYPE);
+    d = il_domain_find(&e, 2);
+    p = il_domain_find(&e, 1);
+    CHECK_EQ(p->children, 1);
+    CHECK_EQ(il_domain_free(&e, 1), IL_ERR_BUSY);
+
+    /* empty root: stage-1 not present */
+    CHECK(!tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.stage, IL_STAGE_1);
+    CHECK_EQ(r.reason, IL_REASON_NOT_PRESENT);
+
+    s1_set(root, idx(iova, 4), l3 | rw);
+    s1_set(l3, idx(iova, 3), l2 | rw);
+    s1_set(l2, idx(iova, 2), l1 | IL_S1_P | IL_S1_R);   /* read-only below */
+    s1_set(l1, idx(iova, 1), 0x200000 | rw);
+    /* the IOTLB holds no fault: a new walk sees the tables */
+    reads = 0;
+    CHECK(tr(&e, d, iova + 0x10, IL_ACCESS_READ, &r));
+    CHECK_EQ(reads, 4);
+    CHECK_EQ(r.addr, IPA_BASE + 0x200010);
+    CHECK_EQ(r.perm, IL_PERM_R);
+    CHECK_EQ(r.shift, 12);
+    CHECK(!tr(&e, d, iova, IL_ACCESS_WRITE, &r));
+    CHECK_EQ(r.stage, IL_STAGE_1);
+    CHECK_EQ(r.reason, IL_REASON_PERMISSION);
+
+    /* stale before invalidation, fresh after */
+    s1_set(l1, idx(iova, 1), 0x300000 | rw);
+    reads = 0;
+    CHECK(tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.addr, IPA_BASE + 0x200000);
+    CHECK_EQ(reads, 0);
+    il_invalidate_range(&e, d, iova + 0x1000, 0x1000);   /* other page */
+    CHECK(tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.addr, IPA_BASE + 0x200000);
+    il_invalidate_range(&e, d, iova, 0x1000);
+    CHECK(tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.addr, IPA_BASE + 0x300000);
+
+    /* a 2 MiB stage-1 leaf; output in the read-only stage-2 range */
+    s1_set(l3, idx(iova, 3), l2 | rw);
+    s1_set(l2, idx(iova, 2), 0x600000 | rw | IL_S1_PS);
+    il_invalidate_domain(&e, d);
+    CHECK(tr(&e, d, iova + 0x123, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.addr, IPA_BASE + 0x600000 + 0x1123);
+    CHECK_EQ(r.shift, 21);
+    CHECK_EQ(r.perm, IL_PERM_R);
+    CHECK(!tr(&e, d, iova + 0x123, IL_ACCESS_WRITE, &r));
+    CHECK_EQ(r.stage, IL_STAGE_2);
+    CHECK_EQ(r.reason, IL_REASON_PERMISSION);
+    /* misaligned block output and PS at level 4 are malformed */
+    s1_set(l2, idx(iova, 2), 0x601000 | rw | IL_S1_PS);
+    il_invalidate_all(&e);
+    CHECK(!tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.reason, IL_REASON_WALK_ERROR);
+    /* a stage-1 output outside stage 2 */
+    s1_set(l2, idx(iova, 2), l1 | rw);
+    s1_set(l1, idx(iova, 1), 0x900000 | rw);
+    il_invalidate_all(&e);
+    CHECK(!tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.stage, IL_STAGE_2);
+    CHECK_EQ(r.reason, IL_REASON_NOT_PRESENT);
+    /* a table pointer outside stage 2 */
+    s1_set(l3, idx(iova, 3), 0x800000 | rw);
+    il_invalidate_all(&e);
+    CHECK(!tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.stage, IL_STAGE_2);
+    CHECK_EQ(r.reason, IL_REASON_NOT_PRESENT);
+    /* beyond 48 bits */
+    CHECK(!tr(&e, d, 1ULL << 48, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.stage, IL_STAGE_1);
+    CHECK_EQ(r.reason, IL_REASON_ADDRESS_SIZE);
+
+    /* parent unmap drops the child's cached entries, whatever their iova */
+    s1_set(l3, idx(iova, 3), l2 | rw);
+    s1_set(l1, idx(iova, 1), 0x300000 | rw);
+    il_invalidate_all(&e);
+    CHECK(tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(e.tlb_valid, 1);
+    ILMapping um = { .iova = 0x300000, .size = 0x1000 };
+    CHECK_EQ(il_domain_unmap(&e, 1, &um, 1, &bad, &bytes), IL_OK);
+    CHECK_EQ(bytes, 0x1000);
+    CHECK_EQ(e.tlb_valid, 0);
+    CHECK(!tr(&e, d, iova, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.stage, IL_STAGE_2);
+
+    CHECK_EQ(il_domain_free(&e, 2), IL_OK);
+    CHECK_EQ(p->children, 0);
+    CHECK_EQ(il_domain_free(&e, 1), IL_OK);
+    il_engine_destroy(&e);
+}
+
+int main(void)
+{
+    test_paging();
+    test_nested();
+    printf("ok\n");
+    return 0;
+}
