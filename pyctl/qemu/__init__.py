@@ -1,0 +1,1 @@
+"""Running the project's QEMU: machine command lines and a process launcher with QMP."""
