@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,10 @@ def build_image(
 
     def say(msg: str) -> None:
         if log:
-            print(f">> guest {arch.name}: {msg}", flush=True)
+            print(f">> guest {arch.name}: {msg}", file=sys.stderr, flush=True)
 
     kernel_pkg, busybox_pkg = arch.packages(versions)
-    say(f"downloading {kernel_pkg.spec} {busybox_pkg.spec}")
+    say(f"packages {kernel_pkg.spec} {busybox_pkg.spec}")
     kdeb, bdeb = download([kernel_pkg, busybox_pkg], cache / "guest" / "debs")
     kroot = extract(kdeb, cache / "guest" / "extract" / kdeb.stem)
     broot = extract(bdeb, cache / "guest" / "extract" / bdeb.stem)

@@ -14,7 +14,7 @@ from typing import Any
 RESULT_MARK = "IOMMULAB-RESULT"
 DONE_MARK = "IOMMULAB-DONE"
 KNOWN_SCENARIOS = ("boot", "nvme-probe", "nvme-rw", "dmesg-iommu")
-_RESULT = re.compile(rf"^.*?{RESULT_MARK} (\{{.*\}})\s*$", re.MULTILINE)
+_RESULT = re.compile(rf"^.*?{RESULT_MARK} (.*?)\s*$", re.MULTILINE)
 _DONE = re.compile(rf"^.*?{DONE_MARK} (\{{.*\}})\s*$", re.MULTILINE)
 DONE_PATTERN = rf"{DONE_MARK} \{{.*\}}\s*$"
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -58,20 +58,19 @@ def cmdline_arg(scenarios: list[Scenario], check_known: bool = True) -> str:
 def parse_results(console: str) -> list[dict[str, Any]]:
     """Every result line on the console, in order.  A garbled line becomes a failed result."""
     out: list[dict[str, Any]] = []
+    decoder = json.JSONDecoder()
     for m in _RESULT.finditer(console):
+        text = m.group(1)
         try:
-            value = json.loads(m.group(1))
+            # Text after the JSON value (a kernel message sharing the line) is ignored.
+            value, _ = decoder.raw_decode(text)
         except json.JSONDecodeError as exc:
             out.append(
-                {
-                    "scenario": "?",
-                    "ok": False,
-                    "error": f"unparsable result line ({exc}): {m.group(1)[:200]}",
-                }
+                {"scenario": "?", "ok": False, "error": f"unparsable result ({exc}): {text[:200]}"}
             )
             continue
         if not isinstance(value, dict) or "scenario" not in value or "ok" not in value:
-            out.append({"scenario": "?", "ok": False, "error": f"bad result: {m.group(1)[:200]}"})
+            out.append({"scenario": "?", "ok": False, "error": f"bad result: {text[:200]}"})
             continue
         out.append(value)
     return out
