@@ -1,0 +1,50 @@
+"""The Linux iommufd object model (IOAS, HWPT, DEVICE) programming a vIOMMU backend."""
+
+from .backend import (
+    DeviceHwInfo,
+    HardwareBackend,
+    HwState,
+    MapEntry,
+    Translation,
+    Window,
+    WindowBackend,
+    WindowCaps,
+)
+from .context import (
+    IOMMULAB_INV_ALL,
+    X86_MSI_WINDOW,
+    IommufdContext,
+    IommulabHwptData,
+    IommulabInvalidateEntry,
+    IovaRanges,
+    WindowChange,
+)
+from .errors import BackendError, IommufdError
+from .memory_backend import InMemoryBackend
+from .uapi import FIXED_IOVA, NEST_PARENT, READABLE, U64_MAX, WRITEABLE
+
+__all__ = [
+    "FIXED_IOVA",
+    "IOMMULAB_INV_ALL",
+    "NEST_PARENT",
+    "READABLE",
+    "U64_MAX",
+    "WRITEABLE",
+    "X86_MSI_WINDOW",
+    "BackendError",
+    "DeviceHwInfo",
+    "HardwareBackend",
+    "HwState",
+    "InMemoryBackend",
+    "IommufdContext",
+    "IommufdError",
+    "IommulabHwptData",
+    "IommulabInvalidateEntry",
+    "IovaRanges",
+    "MapEntry",
+    "Translation",
+    "Window",
+    "WindowBackend",
+    "WindowCaps",
+    "WindowChange",
+]

@@ -1,0 +1,168 @@
+"""The "hardware" interface the object model programs.
+
+It is shaped after the device's QMP commands (docs/qmp.md): domain ids are
+chosen by the caller; maps and unmaps are batches; a device is attached
+``blocked``, ``bypass`` or to a domain; ``query`` reports everything so a
+restarted control plane can rebuild its view.  sPAPR DMA windows are a
+second, optional part (``WindowBackend``).  Every method is all-or-nothing:
+it raises :class:`~pyctl.iommufd.errors.BackendError` and changes nothing,
+or succeeds completely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+DomainType = Literal["paging", "nested"]
+AttachMode = Literal["blocked", "bypass", "domain"]
+Access = Literal["read", "write"]
+Platform = Literal["x86", "spapr"]
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    iova: int
+    size: int
+    addr: int
+    read: bool
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HwDomain:
+    domain: int
+    type: DomainType
+    ias: int
+    parent: int | None = None
+    s1_root: int | None = None
+    devices: int = 0
+    children: int = 0
+    mappings: tuple[MapEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HwDevice:
+    device: str
+    mode: AttachMode
+    domain: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HwState:
+    domains: tuple[HwDomain, ...]
+    devices: tuple[HwDevice, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHwInfo:
+    """What the hardware tells about a device behind it (the kernel's GET_HW_INFO)."""
+
+    device: str
+    platform: Platform
+    #: input address bits of its paging domains (aperture 0 .. 2**ias - 1)
+    ias: int = 48
+    #: supported page sizes, bit n set = 2**n bytes
+    pgsize_bitmap: int = (1 << 12) | (1 << 21) | (1 << 30)
+    nesting: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    allowed: bool
+    addr: int | None = None
+    read: bool = False
+    write: bool = False
+    stage: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    device: str
+    iova: int
+    access: Access
+    stage: str
+    reason: str
+    domain: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCaps:
+    """sPAPR DMA window capabilities of a device's PE (ibm,query-pe-dma-window)."""
+
+    windows_supported: int
+    page_shifts: tuple[int, ...]
+    ddw_offset: int
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    index: int
+    start: int
+    size: int
+    page_shift: int
+
+    @property
+    def last(self) -> int:
+        return self.start + self.size - 1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowEvent:
+    """A guest-initiated window change the device reports."""
+
+    device: str
+    kind: Literal["created", "removed"]
+    window: Window
+
+
+@runtime_checkable
+class HardwareBackend(Protocol):
+    def devices(self) -> list[DeviceHwInfo]: ...
+
+    def device_info(self, device: str) -> DeviceHwInfo: ...
+
+    def domain_alloc(
+        self,
+        domain: int,
+        type: DomainType,
+        *,
+        parent: int | None = None,
+        s1_root: int | None = None,
+        ias: int | None = None,
+    ) -> None: ...
+
+    def domain_free(self, domain: int) -> None: ...
+
+    def map(self, domain: int, mappings: list[MapEntry]) -> None: ...
+
+    def unmap(self, domain: int, ranges: list[tuple[int, int]]) -> int: ...
+
+    def attach(self, device: str, mode: AttachMode, domain: int | None = None) -> None: ...
+
+    def invalidate(
+        self, domain: int | None = None, iova: int | None = None, size: int | None = None
+    ) -> None: ...
+
+    def query(self) -> HwState: ...
+
+    def translate(self, device: str, iova: int, access: Access) -> Translation: ...
+
+    def faults(self, clear: bool = False) -> list[Fault]: ...
+
+
+@runtime_checkable
+class WindowBackend(Protocol):
+    """sPAPR DMA windows of a device's PE (the part the ppc64 iommufd work lacks)."""
+
+    def window_caps(self, device: str) -> WindowCaps: ...
+
+    def windows(self, device: str) -> list[Window]: ...
+
+    def create_window(self, device: str, page_shift: int, size: int, offset: int) -> Window: ...
+
+    def remove_window(self, device: str, index: int) -> None: ...
+
+    def window_events(self) -> list[WindowEvent]: ...

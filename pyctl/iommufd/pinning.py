@@ -1,0 +1,97 @@
+"""Pinned-page accounting: each guest-physical page is pinned (and counted) once.
+
+A page referenced by several areas, several domains or several IOAS of the
+same account holds one pin count per reference but is charged once against
+the limit.  The counter is a step function over page frame numbers kept in
+a sorted map (pfn -> count from here to the next key), so charging a range
+costs O(log n + pieces touched) whatever its length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sortedcontainers import SortedDict
+
+from .errors import IommufdError
+from .uapi import PAGE_SHIFT, PAGE_SIZE
+
+#: RLIMIT_MEMLOCK-style accounting modes (IOMMU_OPTION_RLIMIT_MODE values)
+ACCOUNT_USER = 0
+ACCOUNT_MM = 1
+
+
+def pfn_range(phys: int, length: int) -> tuple[int, int]:
+    """First and last page frame touched by ``length`` bytes at ``phys``."""
+    return phys >> PAGE_SHIFT, (phys + length - 1) >> PAGE_SHIFT
+
+
+class PinAccount:
+    """One accounting principal (a user, or one process's mm) with a page limit."""
+
+    def __init__(self, limit_pages: int | None = None, name: str = "user") -> None:
+        self.name = name
+        self.limit_pages = limit_pages
+        self.pinned_pages = 0
+        self._steps = SortedDict({0: 0})
+
+    @property
+    def pinned_bytes(self) -> int:
+        return self.pinned_pages * PAGE_SIZE
+
+    def _split(self, pfn: int) -> None:
+        if pfn in self._steps:
+            return
+        i = self._steps.bisect_right(pfn) - 1
+        self._steps[pfn] = self._steps.peekitem(i)[1]
+
+    def _apply(self, first: int, last: int, delta: int) -> None:
+        self._split(first)
+        self._split(last + 1)
+        keys = list(self._steps.irange(first, last))
+        for i, k in enumerate(keys):
+            end = keys[i + 1] if i + 1 < len(keys) else last + 1
+            old = self._steps[k]
+            new = old + delta
+            if new < 0:
+                raise AssertionError("pin count below zero")
+            if old == 0 and new > 0:
+                self.pinned_pages += end - k
+            elif old > 0 and new == 0:
+                self.pinned_pages -= end - k
+            self._steps[k] = new
+        # merge equal neighbours at the edges and inside
+        for k in [*keys, last + 1]:
+            if k == 0 or k not in self._steps:
+                continue
+            i = self._steps.index(k)
+            if self._steps.peekitem(i - 1)[1] == self._steps[k]:
+                del self._steps[k]
+
+    def count(self, pfn: int) -> int:
+        i = self._steps.bisect_right(pfn) - 1
+        value: int = self._steps.peekitem(i)[1]
+        return value
+
+    def pin(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Add one pin to every page of the (first, last) pfn ranges; ENOMEM over the limit.
+
+        All or nothing: on ENOMEM no count changed.
+        """
+        done: list[tuple[int, int]] = []
+        for first, last in ranges:
+            self._apply(first, last, +1)
+            done.append((first, last))
+        if self.limit_pages is not None and self.pinned_pages > self.limit_pages:
+            wanted = self.pinned_pages
+            for first, last in done:
+                self._apply(first, last, -1)
+            raise IommufdError(
+                "ENOMEM",
+                f"pinning would need {wanted} pages, over the {self.name} limit of "
+                f"{self.limit_pages} pages",
+            )
+
+    def unpin(self, ranges: Iterable[tuple[int, int]]) -> None:
+        for first, last in ranges:
+            self._apply(first, last, -1)
