@@ -150,8 +150,9 @@ ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
 }
 
 /* Drop every IOTLB entry for which match() is true. */
-static void tlb_drop(ILEngine *e, bool (*match)(const ILTlbEntry *, const void *),
-                     const void *arg)
+typedef bool TlbMatchFn(const ILTlbEntry *t, const void *arg);
+
+static void tlb_drop(ILEngine *e, TlbMatchFn *match, const void *arg)
 {
     for (uint32_t i = 0; i <= e->tlb_mask; i++) {
         ILTlbEntry *t = &e->tlb[i];

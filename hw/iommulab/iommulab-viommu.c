@@ -1,0 +1,953 @@
+/*
+ * iommulab generic paging vIOMMU for q35.
+ *
+ * A PCI device on the root bus that registers itself with pci_setup_iommu()
+ * so that every device on the buses below gets an IOMMU memory region whose
+ * translate() goes through the iommulab core: blocked, bypass, a stage-2
+ * (paging) domain, or a nested domain (guest stage 1 over stage 2).  The
+ * control plane programs it over QMP (iommulab-qmp.c, docs/qmp.md).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qemu/error-report.h"
+#include "qemu/timer.h"
+#include "qapi/error.h"
+#include "qapi/qapi-events-iommulab.h"
+#include "hw/pci/pci.h"
+#include "hw/pci/pci_bus.h"
+#include "hw/qdev-properties.h"
+#include "migration/blocker.h"
+#include "exec/address-spaces.h"
+#include "iommulab-viommu.h"
+#include "trace.h"
+
+#define IOMMULAB_EVENTS_PER_SEC 10
+
+/* Guest memory reads of the stage-1 walker. */
+static bool iommulab_read_mem(void *opaque, uint64_t addr, void *buf,
+                              size_t len)
+{
+    return address_space_read(&address_space_memory, addr,
+                              MEMTXATTRS_UNSPECIFIED, buf, len) == MEMTX_OK;
+}
+
+static IommulabAccess access_to_qapi(unsigned access)
+{
+    return (access & IL_ACCESS_WRITE) ? IOMMULAB_ACCESS_WRITE :
+                                        IOMMULAB_ACCESS_READ;
+}
+
+static IommulabFaultStage stage_to_qapi(unsigned stage)
+{
+    switch (stage) {
+    case IL_STAGE_1:
+        return IOMMULAB_FAULT_STAGE_STAGE1;
+    case IL_STAGE_2:
+        return IOMMULAB_FAULT_STAGE_STAGE2;
+    default:
+        return IOMMULAB_FAULT_STAGE_DEVICE;
+    }
+}
+
+static IommulabFaultReason reason_to_qapi(unsigned reason)
+{
+    switch (reason) {
+    case IL_REASON_ADDRESS_SIZE:
+        return IOMMULAB_FAULT_REASON_ADDRESS_SIZE;
+    case IL_REASON_NOT_PRESENT:
+        return IOMMULAB_FAULT_REASON_NOT_PRESENT;
+    case IL_REASON_PERMISSION:
+        return IOMMULAB_FAULT_REASON_PERMISSION;
+    case IL_REASON_WALK_ERROR:
+        return IOMMULAB_FAULT_REASON_WALK_ERROR;
+    default:
+        return IOMMULAB_FAULT_REASON_BLOCKED;
+    }
+}
+
+static PCIDevice *iommulab_dev_pci(IOMMULabDev *dev)
+{
+    return dev->bus->devices[dev->devfn];
+}
+
+static uint16_t iommulab_dev_rid(IOMMULabDev *dev)
+{
+    return PCI_BUILD_BDF(pci_bus_num(dev->bus), dev->devfn);
+}
+
+/* QOM path of the device, or a bus:devfn name if it is gone. */
+static char *iommulab_dev_name(IOMMULabDev *dev)
+{
+    PCIDevice *pdev = iommulab_dev_pci(dev);
+    uint16_t rid = iommulab_dev_rid(dev);
+
+    if (pdev) {
+        return object_get_canonical_path(OBJECT(pdev));
+    }
+    return g_strdup_printf("%02x:%02x.%x", PCI_BUS_NUM(rid),
+                           PCI_SLOT(dev->devfn), PCI_FUNC(dev->devfn));
+}
+
+/*
+ * IOMMU notifiers.  A notifier watches [start, end]; each event is clipped
+ * to it and split into naturally aligned power-of-two pieces, as
+ * memory_region_notify_iommu_one() requires.
+ */
+static void iommulab_notify_range(IOMMUNotifier *n, IOMMUNotifierFlag type,
+                                  uint64_t first, uint64_t last,
+                                  uint64_t addr, IOMMUAccessFlags perm)
+{
+    uint64_t lo = MAX(first, n->start), hi = MIN(last, n->end);
+
+    if (lo > hi || !(n->notifier_flags & type)) {
+        return;
+    }
+    addr += lo - first;
+    for (;;) {
+        unsigned shift = 63;
+        uint64_t mask;
+        IOMMUTLBEvent ev;
+
+        if (lo) {
+            shift = MIN(shift, ctz64(lo));
+        }
+        if (type == IOMMU_NOTIFIER_MAP && addr) {
+            shift = MIN(shift, ctz64(addr));
+        }
+        if (hi - lo != UINT64_MAX) {
+            shift = MIN(shift, 63 - clz64(hi - lo + 1));
+        } else {
+            shift = 63;
+        }
+        mask = shift == 63 && hi - lo == UINT64_MAX ? UINT64_MAX :
+               (1ULL << shift) - 1;
+        ev.type = type;
+        ev.entry.target_as = &address_space_memory;
+        ev.entry.iova = lo;
+        ev.entry.translated_addr = type == IOMMU_NOTIFIER_MAP ? addr : 0;
+        ev.entry.addr_mask = mask;
+        ev.entry.perm = type == IOMMU_NOTIFIER_MAP ? perm : IOMMU_NONE;
+        memory_region_notify_iommu_one(n, &ev);
+        if (hi - lo <= mask) {
+            break;
+        }
+        lo += mask + 1;
+        addr += mask + 1;
+    }
+}
+
+static void iommulab_dev_unmap(IOMMULabDev *dev, uint64_t first,
+                               uint64_t last)
+{
+    IOMMUNotifier *n;
+
+    IOMMU_NOTIFIER_FOREACH(n, &dev->iommu_mr) {
+        iommulab_notify_range(n, IOMMU_NOTIFIER_UNMAP, first, last, 0,
+                              IOMMU_NONE);
+    }
+}
+
+static IOMMUAccessFlags perm_to_iommu(unsigned perm)
+{
+    return IOMMU_ACCESS_FLAG(!!(perm & IL_PERM_R), !!(perm & IL_PERM_W));
+}
+
+typedef struct ReplayArg {
+    IOMMUNotifier *n;
+} ReplayArg;
+
+static void iommulab_replay_one(void *opaque, const ILMapping *m)
+{
+    ReplayArg *ra = opaque;
+
+    iommulab_notify_range(ra->n, IOMMU_NOTIFIER_MAP, m->iova,
+                          m->iova + (m->size - 1), m->addr,
+                          perm_to_iommu(m->perm));
+}
+
+/*
+ * Replay the mappings of a paging domain.  Nested domains are not replayed
+ * (that would need a full stage-1 walk); their consumers see UNMAPs on
+ * invalidation and translate on demand.
+ */
+static void iommulab_replay(IOMMUMemoryRegion *iommu_mr, IOMMUNotifier *n)
+{
+    IOMMULabDev *dev = container_of(iommu_mr, IOMMULabDev, iommu_mr);
+    IOMMULabState *s = dev->s;
+    ReplayArg ra = { .n = n };
+
+    qemu_mutex_lock(&s->lock);
+    if (dev->mode == IL_MODE_DOMAIN && dev->domain->type == IL_DOMAIN_PAGING) {
+        il_s2_for_each(&dev->domain->s2, iommulab_replay_one, &ra);
+    }
+    qemu_mutex_unlock(&s->lock);
+}
+
+static int iommulab_notify_flag_changed(IOMMUMemoryRegion *iommu,
+                                        IOMMUNotifierFlag old,
+                                        IOMMUNotifierFlag new, Error **errp)
+{
+    return 0;
+}
+
+/* The device whose attachment changed: everything it had may be gone. */
+static void iommulab_dev_changed(IOMMULabDev *dev)
+{
+    IOMMUNotifier *n;
+
+    IOMMU_NOTIFIER_FOREACH(n, &dev->iommu_mr) {
+        iommulab_notify_range(n, IOMMU_NOTIFIER_UNMAP, 0, UINT64_MAX, 0,
+                              IOMMU_NONE);
+        if (n->notifier_flags & IOMMU_NOTIFIER_MAP) {
+            iommulab_replay(&dev->iommu_mr, n);
+        }
+    }
+}
+
+static void iommulab_emit_fault(IOMMULabState *s, IOMMULabDev *dev,
+                                uint64_t iova, unsigned access,
+                                const ILResult *r)
+{
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    g_autofree char *path = NULL;
+    g_autofree char *name = NULL;
+    uint64_t suppressed;
+
+    if (now - s->ev_window_ms >= 1000) {
+        s->ev_window_ms = now;
+        s->ev_in_window = 0;
+    }
+    if (s->ev_in_window >= IOMMULAB_EVENTS_PER_SEC) {
+        s->ev_pending++;
+        s->ev_suppressed++;
+        return;
+    }
+    s->ev_in_window++;
+    suppressed = s->ev_pending;
+    s->ev_pending = 0;
+    path = object_get_canonical_path(OBJECT(s));
+    name = iommulab_dev_name(dev);
+    qapi_event_send_x_iommulab_fault(path, name, iova, access_to_qapi(access),
+                                     stage_to_qapi(r->stage),
+                                     reason_to_qapi(r->reason), suppressed);
+}
+
+static IOMMUTLBEntry iommulab_translate(IOMMUMemoryRegion *iommu_mr,
+                                       hwaddr addr, IOMMUAccessFlags flag,
+                                       int iommu_idx)
+{
+    IOMMULabDev *dev = container_of(iommu_mr, IOMMULabDev, iommu_mr);
+    IOMMULabState *s = dev->s;
+    IOMMUTLBEntry entry = {
+        .target_as = &address_space_memory,
+        .iova = addr & ~(hwaddr)IL_PAGE_MASK,
+        .addr_mask = IL_PAGE_MASK,
+        .perm = IOMMU_NONE,
+    };
+    unsigned access = ((flag & IOMMU_RO) ? IL_ACCESS_READ : 0) |
+                      ((flag & IOMMU_WO) ? IL_ACCESS_WRITE : 0);
+    bool ok, recorded;
+    ILResult r;
+
+    qemu_mutex_lock(&s->lock);
+    ok = il_translate(&s->engine, dev->mode, dev->domain, dev->index, addr,
+                      access, 0, &r, &recorded);
+    if (recorded) {
+        iommulab_emit_fault(s, dev, addr, access, &r);
+    }
+    qemu_mutex_unlock(&s->lock);
+    if (ok) {
+        uint64_t mask = (1ULL << r.shift) - 1;
+
+        entry.iova = addr & ~mask;
+        entry.translated_addr = r.addr & ~mask;
+        entry.addr_mask = mask;
+        entry.perm = perm_to_iommu(r.perm);
+        trace_iommulab_translate(iommulab_dev_rid(dev), addr, flag, r.addr,
+                                 r.perm);
+    } else if (access) {
+        trace_iommulab_fault(iommulab_dev_rid(dev), addr, access, r.stage,
+                             r.reason);
+    }
+    return entry;
+}
+
+static AddressSpace *iommulab_get_address_space(PCIBus *bus, void *opaque,
+                                                int devfn)
+{
+    IOMMULabState *s = opaque;
+    IOMMULabDev **devs = g_hash_table_lookup(s->bus_devs, bus);
+    IOMMULabDev *dev;
+    g_autofree char *name = NULL;
+
+    if (!devs) {
+        devs = g_new0(IOMMULabDev *, PCI_DEVFN_MAX);
+        g_hash_table_insert(s->bus_devs, bus, devs);
+    }
+    dev = devs[devfn];
+    if (dev) {
+        return &dev->as;
+    }
+    dev = g_new0(IOMMULabDev, 1);
+    dev->s = s;
+    dev->bus = bus;
+    dev->devfn = devfn;
+    dev->mode = s->default_mode;
+    name = g_strdup_printf("%s-%u", TYPE_IOMMULAB_IOMMU_MR, s->devs->len);
+    memory_region_init_iommu(&dev->iommu_mr, sizeof(dev->iommu_mr),
+                             TYPE_IOMMULAB_IOMMU_MR, OBJECT(s), name,
+                             UINT64_MAX);
+    address_space_init(&dev->as, MEMORY_REGION(&dev->iommu_mr), name);
+    qemu_mutex_lock(&s->lock);
+    dev->index = s->devs->len;
+    g_ptr_array_add(s->devs, dev);
+    qemu_mutex_unlock(&s->lock);
+    devs[devfn] = dev;
+    trace_iommulab_add_device(pci_bus_num(bus), devfn, dev->index);
+    return &dev->as;
+}
+
+static const PCIIOMMUOps iommulab_iommu_ops = {
+    .get_address_space = iommulab_get_address_space,
+};
+
+/* ---- control commands (QMP, under the BQL) ---- */
+
+static void iommulab_set_error(Error **errp, ILError err, const char *what,
+                               uint32_t domain)
+{
+    error_setg(errp, "%s: domain %" PRIu32 ": %s", what, domain,
+               il_strerror(err));
+}
+
+static void iommulab_domain_alloc(IOMMULabState *s, uint32_t domain,
+                                  IommulabDomainType type, bool has_parent,
+                                  uint32_t parent, bool has_s1_root,
+                                  uint64_t s1_root, bool has_ias, uint8_t ias,
+                                  Error **errp)
+{
+    ILError err;
+
+    if (type == IOMMULAB_DOMAIN_TYPE_PAGING) {
+        if (has_parent || has_s1_root) {
+            error_setg(errp, "'parent' and 's1-root' are for nested domains");
+            return;
+        }
+        if (has_ias && (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX)) {
+            error_setg(errp, "'ias' must be %d to %d bits, not %u",
+                       IL_S2_IAS_MIN, IL_S2_IAS_MAX, ias);
+            return;
+        }
+    } else {
+        if (!has_parent || !has_s1_root) {
+            error_setg(errp, "a nested domain needs 'parent' and 's1-root'");
+            return;
+        }
+        if (has_ias) {
+            error_setg(errp, "'ias' is for paging domains (stage 1 is "
+                       "always %d bits)", IL_S1_IAS);
+            return;
+        }
+    }
+    qemu_mutex_lock(&s->lock);
+    if (type == IOMMULAB_DOMAIN_TYPE_PAGING) {
+        err = il_domain_alloc_paging(&s->engine, domain, has_ias ? ias : 48);
+    } else {
+        err = il_domain_alloc_nested(&s->engine, domain, parent, s1_root);
+    }
+    qemu_mutex_unlock(&s->lock);
+    switch (err) {
+    case IL_OK:
+        trace_iommulab_domain_alloc(domain, type);
+        return;
+    case IL_ERR_NOENT:
+        error_setg(errp, "parent domain %" PRIu32 " does not exist", parent);
+        return;
+    case IL_ERR_TYPE:
+        error_setg(errp, "parent domain %" PRIu32 " is not a paging domain",
+                   parent);
+        return;
+    case IL_ERR_ALIGN:
+        error_setg(errp, "'s1-root' 0x%" PRIx64 " is not 4 KiB aligned",
+                   s1_root);
+        return;
+    default:
+        iommulab_set_error(errp, err, "domain-alloc", domain);
+    }
+}
+
+static void iommulab_domain_free(IOMMULabState *s, uint32_t domain,
+                                 Error **errp)
+{
+    ILDomain *d;
+    ILError err = IL_ERR_NOENT;
+
+    qemu_mutex_lock(&s->lock);
+    d = il_domain_find(&s->engine, domain);
+    if (d && (d->devices || d->children)) {
+        error_setg(errp, "domain %" PRIu32 " is in use: %" PRIu32
+                   " device(s) attached, %" PRIu32 " nested domain(s) on it",
+                   domain, d->devices, d->children);
+        qemu_mutex_unlock(&s->lock);
+        return;
+    }
+    if (d) {
+        err = il_domain_free(&s->engine, domain);
+    }
+    qemu_mutex_unlock(&s->lock);
+    if (err != IL_OK) {
+        iommulab_set_error(errp, err, "domain-free", domain);
+        return;
+    }
+    trace_iommulab_domain_free(domain);
+}
+
+static void iommulab_map(IOMMULabState *s, uint32_t domain,
+                         IommulabMappingList *mappings, Error **errp)
+{
+    g_autofree ILMapping *maps = NULL;
+    size_t n = 0, i = 0, bad = 0;
+    IommulabMappingList *l;
+    ILError err;
+
+    for (l = mappings; l; l = l->next) {
+        n++;
+    }
+    if (!n) {
+        error_setg(errp, "'mappings' is empty");
+        return;
+    }
+    maps = g_new0(ILMapping, n);
+    for (l = mappings; l; l = l->next, i++) {
+        maps[i].iova = l->value->iova;
+        maps[i].size = l->value->size;
+        maps[i].addr = l->value->addr;
+        maps[i].perm = (l->value->read ? IL_PERM_R : 0) |
+                       (l->value->write ? IL_PERM_W : 0);
+    }
+    qemu_mutex_lock(&s->lock);
+    err = il_domain_map(&s->engine, domain, maps, n, &bad);
+    qemu_mutex_unlock(&s->lock);
+    if (err == IL_ERR_NOENT || err == IL_ERR_TYPE) {
+        error_setg(errp, "domain %" PRIu32 " %s", domain,
+                   err == IL_ERR_NOENT ? "does not exist" :
+                   "is not a paging domain");
+        return;
+    }
+    if (err != IL_OK) {
+        error_setg(errp, "mappings[%zu] (iova 0x%" PRIx64 " size 0x%" PRIx64
+                   " addr 0x%" PRIx64 "): %s; nothing was mapped", bad,
+                   maps[bad].iova, maps[bad].size, maps[bad].addr,
+                   il_strerror(err));
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        trace_iommulab_map(domain, maps[i].iova, maps[i].size, maps[i].addr,
+                           maps[i].perm);
+    }
+    /* MAP notifications for devices attached to this domain. */
+    for (unsigned j = 0; j < s->devs->len; j++) {
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+        IOMMUNotifier *nf;
+
+        if (dev->mode != IL_MODE_DOMAIN || dev->domain->id != domain) {
+            continue;
+        }
+        IOMMU_NOTIFIER_FOREACH(nf, &dev->iommu_mr) {
+            for (i = 0; i < n; i++) {
+                iommulab_notify_range(nf, IOMMU_NOTIFIER_MAP, maps[i].iova,
+                                      maps[i].iova + (maps[i].size - 1),
+                                      maps[i].addr,
+                                      perm_to_iommu(maps[i].perm));
+            }
+        }
+    }
+}
+
+static IommulabUnmapResult *iommulab_unmap(IOMMULabState *s, uint32_t domain,
+                                           IommulabRangeList *ranges,
+                                           Error **errp)
+{
+    g_autofree ILMapping *r = NULL;
+    size_t n = 0, i = 0, bad = 0;
+    IommulabRangeList *l;
+    IommulabUnmapResult *res;
+    uint64_t bytes = 0;
+    ILError err;
+
+    for (l = ranges; l; l = l->next) {
+        n++;
+    }
+    if (!n) {
+        error_setg(errp, "'ranges' is empty");
+        return NULL;
+    }
+    r = g_new0(ILMapping, n);
+    for (l = ranges; l; l = l->next, i++) {
+        r[i].iova = l->value->iova;
+        r[i].size = l->value->size;
+    }
+    qemu_mutex_lock(&s->lock);
+    err = il_domain_unmap(&s->engine, domain, r, n, &bad, &bytes);
+    qemu_mutex_unlock(&s->lock);
+    if (err == IL_ERR_NOENT || err == IL_ERR_TYPE) {
+        error_setg(errp, "domain %" PRIu32 " %s", domain,
+                   err == IL_ERR_NOENT ? "does not exist" :
+                   "is not a paging domain");
+        return NULL;
+    }
+    if (err != IL_OK) {
+        error_setg(errp, "ranges[%zu] (iova 0x%" PRIx64 " size 0x%" PRIx64
+                   "): %s; nothing was unmapped", bad, r[bad].iova,
+                   r[bad].size, il_strerror(err));
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        trace_iommulab_unmap(domain, r[i].iova, r[i].size);
+    }
+    /* The IOTLB is already clean; now the notifier consumers. */
+    for (unsigned j = 0; j < s->devs->len; j++) {
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+
+        if (dev->mode != IL_MODE_DOMAIN) {
+            continue;
+        }
+        if (dev->domain->id == domain) {
+            for (i = 0; i < n; i++) {
+                iommulab_dev_unmap(dev, r[i].iova,
+                                   r[i].iova + (r[i].size - 1));
+            }
+        } else if (dev->domain->parent && dev->domain->parent->id == domain) {
+            iommulab_dev_unmap(dev, 0, UINT64_MAX);
+        }
+    }
+    res = g_new0(IommulabUnmapResult, 1);
+    res->unmapped = bytes;
+    return res;
+}
+
+static IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
+                                      Error **errp)
+{
+    Object *obj = NULL;
+    AddressSpace *as;
+
+    if (!strchr(name, '/')) {
+        g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
+                                                name);
+
+        obj = object_resolve_path_type(path, TYPE_PCI_DEVICE, NULL);
+    }
+    if (!obj) {
+        obj = object_resolve_path_type(name, TYPE_PCI_DEVICE, NULL);
+    }
+    if (!obj) {
+        error_setg(errp, "'%s' is not a PCI device (give its id or QOM path)",
+                   name);
+        return NULL;
+    }
+    if (obj == OBJECT(s)) {
+        error_setg(errp, "'%s' is the vIOMMU itself", name);
+        return NULL;
+    }
+    as = pci_device_iommu_address_space(PCI_DEVICE(obj));
+    for (unsigned i = 0; i < s->devs->len; i++) {
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, i);
+
+        if (&dev->as == as) {
+            return dev;
+        }
+    }
+    error_setg(errp, "PCI device '%s' is not behind this vIOMMU", name);
+    return NULL;
+}
+
+static void iommulab_attach(IOMMULabState *s, const char *device,
+                            IommulabAttachMode mode, bool has_domain,
+                            uint32_t domain, Error **errp)
+{
+    IOMMULabDev *dev = iommulab_find_dev(s, device, errp);
+    ILDomain *d = NULL, *old;
+
+    if (!dev) {
+        return;
+    }
+    if (mode == IOMMULAB_ATTACH_MODE_DOMAIN && !has_domain) {
+        error_setg(errp, "mode 'domain' needs 'domain'");
+        return;
+    }
+    if (mode != IOMMULAB_ATTACH_MODE_DOMAIN && has_domain) {
+        error_setg(errp, "'domain' is only valid with mode 'domain'");
+        return;
+    }
+    qemu_mutex_lock(&s->lock);
+    if (has_domain) {
+        d = il_domain_find(&s->engine, domain);
+        if (!d) {
+            qemu_mutex_unlock(&s->lock);
+            error_setg(errp, "domain %" PRIu32 " does not exist", domain);
+            return;
+        }
+    }
+    old = dev->domain;
+    il_domain_ref(d);
+    dev->domain = d;
+    dev->mode = mode == IOMMULAB_ATTACH_MODE_DOMAIN ? IL_MODE_DOMAIN :
+                mode == IOMMULAB_ATTACH_MODE_BYPASS ? IL_MODE_BYPASS :
+                IL_MODE_BLOCKED;
+    il_domain_unref(old);
+    qemu_mutex_unlock(&s->lock);
+    trace_iommulab_attach(iommulab_dev_rid(dev), mode, domain);
+    iommulab_dev_changed(dev);
+}
+
+static void iommulab_invalidate(IOMMULabState *s, bool has_domain,
+                                uint32_t domain, bool has_iova, uint64_t iova,
+                                bool has_size, uint64_t size, Error **errp)
+{
+    const ILDomain *d = NULL;
+    uint64_t first = 0, last = UINT64_MAX;
+    ILError err;
+
+    if (has_iova != has_size) {
+        error_setg(errp, "'iova' and 'size' go together");
+        return;
+    }
+    if (has_iova) {
+        err = il_check_range(iova, size, 64);
+        if (err != IL_OK) {
+            error_setg(errp, "range iova 0x%" PRIx64 " size 0x%" PRIx64
+                       ": %s", iova, size, il_strerror(err));
+            return;
+        }
+        first = iova;
+        last = iova + (size - 1);
+    }
+    qemu_mutex_lock(&s->lock);
+    if (has_domain) {
+        d = il_domain_find(&s->engine, domain);
+        if (!d) {
+            qemu_mutex_unlock(&s->lock);
+            error_setg(errp, "domain %" PRIu32 " does not exist", domain);
+            return;
+        }
+    }
+    if (has_iova) {
+        il_invalidate_range(&s->engine, d, iova, size);
+        if (d && d->children) {
+            /* a paging domain's nested children go with it */
+            for (size_t i = 0; i < s->engine.ndomains; i++) {
+                if (s->engine.domains[i]->parent == d) {
+                    il_invalidate_domain(&s->engine, s->engine.domains[i]);
+                }
+            }
+        }
+    } else if (d) {
+        il_invalidate_domain(&s->engine, d);
+    } else {
+        il_invalidate_all(&s->engine);
+    }
+    qemu_mutex_unlock(&s->lock);
+    trace_iommulab_invalidate(has_domain, domain, first, last);
+    for (unsigned j = 0; j < s->devs->len; j++) {
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+
+        if (dev->mode != IL_MODE_DOMAIN) {
+            continue;
+        }
+        if (!d || dev->domain == d) {
+            iommulab_dev_unmap(dev, first, last);
+        } else if (dev->domain->parent == d) {
+            iommulab_dev_unmap(dev, 0, UINT64_MAX);
+        }
+    }
+}
+
+static void iommulab_collect_mapping(void *opaque, const ILMapping *m)
+{
+    IommulabMappingList ***tail = opaque;
+    IommulabMapping *im = g_new0(IommulabMapping, 1);
+
+    im->iova = m->iova;
+    im->size = m->size;
+    im->addr = m->addr;
+    im->read = m->perm & IL_PERM_R;
+    im->write = m->perm & IL_PERM_W;
+    QAPI_LIST_APPEND(*tail, im);
+}
+
+static IommulabAttachMode mode_to_qapi(ILMode mode)
+{
+    return mode == IL_MODE_DOMAIN ? IOMMULAB_ATTACH_MODE_DOMAIN :
+           mode == IL_MODE_BYPASS ? IOMMULAB_ATTACH_MODE_BYPASS :
+           IOMMULAB_ATTACH_MODE_BLOCKED;
+}
+
+static IommulabInfo *iommulab_query(IOMMULabState *s, Error **errp)
+{
+    IommulabInfo *info = g_new0(IommulabInfo, 1);
+    IommulabDomainInfoList **dtail = &info->domains;
+    IommulabDeviceInfoList **vtail = &info->devices;
+
+    info->path = object_get_canonical_path(OBJECT(s));
+    info->default_mode = mode_to_qapi(s->default_mode);
+    info->iotlb_size = s->engine.tlb_mask + 1;
+    info->fault_queue_size = s->engine.fq_cap;
+    qemu_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->engine.ndomains; i++) {
+        const ILDomain *d = s->engine.domains[i];
+        IommulabDomainInfo *di = g_new0(IommulabDomainInfo, 1);
+        IommulabMappingList **mtail = &di->mappings;
+
+        di->domain = d->id;
+        di->devices = d->devices;
+        di->children = d->children;
+        if (d->type == IL_DOMAIN_PAGING) {
+            di->type = IOMMULAB_DOMAIN_TYPE_PAGING;
+            di->ias = d->s2.ias;
+            il_s2_for_each(&d->s2, iommulab_collect_mapping, &mtail);
+        } else {
+            di->type = IOMMULAB_DOMAIN_TYPE_NESTED;
+            di->ias = IL_S1_IAS;
+            di->has_parent = true;
+            di->parent = d->parent->id;
+            di->has_s1_root = true;
+            di->s1_root = d->s1_root;
+        }
+        QAPI_LIST_APPEND(dtail, di);
+    }
+    for (unsigned j = 0; j < s->devs->len; j++) {
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+        PCIDevice *pdev = iommulab_dev_pci(dev);
+        IommulabDeviceInfo *vi;
+
+        if (!pdev || PCI_DEVICE(s) == pdev) {
+            continue;
+        }
+        vi = g_new0(IommulabDeviceInfo, 1);
+        vi->device = object_get_canonical_path(OBJECT(pdev));
+        if (DEVICE(pdev)->id) {
+            vi->id = g_strdup(DEVICE(pdev)->id);
+        }
+        vi->requester_id = iommulab_dev_rid(dev);
+        vi->mode = mode_to_qapi(dev->mode);
+        if (dev->mode == IL_MODE_DOMAIN) {
+            vi->has_domain = true;
+            vi->domain = dev->domain->id;
+        }
+        QAPI_LIST_APPEND(vtail, vi);
+    }
+    qemu_mutex_unlock(&s->lock);
+    return info;
+}
+
+static IommulabCounters *iommulab_query_counters(IOMMULabState *s,
+                                                 Error **errp)
+{
+    IommulabCounters *c = g_new0(IommulabCounters, 1);
+
+    qemu_mutex_lock(&s->lock);
+    c->hits = s->engine.c.hits;
+    c->misses = s->engine.c.misses;
+    c->walks = s->engine.c.walks;
+    c->faults = s->engine.c.faults;
+    c->faults_dropped = s->engine.c.faults_dropped;
+    c->invalidations = s->engine.c.invalidations;
+    c->iotlb_entries = s->engine.tlb_valid;
+    c->events_suppressed = s->ev_suppressed;
+    qemu_mutex_unlock(&s->lock);
+    return c;
+}
+
+static IommulabTranslation *iommulab_debug_translate(IOMMULabState *s,
+                                                     const char *device,
+                                                     uint64_t iova,
+                                                     IommulabAccess access,
+                                                     Error **errp)
+{
+    IOMMULabDev *dev = iommulab_find_dev(s, device, errp);
+    IommulabTranslation *t;
+    ILResult r;
+    bool ok;
+
+    if (!dev) {
+        return NULL;
+    }
+    qemu_mutex_lock(&s->lock);
+    ok = il_translate(&s->engine, dev->mode, dev->domain, dev->index, iova,
+                      access == IOMMULAB_ACCESS_WRITE ? IL_ACCESS_WRITE :
+                      IL_ACCESS_READ, IL_TR_DEBUG, &r, NULL);
+    qemu_mutex_unlock(&s->lock);
+    t = g_new0(IommulabTranslation, 1);
+    t->allowed = ok;
+    if (ok) {
+        t->has_addr = t->has_read = t->has_write = true;
+        t->addr = r.addr;
+        t->read = r.perm & IL_PERM_R;
+        t->write = r.perm & IL_PERM_W;
+    } else {
+        t->has_stage = t->has_reason = true;
+        t->stage = stage_to_qapi(r.stage);
+        t->reason = reason_to_qapi(r.reason);
+    }
+    return t;
+}
+
+static IommulabFaults *iommulab_query_faults(IOMMULabState *s, bool clear,
+                                             Error **errp)
+{
+    IommulabFaults *res = g_new0(IommulabFaults, 1);
+    IommulabFaultList **tail = &res->faults;
+
+    qemu_mutex_lock(&s->lock);
+    for (uint32_t i = 0; i < il_faults_count(&s->engine); i++) {
+        const ILFault *f = il_faults_get(&s->engine, i);
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, f->dev);
+        IommulabFault *qf = g_new0(IommulabFault, 1);
+
+        qf->device = iommulab_dev_name(dev);
+        qf->requester_id = iommulab_dev_rid(dev);
+        qf->iova = f->iova;
+        qf->access = access_to_qapi(f->access);
+        qf->stage = stage_to_qapi(f->stage);
+        qf->reason = reason_to_qapi(f->reason);
+        qf->has_domain = f->has_domain;
+        qf->domain = f->domain;
+        QAPI_LIST_APPEND(tail, qf);
+    }
+    res->dropped = s->engine.fq_dropped;
+    if (clear) {
+        il_faults_clear(&s->engine);
+    }
+    qemu_mutex_unlock(&s->lock);
+    return res;
+}
+
+/* ---- QOM ---- */
+
+static void iommulab_realize(PCIDevice *pdev, Error **errp)
+{
+    IOMMULabState *s = IOMMULAB_VIOMMU(pdev);
+    PCIBus *bus = pci_get_bus(pdev);
+
+    if (!pci_bus_is_root(bus)) {
+        error_setg(errp, "%s must be plugged on the root PCI bus",
+                   TYPE_IOMMULAB_VIOMMU);
+        return;
+    }
+    if (bus->iommu_ops) {
+        error_setg(errp, "this PCI bus already has an IOMMU");
+        return;
+    }
+    if (!s->default_mode_str || !strcmp(s->default_mode_str, "blocked")) {
+        s->default_mode = IL_MODE_BLOCKED;
+    } else if (!strcmp(s->default_mode_str, "bypass")) {
+        s->default_mode = IL_MODE_BYPASS;
+    } else {
+        error_setg(errp, "default-mode must be 'blocked' or 'bypass', not "
+                   "'%s'", s->default_mode_str);
+        return;
+    }
+    if (!s->iotlb_size || (s->iotlb_size & (s->iotlb_size - 1)) ||
+        s->iotlb_size > (1u << 20)) {
+        error_setg(errp, "iotlb-size must be a power of two up to 2^20");
+        return;
+    }
+    if (!s->fault_queue_size || s->fault_queue_size > (1u << 16)) {
+        error_setg(errp, "fault-queue-size must be 1 to 65536");
+        return;
+    }
+    error_setg(&s->migration_blocker, "%s: domains, mappings and "
+               "attachments are programmed by the control plane over QMP and "
+               "are not migrated", TYPE_IOMMULAB_VIOMMU);
+    if (migrate_add_blocker(&s->migration_blocker, errp) < 0) {
+        return;
+    }
+    qemu_mutex_init(&s->lock);
+    il_engine_init(&s->engine, s->iotlb_size, s->fault_queue_size,
+                   iommulab_read_mem, s);
+    s->bus_devs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    s->devs = g_ptr_array_new();
+    pci_setup_iommu(bus, &iommulab_iommu_ops, s);
+}
+
+static void iommulab_reset(DeviceState *ds)
+{
+    IOMMULabState *s = IOMMULAB_VIOMMU(ds);
+
+    /*
+     * Domains and attachments belong to the control plane and survive a
+     * machine reset (as iommufd objects survive a guest reboot); cached
+     * translations do not.
+     */
+    if (s->devs) {
+        qemu_mutex_lock(&s->lock);
+        il_invalidate_all(&s->engine);
+        qemu_mutex_unlock(&s->lock);
+    }
+}
+
+static const Property iommulab_properties[] = {
+    DEFINE_PROP_STRING("default-mode", IOMMULabState, default_mode_str),
+    DEFINE_PROP_UINT32("iotlb-size", IOMMULabState, iotlb_size, 4096),
+    DEFINE_PROP_UINT32("fault-queue-size", IOMMULabState, fault_queue_size,
+                       256),
+};
+
+static void iommulab_class_init(ObjectClass *klass, void *data)
+{
+    DeviceClass *dc = DEVICE_CLASS(klass);
+    PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
+    IOMMULabClass *ic = IOMMULAB_VIOMMU_CLASS(klass);
+
+    k->realize = iommulab_realize;
+    k->vendor_id = PCI_VENDOR_ID_REDHAT;
+    k->device_id = 0x00f1;
+    k->class_id = 0x0806;       /* base system peripheral: IOMMU */
+    dc->desc = "iommulab generic paging vIOMMU";
+    dc->hotpluggable = false;
+    device_class_set_legacy_reset(dc, iommulab_reset);
+    device_class_set_props(dc, iommulab_properties);
+    set_bit(DEVICE_CATEGORY_MISC, dc->categories);
+
+    ic->domain_alloc = iommulab_domain_alloc;
+    ic->domain_free = iommulab_domain_free;
+    ic->map = iommulab_map;
+    ic->unmap = iommulab_unmap;
+    ic->attach = iommulab_attach;
+    ic->invalidate = iommulab_invalidate;
+    ic->query = iommulab_query;
+    ic->query_counters = iommulab_query_counters;
+    ic->translate = iommulab_debug_translate;
+    ic->query_faults = iommulab_query_faults;
+}
+
+static void iommulab_mr_class_init(ObjectClass *klass, void *data)
+{
+    IOMMUMemoryRegionClass *imrc = IOMMU_MEMORY_REGION_CLASS(klass);
+
+    imrc->translate = iommulab_translate;
+    imrc->replay = iommulab_replay;
+    imrc->notify_flag_changed = iommulab_notify_flag_changed;
+}
+
+static const TypeInfo iommulab_types[] = {
+    {
+        .name = TYPE_IOMMULAB_VIOMMU,
+        .parent = TYPE_PCI_DEVICE,
+        .instance_size = sizeof(IOMMULabState),
+        .class_size = sizeof(IOMMULabClass),
+        .class_init = iommulab_class_init,
+        .interfaces = (InterfaceInfo[]) {
+            { INTERFACE_CONVENTIONAL_PCI_DEVICE },
+            { },
+        },
+    }, {
+        .name = TYPE_IOMMULAB_IOMMU_MR,
+        .parent = TYPE_IOMMU_MEMORY_REGION,
+        .class_init = iommulab_mr_class_init,
+    },
+};
+
+DEFINE_TYPES(iommulab_types)

@@ -1,0 +1,90 @@
+/*
+ * iommulab generic paging vIOMMU (q35): a PCI device that translates the
+ * DMA of the devices on its PCI bus with the iommulab core.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef HW_IOMMULAB_VIOMMU_H
+#define HW_IOMMULAB_VIOMMU_H
+
+#include "hw/pci/pci_device.h"
+#include "exec/memory.h"
+#include "qemu/thread.h"
+#include "qapi/qapi-types-iommulab.h"
+#include "qom/object.h"
+#include "core/il-engine.h"
+
+#define TYPE_IOMMULAB_VIOMMU "iommulab-viommu"
+#define TYPE_IOMMULAB_IOMMU_MR "iommulab-iommu-memory-region"
+
+OBJECT_DECLARE_TYPE(IOMMULabState, IOMMULabClass, IOMMULAB_VIOMMU)
+
+/* One requester (bus, devfn) seen behind the vIOMMU. */
+typedef struct IOMMULabDev {
+    IOMMULabState *s;
+    PCIBus *bus;
+    uint8_t devfn;
+    uint32_t index;             /* device id in the core (fault records) */
+    ILMode mode;
+    ILDomain *domain;           /* mode == IL_MODE_DOMAIN */
+    IOMMUMemoryRegion iommu_mr;
+    AddressSpace as;
+} IOMMULabDev;
+
+struct IOMMULabState {
+    PCIDevice parent_obj;
+
+    /* Protects engine and the attachments of devs (DMA vs QMP). */
+    QemuMutex lock;
+    ILEngine engine;
+    GHashTable *bus_devs;       /* PCIBus * -> IOMMULabDev *[256] */
+    GPtrArray *devs;            /* IOMMULabDev *, by index */
+
+    /* properties */
+    char *default_mode_str;
+    uint32_t iotlb_size;
+    uint32_t fault_queue_size;
+    ILMode default_mode;
+
+    /* fault event rate limiting */
+    int64_t ev_window_ms;
+    uint32_t ev_in_window;
+    uint64_t ev_pending;        /* suppressed since the last event sent */
+    uint64_t ev_suppressed;     /* total suppressed */
+
+    Error *migration_blocker;
+};
+
+/*
+ * The QMP commands (iommulab-qmp.c, compiled into every system emulator)
+ * reach the device through these, so they need no link-time dependency on
+ * the device.
+ */
+struct IOMMULabClass {
+    PCIDeviceClass parent_class;
+
+    void (*domain_alloc)(IOMMULabState *s, uint32_t domain,
+                         IommulabDomainType type, bool has_parent,
+                         uint32_t parent, bool has_s1_root, uint64_t s1_root,
+                         bool has_ias, uint8_t ias, Error **errp);
+    void (*domain_free)(IOMMULabState *s, uint32_t domain, Error **errp);
+    void (*map)(IOMMULabState *s, uint32_t domain,
+                IommulabMappingList *mappings, Error **errp);
+    IommulabUnmapResult *(*unmap)(IOMMULabState *s, uint32_t domain,
+                                  IommulabRangeList *ranges, Error **errp);
+    void (*attach)(IOMMULabState *s, const char *device,
+                   IommulabAttachMode mode, bool has_domain, uint32_t domain,
+                   Error **errp);
+    void (*invalidate)(IOMMULabState *s, bool has_domain, uint32_t domain,
+                       bool has_iova, uint64_t iova, bool has_size,
+                       uint64_t size, Error **errp);
+    IommulabInfo *(*query)(IOMMULabState *s, Error **errp);
+    IommulabCounters *(*query_counters)(IOMMULabState *s, Error **errp);
+    IommulabTranslation *(*translate)(IOMMULabState *s, const char *device,
+                                      uint64_t iova, IommulabAccess access,
+                                      Error **errp);
+    IommulabFaults *(*query_faults)(IOMMULabState *s, bool clear,
+                                    Error **errp);
+};
+
+#endif
