@@ -17,6 +17,7 @@ KNOWN_SCENARIOS = ("boot", "nvme-probe", "nvme-rw", "dmesg-iommu")
 _RESULT = re.compile(rf"^.*?{RESULT_MARK} (.*?)\s*$", re.MULTILINE)
 _DONE = re.compile(rf"^.*?{DONE_MARK} (\{{.*\}})\s*$", re.MULTILINE)
 DONE_PATTERN = rf"{DONE_MARK} \{{.*\}}\s*$"
+BOOT_PATTERN = rf'{RESULT_MARK} \{{"scenario": "boot"'
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -122,3 +123,25 @@ class DdwWindow:
     def direct(self) -> bool:
         """The kernel maps all of RAM 1:1 in this window (direct64) rather than dynamically."""
         return self.path.endswith("direct64-ddr-window-info")
+
+
+@dataclass(frozen=True)
+class DefaultWindow:
+    """A pseries PHB's ``ibm,dma-window``: liobn, then bus offset and size (2 cells each)."""
+
+    path: str
+    liobn: int
+    offset: int
+    size: int
+
+    @classmethod
+    def from_hex(cls, path: str, hexstr: str) -> DefaultWindow:
+        raw = bytes.fromhex(hexstr)
+        if len(raw) != 20:
+            raise ValueError(f"{path}: {len(raw)} bytes, ibm,dma-window with 2+2 cells has 20")
+        return cls(
+            path,
+            int.from_bytes(raw[0:4], "big"),
+            int.from_bytes(raw[4:12], "big"),
+            int.from_bytes(raw[12:20], "big"),
+        )

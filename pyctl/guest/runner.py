@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from pyctl.guest.image import GuestImage
-from pyctl.guest.results import DONE_PATTERN, Scenario, cmdline_arg, parse_done, parse_results
+from pyctl.guest.results import (
+    BOOT_PATTERN,
+    DONE_PATTERN,
+    Scenario,
+    cmdline_arg,
+    parse_done,
+    parse_results,
+)
 from pyctl.qemu.launcher import LaunchError, QemuInstance
 from pyctl.qemu.machines import GuestConfig, NvmeDisk
 
@@ -22,6 +29,7 @@ class AgentRun:
     results: list[dict[str, Any]]
     done: dict[str, Any] | None
     console: Path
+    seconds_to_boot: float | None  # QEMU start -> the agent's first ("boot") result
     seconds_to_done: float | None
     error: str | None  # why the run failed (timeout, panic, QEMU exit), None if it finished
     exit_status: int | None
@@ -63,11 +71,14 @@ def run_agent(
     inst = QemuInstance(cfg, workdir, build_dir)
     error: str | None = None
     seconds: float | None = None
+    boot: float | None = None
     try:
         inst.start()
         if cfg.paused:
             inst.qmp.cmd("cont")
-        inst.wait_for(DONE_PATTERN, timeout)
+        inst.wait_for(BOOT_PATTERN, timeout)
+        boot = inst.elapsed()
+        inst.wait_for(DONE_PATTERN, max(1.0, timeout - boot))
         seconds = inst.elapsed()
         # The agent powers off; wait for QEMU to exit on its own before forcing it.
         inst.wait_exit(poweroff_timeout)
@@ -77,5 +88,5 @@ def run_agent(
         status = inst.shutdown()
     text = inst.console_text()
     return AgentRun(
-        parse_results(text), parse_done(text), inst.console_path, seconds, error, status
+        parse_results(text), parse_done(text), inst.console_path, boot, seconds, error, status
     )

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +70,11 @@ class QemuInstance:
         self.build_dir = build_dir or qemu_build_dir()
         self.console_path = workdir / "console.log"
         self.qmp_path = workdir / "qmp.sock"
+        self._qmp_tmpdir: Path | None = None
+        if len(str(self.qmp_path)) > 100:
+            # A UNIX socket path must fit in sun_path (108 bytes).
+            self._qmp_tmpdir = Path(tempfile.mkdtemp(prefix="iommulab-qmp-"))
+            self.qmp_path = self._qmp_tmpdir / "qmp.sock"
         self.log_path = workdir / "qemu.log"
         self.argv = build_command(cfg, self.build_dir, self.console_path, self.qmp_path)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -165,6 +171,8 @@ class QemuInstance:
             with contextlib.suppress(Exception):
                 self._qmp.close()
             self._qmp = None
+        if self._qmp_tmpdir is not None and not self.running():
+            shutil.rmtree(self._qmp_tmpdir, ignore_errors=True)
 
     def __enter__(self) -> QemuInstance:
         self.start()

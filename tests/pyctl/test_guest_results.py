@@ -6,6 +6,7 @@ import pytest
 
 from pyctl.guest.results import (
     DdwWindow,
+    DefaultWindow,
     Scenario,
     ScenarioError,
     cmdline_arg,
@@ -77,3 +78,12 @@ def test_ddw_property_decodes_the_kernel_struct() -> None:
     assert w.size == 1 << 30 and w.direct
     with pytest.raises(ValueError, match="24"):
         DdwWindow.from_hex("p", "00" * 20)
+
+
+def test_default_window_decodes_ibm_dma_window() -> None:
+    w = DefaultWindow.from_hex(
+        "/pci@800000020000000/ibm,dma-window", "80000000" + "00" * 8 + "40000000".rjust(16, "0")
+    )
+    assert (w.liobn, w.offset, w.size) == (0x80000000, 0, 1 << 30)
+    with pytest.raises(ValueError, match="20"):
+        DefaultWindow.from_hex("p", "00" * 24)

@@ -210,3 +210,11 @@ def test_qemu_exit_ends_the_wait_early(tmp_path: Path) -> None:
     inst.console_path.write_text("half a boot\n")
     with pytest.raises(GuestDied, match="QEMU exited"):
         inst.wait_for("IOMMULAB-DONE", timeout=60)
+
+
+def test_long_workdir_gets_a_short_qmp_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    inst = QemuInstance(GuestConfig("q35", K), deep)
+    assert len(str(inst.qmp_path)) < 108
+    assert inst.console_path.parent == deep
+    assert f"path={inst.qmp_path},server=on" in " ".join(inst.argv)
