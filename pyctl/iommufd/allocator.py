@@ -104,16 +104,19 @@ class HoleSet:
                 self._insert(last + 1, e)
 
     def give(self, start: int, last: int) -> None:
-        """Mark [start, last] free again (clipped to the base ranges)."""
+        """Mark [start, last] free again (clipped to the base ranges, merged with neighbours)."""
         for s, e in intersect([(start, last)], self._base):
-            i = self._holes.bisect_left(s) - 1
+            lo = s - 1 if s > 0 else 0
+            keys: list[int] = []
+            i = self._holes.bisect_right(lo) - 1
             if i >= 0:
-                ps, pe = self._holes.peekitem(i)
-                if pe + 1 == s:
-                    self._delete(ps)
-                    s = ps
-            if e + 1 in self._holes:
-                e = self._delete(e + 1)
+                ps = self._holes.peekitem(i)[0]
+                if self._holes[ps] + 1 >= s:
+                    keys.append(ps)
+            keys.extend(k for k in self._holes.irange(s, e + 1) if not keys or k != keys[0])
+            for k in keys:
+                ke = self._delete(k)
+                s, e = min(s, k), max(e, ke)
             self._insert(s, e)
 
     # -- allocation ------------------------------------------------------------
