@@ -12,6 +12,7 @@ address order, and the scan stops at the best candidate found so far.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 
 from sortedcontainers import SortedDict, SortedList
@@ -105,7 +106,12 @@ class HoleSet:
 
     def give(self, start: int, last: int) -> None:
         """Mark [start, last] free again (clipped to the base ranges, merged with neighbours)."""
-        for s, e in intersect([(start, last)], self._base):
+        j = bisect.bisect_right(self._base, (start, 1 << 65)) - 1
+        if j >= 0 and self._base[j][0] <= start and last <= self._base[j][1]:
+            pieces = [(start, last)]
+        else:
+            pieces = intersect([(start, last)], self._base)
+        for s, e in pieces:
             lo = s - 1 if s > 0 else 0
             keys: list[int] = []
             i = self._holes.bisect_right(lo) - 1

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .allocator import alloc_alignment
-from .areas import Area
+from .allocator import HoleSet, alloc_alignment
+from .areas import Area, AreaTree
 from .backend import (
     DeviceHwInfo,
     HardwareBackend,
@@ -207,7 +207,14 @@ class IommufdContext:
             raise
 
     def _hw_unmap_all(self, domains: Sequence[int], areas: list[Area]) -> None:
-        ranges = [(a.iova, a.length) for a in areas]
+        # areas that touch are unmapped as one range (the device accepts holes
+        # and the range holds nothing but these areas)
+        ranges: list[tuple[int, int]] = []
+        for a in areas:
+            if ranges and ranges[-1][0] + ranges[-1][1] == a.iova:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + a.length)
+            else:
+                ranges.append((a.iova, a.length))
         done: list[int] = []
         try:
             for d in domains:
@@ -377,6 +384,10 @@ class IommufdContext:
         if ioas.hwpts:
             self._hw_unmap_all(ioas.hwpts, victims)
             self.account.unpin(self._pfns(victims))
+        if len(victims) == len(ioas.areas):
+            ioas.areas = AreaTree()
+            ioas.holes = HoleSet(ioas.holes.base)
+            return
         for a in victims:
             ioas.areas.remove(a.iova)
             ioas.holes.give(a.iova, a.last)

@@ -220,6 +220,12 @@ class InMemoryBackend:
         total = 0
         for iova, size in ranges:
             last = iova + size - 1
+            if d.maps and iova <= d.maps.peekitem(0)[0]:
+                m_end: MapEntry = d.maps.peekitem(-1)[1]
+                if m_end.iova + m_end.size - 1 <= last:
+                    total += sum(m.size for m in d.maps.values())
+                    d.maps.clear()
+                    continue
             for m in self._find(d, iova, last):
                 del d.maps[m.iova]
                 m_last = m.iova + m.size - 1

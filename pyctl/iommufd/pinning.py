@@ -73,19 +73,64 @@ class PinAccount:
         value: int = self._steps.peekitem(i)[1]
         return value
 
+    def _apply_many(self, ranges: list[tuple[int, int]], delta: int) -> None:
+        """Apply ``delta`` to many ranges in one merge pass over the step function."""
+        if len(ranges) * 16 < len(self._steps):
+            for first, last in ranges:
+                self._apply(first, last, delta)
+            return
+        events: dict[int, int] = {}
+        for first, last in ranges:
+            events[first] = events.get(first, 0) + delta
+            events[last + 1] = events.get(last + 1, 0) - delta
+        ev_keys = sorted(events)
+        old = list(self._steps.items())
+        out: list[tuple[int, int]] = []
+        i = j = 0
+        cur_old = 0
+        cur_delta = 0
+        while i < len(old) or j < len(ev_keys):
+            k_old = old[i][0] if i < len(old) else None
+            k_ev = ev_keys[j] if j < len(ev_keys) else None
+            if k_ev is None or (k_old is not None and k_old <= k_ev):
+                k = k_old
+                assert k is not None
+                cur_old = old[i][1]
+                i += 1
+                if k_ev == k:
+                    cur_delta += events[k]
+                    j += 1
+            else:
+                k = k_ev
+                cur_delta += events[k]
+                j += 1
+            value = cur_old + cur_delta
+            if value < 0:
+                raise AssertionError("pin count below zero")
+            if out and out[-1][0] == k:
+                out[-1] = (k, value)
+            elif not out or out[-1][1] != value:
+                out.append((k, value))
+        pinned = 0
+        for n, (k, v) in enumerate(out):
+            if v > 0:
+                end = out[n + 1][0] if n + 1 < len(out) else None
+                if end is None:
+                    raise AssertionError("pin count does not return to zero")
+                pinned += end - k
+        self._steps = SortedDict(out)
+        self.pinned_pages = pinned
+
     def pin(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Add one pin to every page of the (first, last) pfn ranges; ENOMEM over the limit.
 
         All or nothing: on ENOMEM no count changed.
         """
-        done: list[tuple[int, int]] = []
-        for first, last in ranges:
-            self._apply(first, last, +1)
-            done.append((first, last))
+        todo = list(ranges)
+        self._apply_many(todo, +1)
         if self.limit_pages is not None and self.pinned_pages > self.limit_pages:
             wanted = self.pinned_pages
-            for first, last in done:
-                self._apply(first, last, -1)
+            self._apply_many(todo, -1)
             raise IommufdError(
                 "ENOMEM",
                 f"pinning would need {wanted} pages, over the {self.name} limit of "
@@ -93,5 +138,4 @@ class PinAccount:
             )
 
     def unpin(self, ranges: Iterable[tuple[int, int]]) -> None:
-        for first, last in ranges:
-            self._apply(first, last, -1)
+        self._apply_many(list(ranges), -1)

@@ -130,3 +130,28 @@ def test_many_areas() -> None:
     again = ctx.ioas_map(ioas, 0, 0x1000, 6)
     assert again == min(iovas[::2])
     assert ctx.check_hardware() == []
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 200), st.integers(0, 30)), min_size=1, max_size=60),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_pin_batches_match_brute_force(batches: list[list[tuple[int, int]]]) -> None:
+    """Large batches take the merge path, small ones the per-range path: same result."""
+    acct = PinAccount()
+    ref: Counter[int] = Counter()
+    for batch in batches:
+        ranges = [(f, f + n) for f, n in batch]
+        acct.pin(ranges)
+        for f, last in ranges:
+            ref.update(range(f, last + 1))
+    assert acct.pinned_pages == sum(1 for v in ref.values() if v > 0)
+    assert all(acct.count(p) == ref[p] for p in range(0, 240))
+    for batch in reversed(batches):
+        acct.unpin([(f, f + n) for f, n in batch])
+    assert acct.pinned_pages == 0
+    assert acct.count(0) == 0 and len(acct._steps) == 1
