@@ -182,6 +182,8 @@ class InMemoryBackend:
         d = self._dom(domain)
         if d.type != "paging":
             raise BackendError(f"domain {domain} is not a paging domain")
+        if not mappings:
+            raise BackendError("map: 'mappings' is empty")
         batch = sorted(mappings, key=lambda m: m.iova)
         prev_last = -1
         for m in batch:
@@ -215,6 +217,8 @@ class InMemoryBackend:
         d = self._dom(domain)
         if d.type != "paging":
             raise BackendError(f"domain {domain} is not a paging domain")
+        if not ranges:
+            raise BackendError("unmap: 'ranges' is empty")
         for iova, size in ranges:
             _check_range("unmap", iova, size)
         total = 0

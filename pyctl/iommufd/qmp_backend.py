@@ -1,0 +1,246 @@
+"""The hardware backend over QMP: the iommulab-viommu device's ``x-iommulab-*`` commands.
+
+asyncio inside (``qemu.qmp.QMPClient`` on an event loop in a private
+thread), a synchronous facade outside, so scripts and the object model call
+plain methods.  Each Protocol method is one QMP command (docs/qmp.md); a map
+batch too large for one QMP message is split into chunks and, should a later
+chunk fail, the earlier ones are unmapped again, so a batch stays all or
+nothing.  A refused command raises :class:`BackendError` with QEMU's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar, cast
+
+from qemu.qmp import ExecuteError, QMPClient
+
+from .backend import (
+    Access,
+    AttachMode,
+    DeviceHwInfo,
+    DomainType,
+    Fault,
+    HwDevice,
+    HwDomain,
+    HwState,
+    MapEntry,
+    Translation,
+)
+from .errors import BackendError
+
+T = TypeVar("T")
+
+#: mappings per x-iommulab-map command (QEMU's JSON parser caps tokens per message)
+MAP_CHUNK = 8192
+
+
+class QmpBackend:
+    """The ``iommulab-viommu`` device ``iommu`` (qdev id or QOM path) of a running QEMU."""
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        iommu: str = "viommu0",
+        timeout: float = 60.0,
+        ias: int = 48,
+    ) -> None:
+        self.iommu = iommu
+        self.timeout = timeout
+        self.ias = ias
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="iommulab-qmp", daemon=True
+        )
+        self._thread.start()
+        self._client = QMPClient("iommulab-pyctl")
+        try:
+            self._run(self._client.connect(address))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self._devices: dict[str, DeviceHwInfo] = {}
+        self._aliases: dict[str, str] = {}
+        self.commands_sent = 0
+
+    # -- plumbing --------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(self.timeout)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def close(self) -> None:
+        try:
+            self._run(self._client.disconnect())
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> QmpBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def execute(self, command: str, args: Mapping[str, object] | None = None) -> Any:
+        """Run one QMP command; a refusal becomes :class:`BackendError`."""
+        self.commands_sent += 1
+        try:
+            return self._run(self._client.execute(command, dict(args or {})))
+        except ExecuteError as e:
+            raise BackendError(f"{command}: {e}") from e
+
+    def _cmd(self, command: str, **args: object) -> Any:
+        return self.execute(command, {"iommu": self.iommu, **args})
+
+    # -- devices ---------------------------------------------------------------
+    def _refresh_devices(self) -> None:
+        info = self._cmd("x-iommulab-query")
+        self._devices.clear()
+        self._aliases.clear()
+        for d in info["devices"]:
+            path = d["device"]
+            self._devices[path] = DeviceHwInfo(path, "x86", ias=self.ias)
+            self._aliases[path] = path
+            if "id" in d:
+                self._aliases[d["id"]] = path
+
+    def devices(self) -> list[DeviceHwInfo]:
+        self._refresh_devices()
+        return list(self._devices.values())
+
+    def device_info(self, device: str) -> DeviceHwInfo:
+        if device not in self._aliases:
+            self._refresh_devices()
+        path = self._aliases.get(device)
+        if path is None:
+            raise BackendError(f"device {device!r} is not behind {self.iommu}")
+        return self._devices[path]
+
+    # -- HardwareBackend -------------------------------------------------------
+    def domain_alloc(
+        self,
+        domain: int,
+        type: DomainType,
+        *,
+        parent: int | None = None,
+        s1_root: int | None = None,
+        ias: int | None = None,
+    ) -> None:
+        args: dict[str, object] = {"domain": domain, "type": type}
+        if parent is not None:
+            args["parent"] = parent
+        if s1_root is not None:
+            args["s1-root"] = s1_root
+        if ias is not None:
+            args["ias"] = ias
+        self._cmd("x-iommulab-domain-alloc", **args)
+
+    def domain_free(self, domain: int) -> None:
+        self._cmd("x-iommulab-domain-free", domain=domain)
+
+    @staticmethod
+    def _mapping(m: MapEntry) -> dict[str, object]:
+        return {"iova": m.iova, "size": m.size, "addr": m.addr, "read": m.read, "write": m.write}
+
+    def map(self, domain: int, mappings: list[MapEntry]) -> None:
+        done: list[MapEntry] = []
+        for i in range(0, len(mappings), MAP_CHUNK):
+            chunk = mappings[i : i + MAP_CHUNK]
+            try:
+                self._cmd(
+                    "x-iommulab-map", domain=domain, mappings=[self._mapping(m) for m in chunk]
+                )
+            except BackendError:
+                if done:
+                    self.unmap(domain, [(m.iova, m.size) for m in done])
+                raise
+            done.extend(chunk)
+
+    def unmap(self, domain: int, ranges: list[tuple[int, int]]) -> int:
+        total = 0
+        for i in range(0, len(ranges), MAP_CHUNK):
+            chunk = ranges[i : i + MAP_CHUNK]
+            r = self._cmd(
+                "x-iommulab-unmap",
+                domain=domain,
+                ranges=[{"iova": iova, "size": size} for iova, size in chunk],
+            )
+            total += int(r["unmapped"])
+        return total
+
+    def attach(self, device: str, mode: AttachMode, domain: int | None = None) -> None:
+        args: dict[str, object] = {"device": device, "mode": mode}
+        if domain is not None:
+            args["domain"] = domain
+        self._cmd("x-iommulab-attach", **args)
+
+    def invalidate(
+        self, domain: int | None = None, iova: int | None = None, size: int | None = None
+    ) -> None:
+        args: dict[str, object] = {}
+        if domain is not None:
+            args["domain"] = domain
+        if iova is not None:
+            args["iova"] = iova
+        if size is not None:
+            args["size"] = size
+        self._cmd("x-iommulab-invalidate", **args)
+
+    def query(self) -> HwState:
+        info = self._cmd("x-iommulab-query")
+        doms = tuple(
+            HwDomain(
+                domain=d["domain"],
+                type=d["type"],
+                ias=d["ias"],
+                parent=d.get("parent"),
+                s1_root=d.get("s1-root"),
+                devices=d["devices"],
+                children=d["children"],
+                mappings=tuple(
+                    MapEntry(m["iova"], m["size"], m["addr"], m["read"], m["write"])
+                    for m in d["mappings"]
+                ),
+            )
+            for d in info["domains"]
+        )
+        devs = tuple(
+            sorted(
+                (HwDevice(d["device"], d["mode"], d.get("domain")) for d in info["devices"]),
+                key=lambda d: d.device,
+            )
+        )
+        return HwState(doms, devs)
+
+    def translate(self, device: str, iova: int, access: Access) -> Translation:
+        r = self._cmd("x-iommulab-translate", device=device, iova=iova, access=access)
+        return Translation(
+            allowed=r["allowed"],
+            addr=r.get("addr"),
+            read=r.get("read", False),
+            write=r.get("write", False),
+            stage=r.get("stage"),
+            reason=r.get("reason"),
+        )
+
+    def faults(self, clear: bool = False) -> list[Fault]:
+        r = self._cmd("x-iommulab-query-faults", clear=clear)
+        return [
+            Fault(
+                f["device"],
+                f["iova"],
+                cast(Access, f["access"]),
+                f["stage"],
+                f["reason"],
+                f.get("domain"),
+            )
+            for f in r["faults"]
+        ]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._cmd("x-iommulab-query-counters"))

@@ -1,0 +1,87 @@
+"""A paused q35 QEMU with the iommulab vIOMMU and edu devices behind it, for the QMP
+backend's tests and benchmark (no guest runs; the device is programmed over QMP)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from pyctl.qemu.machines import qemu_build_dir
+
+VIOMMU = "iommulab-viommu"
+
+
+def qemu_binary() -> Path | None:
+    """The project's qemu-system-x86_64 if it is built, else None."""
+    path = qemu_build_dir() / "qemu-system-x86_64"
+    return path if path.is_file() else None
+
+
+def has_viommu(binary: Path) -> bool:
+    out = subprocess.run(
+        [str(binary), "-device", "help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return f'"{VIOMMU}"' in out.stdout
+
+
+class ViommuVm:
+    """``with ViommuVm(devices=2) as vm: QmpBackend(vm.qmp_path)``; edu devices ``edu0``..."""
+
+    def __init__(self, devices: int = 2, mem_mib: int = 256, binary: Path | None = None) -> None:
+        found = binary or qemu_binary()
+        if found is None:
+            raise FileNotFoundError(f"no qemu-system-x86_64 in {qemu_build_dir()}")
+        self.binary = found
+        self.devices = [f"edu{i}" for i in range(devices)]
+        self.mem_mib = mem_mib
+        self._dir = Path(tempfile.mkdtemp(prefix="iommulab-vm-"))
+        self.qmp_path = self._dir / "qmp.sock"
+        self.log_path = self._dir / "qemu.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        argv = [
+            str(self.binary),
+            "-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+            "-m", str(self.mem_mib),
+            "-device", f"{VIOMMU},id=viommu0",
+        ]  # fmt: skip
+        for name in self.devices:
+            argv += ["-device", f"edu,id={name}"]
+        argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        return argv
+
+    def start(self, timeout: float = 30.0) -> ViommuVm:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.qmp_path.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"QEMU exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("QEMU's QMP socket did not appear")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> ViommuVm:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

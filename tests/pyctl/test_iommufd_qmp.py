@@ -1,0 +1,124 @@
+"""The object model driving the real iommulab-viommu in QEMU through the QMP backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pyctl.iommufd import NEST_PARENT, U64_MAX, IommufdContext, IommufdError, IommulabHwptData
+from pyctl.iommufd.qmp_backend import MAP_CHUNK, QmpBackend
+from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
+from pyctl.iommufd.uapi import HwptDataType
+
+RW = 6
+MIB = 1 << 20
+
+_BIN = qemu_binary()
+pytestmark = pytest.mark.skipif(
+    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
+)
+
+
+@pytest.fixture
+def hw() -> Iterator[QmpBackend]:
+    with ViommuVm(devices=2) as vm, QmpBackend(str(vm.qmp_path)) as be:
+        yield be
+
+
+def test_map_attach_translate_unmap(hw: QmpBackend) -> None:
+    ctx = IommufdContext(hw)
+    ioas = ctx.ioas_alloc()
+    dev = ctx.bind("edu0")
+    name = ctx.get_hw_info(dev).device
+    assert name.startswith("/machine/")
+    t = hw.translate(name, 0x1000, "read")
+    assert not t.allowed and t.reason == "blocked"
+    hwpt = ctx.attach(dev, ioas)
+    iova = ctx.ioas_map(ioas, 0x100000, 2 * MIB, RW)
+    t = hw.translate(name, iova + 0x1234, "write")
+    assert t.allowed and t.addr == 0x101234
+    assert ctx.check_hardware() == []
+    assert {d.domain for d in hw.query().domains} == {hwpt}
+    assert ctx.ioas_unmap(ioas, 0, U64_MAX) == 2 * MIB
+    assert hw.translate(name, iova, "read").reason == "not-present"
+    ctx.detach(dev)
+    assert hw.query().domains == ()
+    assert ctx.check_hardware() == []
+
+
+def test_rejected_calls_leave_device_unchanged(hw: QmpBackend) -> None:
+    ctx = IommufdContext(hw)
+    ioas = ctx.ioas_alloc()
+    dev = ctx.bind("edu0")
+    ctx.attach(dev, ioas)
+    iova = ctx.ioas_map(ioas, 0, MIB, RW)
+    before = hw.query()
+    sent = hw.commands_sent
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("EEXIST", lambda: ctx.ioas_map(ioas, 0, MIB, RW | 1, iova=iova)),
+        ("ENOENT", lambda: ctx.ioas_unmap(ioas, iova, MIB // 2)),
+        ("EINVAL", lambda: ctx.ioas_map(ioas, 0, 0x800, RW)),
+        ("EINVAL", lambda: ctx.ioas_map(ioas, 0, MIB, RW | 1, iova=0xFEE00000)),
+        ("EBUSY", lambda: ctx.destroy(ioas)),
+    ]
+    for errno, fn in cases:
+        with pytest.raises(IommufdError) as ei:
+            fn()
+        assert ei.value.errno == errno
+    assert hw.commands_sent == sent  # refused before reaching the device
+    assert hw.query() == before
+    assert ctx.check_hardware() == []
+
+
+def test_device_refusal_rolls_back_model(hw: QmpBackend) -> None:
+    ctx = IommufdContext(hw)
+    ioas = ctx.ioas_alloc()
+    dev = ctx.bind("edu0")
+    # someone else took domain id 3 (the id the next HWPT will get) in the device
+    hw.domain_alloc(3, "paging")
+    with pytest.raises(IommufdError) as ei:
+        ctx.attach(dev, ioas)
+    assert ei.value.errno == "EIO" and "exist" in ei.value.message
+    assert set(ctx.objects()) == {ioas, dev}
+    assert [d.domain for d in hw.query().domains] == [3]
+    hw.domain_free(3)
+    ctx.attach(dev, ioas)
+    assert ctx.check_hardware() == []
+
+
+def test_replace_and_nested(hw: QmpBackend) -> None:
+    ctx = IommufdContext(hw)
+    a, b = ctx.ioas_alloc(), ctx.ioas_alloc()
+    d0, d1 = ctx.bind("edu0"), ctx.bind("edu1")
+    ha = ctx.attach(d0, a)
+    assert ctx.attach(d1, a) == ha  # shared automatic domain
+    ctx.ioas_map(b, 0x200000, MIB, RW | 1, iova=0x10000000)
+    parent = ctx.hwpt_alloc(d0, b, NEST_PARENT)
+    hb = ctx.replace(d0, parent)
+    assert hw.translate(ctx.get_hw_info(d0).device, 0x10000000, "read").addr == 0x200000
+    nested = ctx.hwpt_alloc(
+        d1, parent, 0, HwptDataType.IOMMU_HWPT_DATA_IOMMULAB, IommulabHwptData(0x10000000)
+    )
+    ctx.replace(d1, nested)
+    assert ha not in ctx.objects()  # the automatic HWPT of a lost its devices
+    dom = {d.domain: d for d in hw.query().domains}
+    assert dom[nested].parent == parent and dom[nested].s1_root == 0x10000000
+    assert dom[hb].children == 1
+    assert ctx.check_hardware() == []
+
+
+def test_large_domain_fill_is_chunked(hw: QmpBackend) -> None:
+    ctx = IommufdContext(hw)
+    ioas = ctx.ioas_alloc()
+    n = MAP_CHUNK * 2 + 100
+    for i in range(n):
+        ctx.ioas_map(ioas, (2 * i) << 12, 4096, RW | 1, iova=(1 + 2 * i) << 12)
+    sent = hw.commands_sent
+    ctx.attach(ctx.bind("edu0"), ioas)  # one domain filled with n mappings
+    assert hw.commands_sent - sent <= 3 + 3  # alloc + 3 map chunks + attach (+ slack)
+    dom = hw.query().domains[0]
+    assert len(dom.mappings) == n
+    assert ctx.check_hardware() == []
+    assert ctx.ioas_unmap(ioas, 0, U64_MAX) == n * 4096
+    assert hw.query().domains[0].mappings == ()
