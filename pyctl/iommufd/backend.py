@@ -114,7 +114,7 @@ class WindowEvent:
     """A guest-initiated window change the device reports."""
 
     device: str
-    kind: Literal["created", "removed"]
+    kind: Literal["created", "removed", "reset"]
     window: Window
 
 

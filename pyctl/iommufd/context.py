@@ -937,7 +937,12 @@ class IommufdContext:
         ioas.rebuild_holes()
 
     def process_window_events(self) -> list[WindowChange]:
-        """Apply the guest's window changes the device reported since last time."""
+        """Apply the guest's window changes (create, remove, reset) reported since last time.
+
+        The device's windows after the event are the truth: areas of the
+        attached IOAS that no longer lie inside a window are unmapped (model
+        and every domain), and the device's reserved regions follow the windows.
+        """
         wb = self.backend
         if not isinstance(wb, WindowBackend):
             return []
@@ -948,9 +953,13 @@ class IommufdContext:
                 continue
             dev = self._dev(dev_id)
             unmapped: list[tuple[int, int]] = []
-            if ev.kind == "removed" and dev.hwpt_id is not None:
+            if dev.hwpt_id is not None:
                 ioas = self._ioas(self._paging_of(dev.hwpt_id).ioas_id)
-                victims = list(ioas.areas.overlapping(ev.window.start, ev.window.last))
+                seen: dict[int, Area] = {}
+                for s, e in self._device_resv(dev):
+                    for a in ioas.areas.overlapping(s, e):
+                        seen[a.iova] = a
+                victims = [seen[k] for k in sorted(seen)]
                 if victims:
                     self._remove_areas(ioas, victims)
                     unmapped = [(a.iova, a.length) for a in victims]

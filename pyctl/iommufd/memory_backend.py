@@ -433,6 +433,13 @@ class InMemoryBackend:
         self._events.append(WindowEvent(device, "created", win))
         return win
 
+    def guest_reset_windows(self, device: str) -> None:
+        """The guest's ibm,reset-pe-dma-window: only the default window remains."""
+        wins = self._spapr(device)
+        wins.clear()
+        wins[0] = DEFAULT_SPAPR_WINDOW
+        self._events.append(WindowEvent(device, "reset", DEFAULT_SPAPR_WINDOW))
+
     def guest_remove_window(self, device: str, index: int) -> None:
         wins = self._spapr(device)
         win = wins.get(index)

@@ -104,3 +104,19 @@ def test_two_spapr_devices_intersect_their_windows() -> None:
     assert ctx.ioas_iova_ranges(ioas).ranges == [(0, GIB - 1)]
     ctx.window_create(d2, 16, 1 << 33)
     assert ctx.ioas_iova_ranges(ioas).ranges == [(0, GIB - 1), (DDW, DDW + (1 << 32) - 1)]
+
+
+def test_guest_reset_drops_ddw_mappings() -> None:
+    ctx, be = make_ctx()
+    dev = ctx.bind(PPC)
+    ioas = ctx.ioas_alloc()
+    ctx.attach(dev, ioas)
+    ctx.window_create(dev, 16, 1 << 32)
+    high = ctx.ioas_map(ioas, 0, 1 << 20, RW | 1, iova=DDW)
+    low = ctx.ioas_map(ioas, 0, 0x10000, RW)
+    be.guest_reset_windows(PPC)
+    (change,) = ctx.process_window_events()
+    assert change.kind == "reset" and change.unmapped == [(high, 1 << 20)]
+    assert [a.iova for a in ctx.areas(ioas)] == [low]
+    assert ctx.ioas_iova_ranges(ioas).ranges == [(0, GIB - 1)]
+    assert ctx.check_hardware() == []
