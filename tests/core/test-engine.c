@@ -128,6 +128,27 @@ static void test_paging(void)
     CHECK_EQ(il_faults_count(&e), 0);
     CHECK_EQ(e.fq_dropped, 0);
 
+    /* repeats of one fault (same page and cause) are coalesced */
+    for (int i = 0; i < 3; i++) {
+        CHECK(!il_translate(&e, IL_MODE_BLOCKED, NULL, 3, 0x7000 + 8 * i,
+                            IL_ACCESS_READ, 0, &r, &rec));
+        CHECK_EQ(rec, i == 0);
+    }
+    CHECK(!il_translate(&e, IL_MODE_BLOCKED, NULL, 3, 0x7010,
+                        IL_ACCESS_WRITE, 0, &r, &rec));
+    CHECK(rec);
+    CHECK(!il_translate(&e, IL_MODE_BLOCKED, NULL, 3, 0x7000,
+                        IL_ACCESS_READ, 0, &r, &rec));
+    CHECK(rec);
+    CHECK_EQ(il_faults_count(&e), 3);
+    CHECK_EQ(e.c.faults, 10);
+    il_faults_clear(&e);
+    CHECK(!il_translate(&e, IL_MODE_BLOCKED, NULL, 3, 0x7000,
+                        IL_ACCESS_READ, 0, &r, &rec));
+    CHECK(rec);
+    CHECK_EQ(il_faults_count(&e), 1);
+    il_faults_clear(&e);
+
     /* busy domains */
     il_domain_ref(d);
     CHECK_EQ(il_domain_free(&e, 1), IL_ERR_BUSY);

@@ -317,41 +317,45 @@ void il_domain_unref(ILDomain *d)
     }
 }
 
-static inline uint32_t tlb_index(const ILEngine *e, const ILDomain *d,
-                                 uint64_t page)
-{
-    return (uint32_t)(page ^ ((uintptr_t)d >> 4) * 0x9e3779b1u) & e->tlb_mask;
-}
-
 static void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
                          uint64_t iova, unsigned access, unsigned flags,
                          ILResult *r, bool *recorded)
 {
-    ILFault *f;
+    ILFault nf = {
+        .dev = dev, .has_domain = d != NULL, .domain = d ? d->id : 0,
+        .access = access, .stage = r->stage, .reason = r->reason,
+        .iova = iova,
+    };
+    const ILFault *lf = &e->last_fault;
 
+    if (flags & IL_TR_NORECORD) {
+        if (!(flags & IL_TR_NOCOUNT)) {
+            e->c.faults++;
+        }
+        return;
+    }
+    if (e->has_last_fault && lf->dev == nf.dev &&
+        lf->has_domain == nf.has_domain && lf->domain == nf.domain &&
+        lf->access == nf.access && lf->stage == nf.stage &&
+        lf->reason == nf.reason &&
+        (lf->iova >> IL_PAGE_SHIFT) == (iova >> IL_PAGE_SHIFT)) {
+        return;
+    }
+    e->last_fault = nf;
+    e->has_last_fault = true;
     if (!(flags & IL_TR_NOCOUNT)) {
         e->c.faults++;
     }
-    if (flags & IL_TR_NORECORD) {
-        return;
+    if (recorded) {
+        *recorded = true;
     }
     if (e->fq_len == e->fq_cap) {
         e->fq_dropped++;
         e->c.faults_dropped++;
         return;
     }
-    f = &e->fq[(e->fq_head + e->fq_len) % e->fq_cap];
+    e->fq[(e->fq_head + e->fq_len) % e->fq_cap] = nf;
     e->fq_len++;
-    f->dev = dev;
-    f->has_domain = d != NULL;
-    f->domain = d ? d->id : 0;
-    f->access = access;
-    f->stage = r->stage;
-    f->reason = r->reason;
-    f->iova = iova;
-    if (recorded) {
-        *recorded = true;
-    }
 }
 
 static inline bool fail(ILResult *r, ILFaultStage stage, ILFaultReason reason)
@@ -429,9 +433,9 @@ static bool walk_nested(ILEngine *e, const ILDomain *d, uint64_t iova,
     return true;
 }
 
-bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d, uint32_t dev,
-                  uint64_t iova, unsigned access, unsigned flags,
-                  ILResult *r, bool *recorded)
+bool il_translate_slow(ILEngine *e, ILMode mode, const ILDomain *d,
+                       uint32_t dev, uint64_t iova, unsigned access,
+                       unsigned flags, ILResult *r, bool *recorded)
 {
     uint64_t page = iova >> IL_PAGE_SHIFT;
     ILTlbEntry *t = NULL;
@@ -445,15 +449,13 @@ bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d, uint32_t dev,
     }
     if (mode == IL_MODE_DOMAIN && d) {
         if (!(flags & IL_TR_NOCACHE)) {
-            t = &e->tlb[tlb_index(e, d, page)];
-            if (t->dom == d && t->page == page &&
+            t = &e->tlb[il_tlb_index(e, d, page)];
+            if (!(flags & IL_TR_MISSED_) && t->dom == d && t->page == page &&
                 (t->perm & access) == access) {
-                uint64_t mask = (1ULL << t->shift) - 1;
-
                 if (!(flags & IL_TR_NOCOUNT)) {
                     e->c.hits++;
                 }
-                r->addr = t->out + (iova & mask);
+                r->addr = t->out | (iova & t->mask);
                 r->perm = t->perm;
                 r->shift = t->shift;
                 return true;
@@ -483,7 +485,8 @@ bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d, uint32_t dev,
             }
             t->dom = d;
             t->page = page;
-            t->out = r->addr & ~((1ULL << r->shift) - 1);
+            t->mask = (1ULL << r->shift) - 1;
+            t->out = r->addr & ~t->mask;
             t->perm = r->perm;
             t->shift = r->shift;
         }
@@ -517,4 +520,5 @@ void il_faults_clear(ILEngine *e)
     e->fq_head = 0;
     e->fq_len = 0;
     e->fq_dropped = 0;
+    e->has_last_fault = false;
 }

@@ -44,8 +44,9 @@ typedef bool ILReadFn(void *opaque, uint64_t addr, void *buf, size_t len);
 
 typedef struct ILTlbEntry {
     uint64_t page;          /* iova >> 12 of the lookup that filled it */
-    uint64_t out;           /* output address of the leaf (size 1 << shift) */
     const ILDomain *dom;    /* NULL: invalid */
+    uint64_t out;           /* output address of the leaf (size 1 << shift) */
+    uint64_t mask;          /* (1 << shift) - 1 */
     uint8_t perm;
     uint8_t shift;
 } ILTlbEntry;
@@ -81,6 +82,8 @@ typedef struct ILEngine {
     uint32_t fq_head;
     uint32_t fq_len;
     uint64_t fq_dropped;    /* since the last il_faults_clear() */
+    ILFault last_fault;     /* for coalescing repeats, see il_translate() */
+    bool has_last_fault;
     ILCounters c;
     ILReadFn *read;
     void *read_opaque;
@@ -100,6 +103,7 @@ typedef struct ILResult {
 #define IL_TR_NOCOUNT   2u  /* leave the counters alone */
 #define IL_TR_NORECORD  4u  /* do not queue a fault */
 #define IL_TR_DEBUG     (IL_TR_NOCACHE | IL_TR_NOCOUNT | IL_TR_NORECORD)
+#define IL_TR_MISSED_   8u  /* internal: the IOTLB lookup already missed */
 
 /* tlb_entries: a power of two; fq_cap: fault queue capacity (> 0). */
 void il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
@@ -139,11 +143,47 @@ void il_invalidate_range(ILEngine *e, const ILDomain *d, uint64_t iova,
  * Translate a DMA of device dev.  access: IL_ACCESS_READ/WRITE, or 0 for a
  * probe (no permission check, never a fault).  On a fault (return false)
  * r->stage and r->reason say why and, unless IL_TR_NORECORD, the fault is
- * queued and *recorded is set true.
+ * queued (or counted as dropped if the queue is full) and *recorded is set
+ * true.  A fault identical to the previous one
+ * (device, domain, 4 KiB page, access, stage, reason) is coalesced with it:
+ * not counted or queued again.  QEMU retries a refused DMA in small pieces,
+ * so one refused transfer would otherwise fill the queue.
  */
-bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d, uint32_t dev,
-                  uint64_t iova, unsigned access, unsigned flags,
-                  ILResult *r, bool *recorded);
+bool il_translate_slow(ILEngine *e, ILMode mode, const ILDomain *d,
+                       uint32_t dev, uint64_t iova, unsigned access,
+                       unsigned flags, ILResult *r, bool *recorded);
+
+static inline uint32_t il_tlb_index(const ILEngine *e, const ILDomain *d,
+                                    uint64_t page)
+{
+    return (uint32_t)(page ^ ((uintptr_t)d >> 4) * 0x9e3779b1u) & e->tlb_mask;
+}
+
+/* The hot path, inline: an IOTLB hit; everything else is out of line. */
+static inline bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d,
+                                uint32_t dev, uint64_t iova, unsigned access,
+                                unsigned flags, ILResult *r, bool *recorded)
+{
+    if (mode == IL_MODE_DOMAIN && d &&
+        !(flags & (IL_TR_NOCACHE | IL_TR_NOCOUNT))) {
+        uint64_t page = iova >> IL_PAGE_SHIFT;
+        const ILTlbEntry *t = &e->tlb[il_tlb_index(e, d, page)];
+
+        if (t->dom == d && t->page == page && (t->perm & access) == access) {
+            e->c.hits++;
+            r->addr = t->out | (iova & t->mask);
+            r->perm = t->perm;
+            r->shift = t->shift;
+            if (recorded) {
+                *recorded = false;
+            }
+            return true;
+        }
+        flags |= IL_TR_MISSED_;
+    }
+    return il_translate_slow(e, mode, d, dev, iova, access, flags, r,
+                             recorded);
+}
 
 /* Fault queue: oldest first. */
 uint32_t il_faults_count(const ILEngine *e);
