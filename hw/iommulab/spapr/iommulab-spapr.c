@@ -1,0 +1,755 @@
+/*
+ * iommulab: pseries backend of the x-iommulab-spapr-* commands.
+ *
+ * DDW policy: held in the PHB's own fields (ddw, pgsz, ddw-max-windows,
+ * ddw-max-tces, dma64_win_addr, dma_win_size), which the RTAS DDW calls
+ * read, plus "refuse create" applied by the SpaprDdwOps create hook.
+ * Guest window changes: the SpaprDdwOps changed hook sends an event.
+ * TCE faults: the tables' fault callback queues them (any thread) and a
+ * bottom half sends rate-limited events.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-events-iommulab-spapr.h"
+#include "qemu/main-loop.h"
+#include "qemu/thread.h"
+#include "qemu/timer.h"
+#include "hw/boards.h"
+#include "hw/ppc/spapr.h"
+#include "hw/pci-host/spapr.h"
+#include "system/system.h"
+#include "iommulab-spapr.h"
+#include "trace.h"
+
+#define IL_SPAPR_FAULTS_MAX     256
+#define IL_SPAPR_EVENTS_PER_SEC 10
+#define IL_SPAPR_HOST_MAX_TCES  (1u << 24)
+#define IL_SPAPR_POLICY_MAX_TCES (1ULL << 37)
+#define IL_SPAPR_READ_MAX       (1u << 20)
+
+/* The page sizes PAPR defines for DDW that we offer, as shifts */
+static const uint8_t il_spapr_page_shifts[] = { 12, 16, 21, 24, 28, 34 };
+
+typedef struct ILSpaprFault {
+    uint32_t phb;
+    uint32_t liobn;
+    uint64_t ioba;
+    bool write;
+    uint64_t tce;
+} ILSpaprFault;
+
+static struct {
+    QemuMutex lock;
+    /* Per PHB index: refuse every ibm,create-pe-dma-window */
+    GHashTable *refuse_create;
+    /* Per LIOBN: faults since the window was enabled */
+    GHashTable *window_faults;
+    ILSpaprFault faults[IL_SPAPR_FAULTS_MAX];
+    uint32_t head, len;
+    uint64_t dropped;
+    /* Events not sent yet, and rate limiting */
+    ILSpaprFault pending[IL_SPAPR_EVENTS_PER_SEC];
+    uint32_t npending;
+    bool bh_scheduled;
+    int64_t period_start_ms;
+    uint32_t sent_in_period;
+    uint64_t suppressed;
+} ils;
+
+static SpaprMachineState *il_spapr_machine(Error **errp)
+{
+    Object *m = qdev_get_machine();
+    SpaprMachineState *spapr =
+        (SpaprMachineState *)object_dynamic_cast(m, TYPE_SPAPR_MACHINE);
+
+    if (!spapr) {
+        error_setg(errp, "x-iommulab-spapr commands need a pseries machine, "
+                   "this is %s", object_get_typename(m));
+    }
+    return spapr;
+}
+
+static SpaprPhbState *il_spapr_find_phb(bool has_phb, uint32_t index,
+                                        Error **errp)
+{
+    SpaprMachineState *spapr = il_spapr_machine(errp);
+    SpaprPhbState *sphb;
+
+    if (!spapr) {
+        return NULL;
+    }
+    if (!has_phb) {
+        index = 0;
+    }
+    QLIST_FOREACH(sphb, &spapr->phbs, list) {
+        if (sphb->index == index) {
+            return sphb;
+        }
+    }
+    error_setg(errp, "no pseries PHB with index %" PRIu32, index);
+    return NULL;
+}
+
+/* The PHB's TCE tables, enabled or not; NULL where there is none. */
+static SpaprTceTable *il_spapr_table(SpaprPhbState *sphb, int i)
+{
+    if (!sphb->dma_liobn[i]) {
+        return NULL;
+    }
+    return spapr_tce_find_by_liobn(sphb->dma_liobn[i]);
+}
+
+static unsigned il_spapr_num_tables(SpaprPhbState *sphb)
+{
+    unsigned i, n = 0;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        n += il_spapr_table(sphb, i) != NULL;
+    }
+    return n;
+}
+
+static uint64_t il_spapr_window_faults(uint32_t liobn)
+{
+    uint64_t n;
+
+    qemu_mutex_lock(&ils.lock);
+    n = (uintptr_t)g_hash_table_lookup(ils.window_faults,
+                                       GUINT_TO_POINTER(liobn));
+    qemu_mutex_unlock(&ils.lock);
+    return n;
+}
+
+static void il_spapr_window_faults_reset(uint32_t liobn)
+{
+    qemu_mutex_lock(&ils.lock);
+    g_hash_table_remove(ils.window_faults, GUINT_TO_POINTER(liobn));
+    qemu_mutex_unlock(&ils.lock);
+}
+
+static IommulabSpaprWindow *il_spapr_window_info(SpaprTceTable *tcet)
+{
+    IommulabSpaprWindow *w = g_new0(IommulabSpaprWindow, 1);
+    uint32_t i, used = 0;
+
+    for (i = 0; i < tcet->nb_table; i++) {
+        used += (tcet->table[i] & 3) != 0;
+    }
+    w->liobn = tcet->liobn;
+    w->bus_offset = tcet->bus_offset;
+    w->page_shift = tcet->page_shift;
+    w->size = (uint64_t)tcet->nb_table << tcet->page_shift;
+    w->entries = tcet->nb_table;
+    w->entries_in_use = used;
+    w->q_default = tcet->def_win;
+    w->faults = il_spapr_window_faults(tcet->liobn);
+    return w;
+}
+
+static IommulabSpaprWindowList *il_spapr_windows(SpaprPhbState *sphb)
+{
+    IommulabSpaprWindowList *head = NULL, **tail = &head;
+    SpaprTceTable *tcet;
+    int i;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet && tcet->nb_table) {
+            QAPI_LIST_APPEND(tail, il_spapr_window_info(tcet));
+        }
+    }
+    return head;
+}
+
+static bool il_spapr_refuses_create(SpaprPhbState *sphb)
+{
+    bool r;
+
+    qemu_mutex_lock(&ils.lock);
+    r = g_hash_table_contains(ils.refuse_create,
+                              GUINT_TO_POINTER(sphb->index));
+    qemu_mutex_unlock(&ils.lock);
+    return r;
+}
+
+static IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb)
+{
+    IommulabSpaprDdwPolicy *p = g_new0(IommulabSpaprDdwPolicy, 1);
+    uint8List **tail = &p->page_shifts;
+    int i;
+
+    p->ddw = sphb->ddw_enabled;
+    p->windows = sphb->ddw_max_windows;
+    for (i = 0; i < 64; i++) {
+        if (sphb->page_size_mask & (1ULL << i)) {
+            QAPI_LIST_APPEND(tail, i);
+        }
+    }
+    p->max_tces = sphb->ddw_max_tces;
+    p->dma64_offset = sphb->dma64_win_addr;
+    p->default_window_size = sphb->dma_win_size;
+    p->refuse_create = il_spapr_refuses_create(sphb);
+    return p;
+}
+
+/* TCE faults: called from translation, in any thread, under RCU. */
+
+static void il_spapr_fault_bh(void *opaque)
+{
+    ILSpaprFault ev[IL_SPAPR_EVENTS_PER_SEC];
+    uint32_t i, n;
+    uint64_t suppressed;
+
+    qemu_mutex_lock(&ils.lock);
+    n = ils.npending;
+    memcpy(ev, ils.pending, n * sizeof(ev[0]));
+    ils.npending = 0;
+    ils.bh_scheduled = false;
+    suppressed = ils.suppressed;
+    ils.suppressed = 0;
+    qemu_mutex_unlock(&ils.lock);
+
+    for (i = 0; i < n; i++) {
+        IommulabSpaprTceFault f = {
+            .phb = ev[i].phb,
+            .liobn = ev[i].liobn,
+            .ioba = ev[i].ioba,
+            .access = ev[i].write ? IOMMULAB_SPAPR_ACCESS_WRITE :
+                                    IOMMULAB_SPAPR_ACCESS_READ,
+            .tce = ev[i].tce,
+        };
+        qapi_event_send_x_iommulab_spapr_tce_fault(&f, i ? 0 : suppressed);
+    }
+}
+
+static void il_spapr_tce_fault(void *opaque, SpaprTceTable *tcet, hwaddr addr,
+                               IOMMUAccessFlags flag, uint64_t tce)
+{
+    SpaprPhbState *sphb = opaque;
+    ILSpaprFault f = {
+        .phb = sphb->index,
+        .liobn = tcet->liobn,
+        .ioba = tcet->bus_offset + addr,
+        .write = flag & IOMMU_WO,
+        .tce = tce,
+    };
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    gpointer key = GUINT_TO_POINTER(tcet->liobn);
+    uintptr_t count;
+
+    trace_iommulab_spapr_tce_fault(f.phb, f.liobn, f.ioba, f.write, tce);
+
+    qemu_mutex_lock(&ils.lock);
+    count = (uintptr_t)g_hash_table_lookup(ils.window_faults, key);
+    g_hash_table_insert(ils.window_faults, key, (gpointer)(count + 1));
+    if (ils.len < IL_SPAPR_FAULTS_MAX) {
+        ils.faults[(ils.head + ils.len) % IL_SPAPR_FAULTS_MAX] = f;
+        ils.len++;
+    } else {
+        ils.dropped++;
+    }
+    if (now - ils.period_start_ms >= 1000) {
+        ils.period_start_ms = now;
+        ils.sent_in_period = 0;
+    }
+    if (ils.sent_in_period < IL_SPAPR_EVENTS_PER_SEC &&
+        ils.npending < IL_SPAPR_EVENTS_PER_SEC) {
+        ils.pending[ils.npending++] = f;
+        ils.sent_in_period++;
+        if (!ils.bh_scheduled) {
+            ils.bh_scheduled = true;
+            aio_bh_schedule_oneshot(qemu_get_aio_context(), il_spapr_fault_bh,
+                                    NULL);
+        }
+    } else {
+        ils.suppressed++;
+    }
+    qemu_mutex_unlock(&ils.lock);
+}
+
+static void il_spapr_hook_tables(SpaprPhbState *sphb)
+{
+    SpaprTceTable *tcet;
+    int i;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet) {
+            tcet->fault_fn = il_spapr_tce_fault;
+            tcet->fault_opaque = sphb;
+        }
+    }
+}
+
+static void il_spapr_hook_all_tables(SpaprMachineState *spapr)
+{
+    SpaprPhbState *sphb;
+
+    QLIST_FOREACH(sphb, &spapr->phbs, list) {
+        il_spapr_hook_tables(sphb);
+    }
+}
+
+/* QMP backend */
+
+static IommulabSpaprPhbList *il_spapr_query_phbs(Error **errp)
+{
+    SpaprMachineState *spapr = il_spapr_machine(errp);
+    IommulabSpaprPhbList *head = NULL, **tail = &head;
+    SpaprPhbState *sphb;
+    SpaprTceTable *tcet;
+    int i;
+
+    if (!spapr) {
+        return NULL;
+    }
+    QLIST_FOREACH(sphb, &spapr->phbs, list) {
+        IommulabSpaprPhb *p = g_new0(IommulabSpaprPhb, 1);
+        uint32List **ltail = &p->liobns;
+
+        il_spapr_hook_tables(sphb);
+        p->phb = sphb->index;
+        p->buid = sphb->buid;
+        p->path = object_get_canonical_path(OBJECT(sphb));
+        for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+            tcet = il_spapr_table(sphb, i);
+            if (tcet) {
+                QAPI_LIST_APPEND(ltail, tcet->liobn);
+            }
+        }
+        p->policy = il_spapr_policy(sphb);
+        p->windows = il_spapr_windows(sphb);
+        QAPI_LIST_APPEND(tail, p);
+    }
+    return head;
+}
+
+static bool il_spapr_valid_page_shift(uint64_t shift)
+{
+    int i;
+
+    for (i = 0; i < ARRAY_SIZE(il_spapr_page_shifts); i++) {
+        if (il_spapr_page_shifts[i] == shift) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static IommulabSpaprDdwPolicy *il_spapr_set_ddw_policy(
+    bool has_phb, uint32_t phb, bool has_ddw, bool ddw,
+    bool has_windows, uint32_t windows,
+        bool has_page_shifts, uint8List *page_shifts,
+    bool has_max_tces, uint64_t max_tces,
+    bool has_dma64_offset, uint64_t dma64_offset,
+    bool has_default_window_size, uint64_t default_window_size,
+    bool has_refuse_create, bool refuse_create, Error **errp)
+{
+    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    uint64_t mask = 0;
+    uint8List *l;
+
+    if (!sphb) {
+        return NULL;
+    }
+    /* Check everything, then change */
+    if (has_windows &&
+        (windows < 1 || windows > il_spapr_num_tables(sphb))) {
+        error_setg(errp, "windows must be 1..%u for PHB %" PRIu32
+                   " (it has %u TCE tables)", il_spapr_num_tables(sphb),
+                   sphb->index, il_spapr_num_tables(sphb));
+        return NULL;
+    }
+    if (has_page_shifts) {
+        if (!page_shifts) {
+            error_setg(errp, "page-shifts must not be empty");
+            return NULL;
+        }
+        for (l = page_shifts; l; l = l->next) {
+            if (!il_spapr_valid_page_shift(l->value)) {
+                error_setg(errp, "page-shifts: %u is not one of 12, 16, 21, "
+                           "24, 28, 34", l->value);
+                return NULL;
+            }
+            if (mask & (1ULL << l->value)) {
+                error_setg(errp, "page-shifts: %u given twice", l->value);
+                return NULL;
+            }
+            mask |= 1ULL << l->value;
+        }
+    }
+    if (has_max_tces && (max_tces < 1 || max_tces > IL_SPAPR_POLICY_MAX_TCES)) {
+        error_setg(errp, "max-tces must be 1..2^37");
+        return NULL;
+    }
+    if (has_dma64_offset && dma64_offset != (1ULL << 32) &&
+        dma64_offset != (1ULL << 59)) {
+        error_setg(errp, "dma64-offset must be 4294967296 (4 GiB) or "
+                   "576460752303423488 (1<<59)");
+        return NULL;
+    }
+    if (has_default_window_size &&
+        (!default_window_size || default_window_size % SPAPR_TCE_PAGE_SIZE ||
+         default_window_size > (1ULL << 31))) {
+        error_setg(errp, "default-window-size must be a non-zero multiple of "
+                   "4 KiB, at most 2 GiB");
+        return NULL;
+    }
+
+    if (has_ddw) {
+        sphb->ddw_enabled = ddw;
+    }
+    if (has_windows) {
+        sphb->ddw_max_windows = windows;
+    }
+    if (has_page_shifts) {
+        sphb->page_size_mask = mask;
+    }
+    if (has_max_tces) {
+        sphb->ddw_max_tces = max_tces;
+    }
+    if (has_dma64_offset) {
+        sphb->dma64_win_addr = dma64_offset;
+    }
+    if (has_default_window_size) {
+        sphb->dma_win_size = default_window_size;
+    }
+    if (has_refuse_create) {
+        qemu_mutex_lock(&ils.lock);
+        if (refuse_create) {
+            g_hash_table_add(ils.refuse_create,
+                             GUINT_TO_POINTER(sphb->index));
+        } else {
+            g_hash_table_remove(ils.refuse_create,
+                                GUINT_TO_POINTER(sphb->index));
+        }
+        qemu_mutex_unlock(&ils.lock);
+    }
+    trace_iommulab_spapr_policy(sphb->index, sphb->ddw_enabled,
+                                sphb->ddw_max_windows, sphb->page_size_mask,
+                                sphb->ddw_max_tces, sphb->dma64_win_addr,
+                                sphb->dma_win_size);
+    return il_spapr_policy(sphb);
+}
+
+static bool il_spapr_overlaps(SpaprPhbState *sphb, uint64_t start,
+                              uint64_t size)
+{
+    SpaprTceTable *tcet;
+    uint64_t s, e;
+    int i;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet && tcet->nb_table) {
+            s = tcet->bus_offset;
+            e = s + ((uint64_t)tcet->nb_table << tcet->page_shift);
+            if (start < e && s < start + size) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static IommulabSpaprWindow *il_spapr_window_create(
+    bool has_phb, uint32_t phb, uint8_t page_shift, uint64_t size,
+    bool has_bus_offset, uint64_t bus_offset, Error **errp)
+{
+    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprTceTable *tcet, *free_tcet = NULL;
+    unsigned active = 0;
+    uint64_t entries;
+    int i;
+
+    if (!sphb) {
+        return NULL;
+    }
+    if (!il_spapr_valid_page_shift(page_shift)) {
+        error_setg(errp, "page-shift %u is not one of 12, 16, 21, 24, 28, 34",
+                   page_shift);
+        return NULL;
+    }
+    if (!size || size & ((1ULL << page_shift) - 1)) {
+        error_setg(errp, "size 0x%" PRIx64 " is not a non-zero multiple of "
+                   "the page size 0x%llx", size, 1ULL << page_shift);
+        return NULL;
+    }
+    entries = size >> page_shift;
+    if (entries > IL_SPAPR_HOST_MAX_TCES) {
+        error_setg(errp, "size 0x%" PRIx64 " needs %" PRIu64 " TCEs, more "
+                   "than %u", size, entries, IL_SPAPR_HOST_MAX_TCES);
+        return NULL;
+    }
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet && tcet->nb_table) {
+            active++;
+        } else if (tcet && !free_tcet) {
+            free_tcet = tcet;
+        }
+    }
+    if (!free_tcet) {
+        error_setg(errp, "PHB %" PRIu32 " has no free LIOBN (%u windows "
+                   "exist)", sphb->index, active);
+        return NULL;
+    }
+    if (!has_bus_offset) {
+        bus_offset = active ? sphb->dma64_win_addr : sphb->dma_win_addr;
+    }
+    if (bus_offset & ((1ULL << page_shift) - 1)) {
+        error_setg(errp, "bus-offset 0x%" PRIx64 " is not aligned to the "
+                   "page size", bus_offset);
+        return NULL;
+    }
+    if (bus_offset + size < bus_offset) {
+        error_setg(errp, "bus-offset + size exceeds 2^64");
+        return NULL;
+    }
+    if (il_spapr_overlaps(sphb, bus_offset, size)) {
+        error_setg(errp, "window [0x%" PRIx64 ", 0x%" PRIx64 ") overlaps an "
+                   "existing window", bus_offset, bus_offset + size);
+        return NULL;
+    }
+
+    free_tcet->skipping_replay = true;
+    spapr_tce_table_enable(free_tcet, page_shift, bus_offset, entries);
+    free_tcet->skipping_replay = false;
+    free_tcet->def_win = false;
+    il_spapr_hook_tables(sphb);
+    il_spapr_window_faults_reset(free_tcet->liobn);
+    trace_iommulab_spapr_host_create(sphb->index, free_tcet->liobn,
+                                     bus_offset, page_shift, size);
+    return il_spapr_window_info(free_tcet);
+}
+
+static SpaprTceTable *il_spapr_phb_window(SpaprPhbState *sphb, uint32_t liobn,
+                                          Error **errp)
+{
+    SpaprTceTable *tcet;
+    int i;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet && tcet->liobn == liobn) {
+            if (!tcet->nb_table) {
+                error_setg(errp, "window 0x%" PRIx32 " of PHB %" PRIu32
+                           " is not enabled", liobn, sphb->index);
+                return NULL;
+            }
+            return tcet;
+        }
+    }
+    error_setg(errp, "PHB %" PRIu32 " has no window with LIOBN 0x%" PRIx32,
+               sphb->index, liobn);
+    return NULL;
+}
+
+static void il_spapr_window_remove(bool has_phb, uint32_t phb, uint32_t liobn,
+                                   Error **errp)
+{
+    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprTceTable *tcet;
+
+    if (!sphb) {
+        return;
+    }
+    tcet = il_spapr_phb_window(sphb, liobn, errp);
+    if (!tcet) {
+        return;
+    }
+    spapr_tce_table_disable(tcet);
+    trace_iommulab_spapr_host_remove(sphb->index, liobn);
+}
+
+static IommulabSpaprWindowList *il_spapr_window_reset(bool has_phb,
+                                                      uint32_t phb,
+                                                      Error **errp)
+{
+    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+
+    if (!sphb) {
+        return NULL;
+    }
+    spapr_phb_dma_reset(sphb);
+    il_spapr_hook_tables(sphb);
+    trace_iommulab_spapr_host_reset(sphb->index);
+    return il_spapr_windows(sphb);
+}
+
+static IommulabSpaprTces *il_spapr_read_tces(uint32_t liobn, bool has_start,
+                                             uint32_t start, bool has_count,
+                                             uint32_t count, Error **errp)
+{
+    SpaprTceTable *tcet;
+    IommulabSpaprTces *r;
+    uint64_t *buf;
+    uint32_t i;
+
+    if (!il_spapr_machine(errp)) {
+        return NULL;
+    }
+    tcet = spapr_tce_find_by_liobn(liobn);
+    if (!tcet) {
+        error_setg(errp, "no TCE table with LIOBN 0x%" PRIx32, liobn);
+        return NULL;
+    }
+    if (!tcet->nb_table) {
+        error_setg(errp, "window 0x%" PRIx32 " is not enabled", liobn);
+        return NULL;
+    }
+    if (!has_start) {
+        start = 0;
+    }
+    if (start >= tcet->nb_table) {
+        error_setg(errp, "start %" PRIu32 " is outside the window (%" PRIu32
+                   " TCEs)", start, tcet->nb_table);
+        return NULL;
+    }
+    if (!has_count) {
+        count = MIN(tcet->nb_table - start, IL_SPAPR_READ_MAX);
+    }
+    if (count < 1 || count > IL_SPAPR_READ_MAX) {
+        error_setg(errp, "count must be 1..%u", IL_SPAPR_READ_MAX);
+        return NULL;
+    }
+    if (count > tcet->nb_table - start) {
+        error_setg(errp, "TCEs %" PRIu32 "..%" PRIu64 " are outside the "
+                   "window (%" PRIu32 " TCEs)", start,
+                   (uint64_t)start + count - 1, tcet->nb_table);
+        return NULL;
+    }
+
+    buf = g_new(uint64_t, count);
+    for (i = 0; i < count; i++) {
+        buf[i] = cpu_to_be64(tcet->table[start + i]);
+    }
+    r = g_new0(IommulabSpaprTces, 1);
+    r->liobn = liobn;
+    r->start = start;
+    r->count = count;
+    r->data = g_base64_encode((const guchar *)buf, count * sizeof(buf[0]));
+    g_free(buf);
+    return r;
+}
+
+static IommulabSpaprTceFaults *il_spapr_query_faults(bool has_clear,
+                                                     bool clear, Error **errp)
+{
+    IommulabSpaprTceFaults *r;
+    IommulabSpaprTceFaultList **tail;
+    uint32_t i;
+
+    if (!il_spapr_machine(errp)) {
+        return NULL;
+    }
+    r = g_new0(IommulabSpaprTceFaults, 1);
+    tail = &r->faults;
+    qemu_mutex_lock(&ils.lock);
+    for (i = 0; i < ils.len; i++) {
+        ILSpaprFault *f = &ils.faults[(ils.head + i) % IL_SPAPR_FAULTS_MAX];
+        IommulabSpaprTceFault *q = g_new0(IommulabSpaprTceFault, 1);
+
+        q->phb = f->phb;
+        q->liobn = f->liobn;
+        q->ioba = f->ioba;
+        q->access = f->write ? IOMMULAB_SPAPR_ACCESS_WRITE :
+                               IOMMULAB_SPAPR_ACCESS_READ;
+        q->tce = f->tce;
+        QAPI_LIST_APPEND(tail, q);
+    }
+    r->dropped = ils.dropped;
+    if (has_clear && clear) {
+        ils.head = 0;
+        ils.len = 0;
+        ils.dropped = 0;
+    }
+    qemu_mutex_unlock(&ils.lock);
+    return r;
+}
+
+static const IommulabSpaprBackend il_spapr_backend = {
+    .query_phbs = il_spapr_query_phbs,
+    .set_ddw_policy = il_spapr_set_ddw_policy,
+    .window_create = il_spapr_window_create,
+    .window_remove = il_spapr_window_remove,
+    .window_reset = il_spapr_window_reset,
+    .read_tces = il_spapr_read_tces,
+    .query_faults = il_spapr_query_faults,
+};
+
+/* RTAS DDW hooks */
+
+static int il_spapr_ddw_create(void *opaque, SpaprPhbState *sphb,
+                               uint32_t page_shift, uint32_t window_shift)
+{
+    if (il_spapr_refuses_create(sphb)) {
+        trace_iommulab_spapr_refuse(sphb->index, page_shift, window_shift);
+        return RTAS_OUT_HW_ERROR;
+    }
+    return RTAS_OUT_SUCCESS;
+}
+
+static void il_spapr_ddw_changed(void *opaque, SpaprPhbState *sphb,
+                                 SpaprDdwChange change, uint32_t liobn)
+{
+    IommulabSpaprWindowAction action;
+    IommulabSpaprWindow *w = NULL;
+    SpaprTceTable *tcet;
+
+    il_spapr_hook_tables(sphb);
+    switch (change) {
+    case SPAPR_DDW_CREATE:
+        action = IOMMULAB_SPAPR_WINDOW_ACTION_CREATE;
+        il_spapr_window_faults_reset(liobn);
+        break;
+    case SPAPR_DDW_REMOVE:
+        action = IOMMULAB_SPAPR_WINDOW_ACTION_REMOVE;
+        break;
+    default:
+        action = IOMMULAB_SPAPR_WINDOW_ACTION_RESET;
+        liobn = sphb->dma_liobn[0];
+        il_spapr_window_faults_reset(liobn);
+        break;
+    }
+    tcet = spapr_tce_find_by_liobn(liobn);
+    if (change != SPAPR_DDW_REMOVE && tcet && tcet->nb_table) {
+        w = il_spapr_window_info(tcet);
+    }
+    trace_iommulab_spapr_guest_window(sphb->index, change, liobn);
+    qapi_event_send_x_iommulab_spapr_window(sphb->index, action, liobn, w);
+    qapi_free_IommulabSpaprWindow(w);
+}
+
+static const SpaprDdwOps il_spapr_ddw_ops = {
+    .create = il_spapr_ddw_create,
+    .changed = il_spapr_ddw_changed,
+};
+
+static void il_spapr_machine_done(Notifier *n, void *data)
+{
+    SpaprMachineState *spapr = (SpaprMachineState *)
+        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
+
+    if (spapr) {
+        il_spapr_hook_all_tables(spapr);
+    }
+}
+
+static Notifier il_spapr_machine_done_notifier = {
+    .notify = il_spapr_machine_done,
+};
+
+static void iommulab_spapr_register(void)
+{
+    qemu_mutex_init(&ils.lock);
+    ils.refuse_create = g_hash_table_new(NULL, NULL);
+    ils.window_faults = g_hash_table_new(NULL, NULL);
+    iommulab_spapr_set_backend(&il_spapr_backend);
+    spapr_ddw_set_ops(&il_spapr_ddw_ops, NULL);
+    qemu_add_machine_init_done_notifier(&il_spapr_machine_done_notifier);
+}
+
+type_init(iommulab_spapr_register)
