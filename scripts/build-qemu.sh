@@ -12,6 +12,14 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$IOMMULAB_REPO/scripts/versions.env"
 
+# One build at a time: a second run waits here (tests and people share it).
+mkdir -p "$IOMMULAB_CACHE"
+exec 9> "$IOMMULAB_CACHE/qemu-build.lock"
+if ! flock -n 9; then
+    echo ">> qemu: another build is running, waiting for it" >&2
+    flock 9
+fi
+
 src=$("$IOMMULAB_REPO/scripts/fetch-qemu.sh")
 firmware=$("$IOMMULAB_REPO/scripts/fetch-firmware.sh")
 tree="$IOMMULAB_CACHE/qemu-tree"
@@ -26,12 +34,21 @@ tree_key=$( { echo "$src"; cat "${patches[@]}"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$tree/.iommulab-tree" 2>/dev/null)" != "$tree_key" ]; then
     step "qemu: preparing patched tree ($(basename "$src"), ${#patches[@]} patches)"
     rm -rf "$tree.new"
-    cp -a "$src" "$tree.new"
+    cp -a "$src" "$tree.new"   # keeps the source's mtimes: unpatched files stay built
     for p in "${patches[@]}"; do
         echo "   applying $(basename "$p")" >&2
         patch -d "$tree.new" -p1 --batch --forward --quiet < "$p" \
             || die "patch $(basename "$p") does not apply to $(basename "$src")"
     done
+    # Files touched by the new series or by the previous one get a fresh
+    # mtime, so ninja rebuilds what depends on them, also when a patch was
+    # dropped and a file went back to its (old-mtime) pristine content.
+    sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "${patches[@]}" | sort -u \
+        > "$tree.new/.iommulab-patched-files"
+    sort -u "$tree.new/.iommulab-patched-files" "$tree/.iommulab-patched-files" 2>/dev/null |
+        while read -r f; do
+            if [ -e "$tree.new/$f" ]; then touch "$tree.new/$f"; fi
+        done
     echo "$tree_key" > "$tree.new/.iommulab-tree"
     rm -rf "$tree"
     mv "$tree.new" "$tree"
@@ -43,7 +60,21 @@ for schema in "$IOMMULAB_REPO"/hw/iommulab/*.json; do
     ln -sfn "$schema" "$tree/qapi/$(basename "$schema")"
 done
 
-# 2. Configure, redone when the arguments or the tree change.
+# 2. Configure, redone (from scratch) when the arguments change.  QEMU's
+#    configure gets a Python of its own in the cache (meson, pinned), not the
+#    repository's .venv: its path must not change with every fresh clone.
+meson_version=$(sed -n 's/.*"meson==\([0-9.]*\)".*/\1/p' "$IOMMULAB_REPO/pyproject.toml")
+[ -n "$meson_version" ] || die "no meson==X pin found in pyproject.toml"
+qemu_py="$IOMMULAB_CACHE/qemu-python-$meson_version"
+if [ ! -f "$qemu_py/.iommulab-ready" ]; then
+    step "qemu: Python for configure (meson $meson_version) in $qemu_py"
+    rm -rf "$qemu_py"
+    python3 -m venv "$qemu_py"
+    PIP_CACHE_DIR="$IOMMULAB_CACHE/pip" "$qemu_py/bin/pip" install -q "meson==$meson_version" \
+        || die "pip could not install meson $meson_version (re-run when PyPI answers)"
+    touch "$qemu_py/.iommulab-ready"
+fi
+
 cfg=(
     --target-list=ppc64-softmmu,x86_64-softmmu
     --without-default-features   # only what is asked for below
@@ -51,10 +82,12 @@ cfg=(
     --enable-tcg --enable-fdt=system --disable-download
     --disable-install-blobs      # the +ds source has no blobs: Debian's packages do
     --enable-trace-backends=log
-    --python="$IOMMULAB_VENV/bin/python"
+    --python="$qemu_py/bin/python3"
     --firmwarepath="$firmware/usr/share/qemu:$firmware/usr/share/seabios"
 )
-cfg_key=$( { echo "$tree_key"; printf '%s\n' "${cfg[@]}"; } | sha256sum | cut -d' ' -f1)
+# A changed tree needs no reconfigure: ninja re-runs meson by itself when a
+# build file changed, and rebuilds only what the changed files feed.
+cfg_key=$(printf '%s\n' "${cfg[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$build/.iommulab-configured" 2>/dev/null)" != "$cfg_key" ]; then
     step "qemu: configuring (log: $logs/qemu-configure.log)"
     rm -rf "$build"
