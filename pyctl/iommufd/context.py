@@ -12,6 +12,7 @@ the model validates first and is).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ X86_MSI_WINDOW: Range = (0xFEE00000, 0xFEEFFFFF)
 _MAX_ID = (1 << 31) - 1
 
 T = TypeVar("T")
+_SPACES = itertools.count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class IommufdContext:
         )
         self.account_mode = ACCOUNT_USER
         self.cap_sys_resource = cap_sys_resource
+        self._space = next(_SPACES)
         self._objects: dict[int, Object] = {}
         self._by_name: dict[str, int] = {}
 
@@ -188,9 +191,11 @@ class IommufdContext:
     def _entries(areas: Iterable[Area]) -> list[MapEntry]:
         return [MapEntry(a.iova, a.length, a.phys, a.read, a.write) for a in areas]
 
-    @staticmethod
-    def _pfns(areas: Iterable[Area]) -> list[tuple[int, int]]:
-        return [pfn_range(a.phys, a.length) for a in areas]
+    def _pfns(self, areas: Iterable[Area]) -> list[tuple[int, int]]:
+        # guest-physical pages of different contexts (VMs) are different memory:
+        # each context's frames live in their own slice of the account
+        base = self._space << 52
+        return [(f + base, last + base) for f, last in (pfn_range(a.phys, a.length) for a in areas)]
 
     def _hw_map_all(self, domains: Sequence[int], entries: list[MapEntry]) -> None:
         """Map ``entries`` into every domain; undo the ones done if one fails."""

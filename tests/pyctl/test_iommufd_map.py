@@ -379,3 +379,36 @@ def test_hardware_failure_rolls_back_every_domain(method: str) -> None:
     assert snapshot(ctx) == before
     assert ctx.check_hardware() == []
     assert be.calls.get(method, 0) > calls
+
+
+def test_disabling_huge_pages_needs_page_aligned_areas() -> None:
+    ctx, _ = make_ctx()
+    ioas = ctx.ioas_alloc()
+    ctx.ioas_map(ioas, 0x10, 0x100, RW | FIXED, iova=0x10000)
+    rejected(ctx, "EADDRINUSE", lambda: ctx.option(HUGE, SET, ioas, 0))
+    ctx.ioas_unmap(ioas, 0, U64_MAX)
+    assert ctx.option(HUGE, SET, ioas, 0) == 0
+    rejected(ctx, "EINVAL", lambda: ctx.ioas_map(ioas, 0, 0x100, RW))
+
+
+def test_user_account_shared_by_two_contexts() -> None:
+    from test_iommufd_lib import make_backend
+
+    from pyctl.iommufd import IommufdContext
+    from pyctl.iommufd.pinning import PinAccount
+
+    user = PinAccount(limit_pages=600, name="user")
+    c1 = IommufdContext(make_backend(), user_account=user)
+    c2 = IommufdContext(make_backend(), user_account=user)
+    for c in (c1, c2):
+        ioas = c.ioas_alloc()
+        c.attach(c.bind("nvme0"), ioas)
+        c.ioas_map(ioas, 0, MIB, RW)
+    # same guest-physical addresses, different VMs: different pages, both charged
+    assert user.pinned_pages == 512
+    assert c1.pinned_pages() == c2.pinned_pages() == 512
+    e = rejected(c2, "ENOMEM", lambda: c2.ioas_map(1, MIB, MIB, RW))
+    assert "user limit of 600" in e.message
+    c1.ioas_unmap(1, 0, U64_MAX)
+    c2.ioas_map(1, MIB, MIB, RW)
+    assert user.pinned_pages == 512
