@@ -1,0 +1,676 @@
+"""sPAPR TCE windows and DDW under QMP control, without a guest.
+
+Real qemu-system-ppc64 (pseries, ``-accel qtest``): RTAS calls through
+qtest's ``rtas`` command, hypercalls through ``hcall`` (patch 0011), QMP
+over a unix socket.  An ``edu`` device on PHB 0 does DMA through the TCE
+windows.  Every error case checks the return code *and* that nothing
+changed (TCEs read back in bulk, window list).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp import ExecuteError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from pyctl.qemu.qtest import QTest
+
+RAM = 512 << 20
+BUID0 = 0x800000020000000
+LIOBN0, LIOBN1 = 0x80000000, 0x80000001
+VIO_LIOBN = 0x2000                  # spapr-vscsi at reg 0x2000
+ARGS, RETS = 0x4000000, 0x4001000   # RTAS argument/return buffers in RAM
+TCE_LIST = 0x4002000                # H_PUT_TCE_INDIRECT list
+DMA_PAGE = 0x5000000                # guest physical pages used by edu DMA
+EDU_DEVFN = 3 << 3
+EDU_PCI_BAR = 0x80000000            # PCI address given to edu's BAR0
+EDU_BUF = 0x40000
+
+H_SUCCESS, H_PARAMETER = 0, -4
+H_GET_TCE, H_PUT_TCE, H_STUFF_TCE, H_PUT_TCE_INDIRECT = 0x1C, 0x20, 0x138, 0x13C
+RTAS_SUCCESS, RTAS_HW_ERROR, RTAS_PARAM_ERROR = 0, -1, -3
+GiB = 1 << 30
+TCE_R, TCE_W = 1, 2
+
+
+def qemu_binary(target: str = "ppc64") -> Path:
+    env = os.environ.get("IOMMULAB_QEMU_PPC64" if target == "ppc64" else "IOMMULAB_QEMU")
+    path = Path(env) if env else (
+        Path.home() / f".cache/iommulab/qemu-build/qemu-system-{target}")
+    if not path.is_file():
+        msg = f"QEMU binary {path} not built (scripts/build-qemu.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def s32(v: int) -> int:
+    return v - (1 << 32) if v & (1 << 31) else v
+
+
+def s64(v: int) -> int:
+    return v - (1 << 64) if v & (1 << 63) else v
+
+
+class Pseries:
+    """One qemu-system-ppc64 pseries under qtest, with QMP."""
+
+    def __init__(self, extra: list[str] | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="iommulab-spapr-")
+        d = Path(self._dir.name)
+        qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
+        self.log = d / "qemu.log"
+        cmd = [
+            str(qemu_binary()), "-machine", "pseries", "-accel", "qtest",
+            "-nodefaults", "-display", "none", "-m", str(RAM >> 20),
+            "-device", "spapr-vscsi,reg=0x2000",
+            "-device", "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
+            "-chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control",
+            "-chardev", f"socket,id=qt,path={qtest_path},server=on,wait=off",
+            "-qtest", "chardev:qt",
+            *(extra or []),
+        ]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.qt = QTest(qtest_path)
+            self.qmp = QEMUMonitorProtocol(qmp_path)
+            self.qmp.connect()
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"QEMU did not start: {self.log.read_text()}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.qmp.cmd("quit")
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.qmp.close()
+        self.qt.close()
+        self._dir.cleanup()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    # --- QMP ---
+    def cmd(self, name: str, **args: Any) -> Any:
+        return self.qmp.cmd(name, **{k.replace("_", "-"): v for k, v in args.items()})
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.qmp.get_events(wait=False) if e["event"] == name]
+
+    def phb(self, index: int = 0) -> dict[str, Any]:
+        phbs: list[dict[str, Any]] = self.cmd("x-iommulab-spapr-query-phbs")
+        return next(p for p in phbs if p["phb"] == index)
+
+    def windows(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.phb()["windows"]
+        return res
+
+    def tces(self, liobn: int, start: int = 0, count: int | None = None) -> list[int]:
+        args: dict[str, Any] = {"liobn": liobn, "start": start}
+        if count is not None:
+            args["count"] = count
+        r = self.cmd("x-iommulab-spapr-read-tces", **args)
+        raw = base64.b64decode(r["data"])
+        assert len(raw) == 8 * r["count"]
+        return list(struct.unpack(f">{r['count']}Q", raw))
+
+    # --- RTAS and hypercalls ---
+    def rtas(self, name: str, args: list[int], nret: int) -> list[int]:
+        self.qt.memwrite(ARGS, b"".join(struct.pack(">I", a & 0xFFFFFFFF) for a in args))
+        self.qt.memset(RETS, 4 * nret, 0xAA)
+        self.qt.command(f"rtas {name} {len(args)} 0x{ARGS:x} {nret} 0x{RETS:x}")
+        raw = self.qt.memread(RETS, 4 * nret)
+        rets = list(struct.unpack(f">{nret}I", raw))
+        rets[0] = s32(rets[0])
+        return rets
+
+    def hcall(self, opcode: int, *args: int) -> tuple[int, list[int]]:
+        words = self.qt.command(f"hcall 0x{opcode:x} " +
+                                " ".join(f"0x{a & (2**64 - 1):x}" for a in args))
+        return s64(int(words[0])), [int(w) for w in words[1:]]
+
+    def query(self, nret: int = 6) -> list[int]:
+        return self.rtas("ibm,query-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF],
+                         nret)
+
+    def create(self, page_shift: int, window_shift: int) -> list[int]:
+        return self.rtas("ibm,create-pe-dma-window",
+                         [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, page_shift, window_shift], 4)
+
+    def remove(self, liobn: int) -> int:
+        return self.rtas("ibm,remove-pe-dma-window", [liobn], 1)[0]
+
+    def reset(self) -> int:
+        return self.rtas("ibm,reset-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF],
+                         1)[0]
+
+    # --- edu on PHB 0 ---
+    def cfg_write(self, reg: int, size: int, val: int) -> None:
+        r = self.rtas("ibm,write-pci-config",
+                      [(EDU_DEVFN << 8) | reg, BUID0 >> 32, BUID0 & 0xFFFFFFFF, size, val], 1)
+        assert r[0] == RTAS_SUCCESS
+
+    def edu_setup(self) -> int:
+        """Map edu's BAR0; returns its CPU address."""
+        mtree = self.cmd("human-monitor-command", command_line="info mtree")
+        m = re.search(r"([0-9a-f]+)-[0-9a-f]+ \(prio \d+, i/o\): "
+                      r"pci@800000020000000\.mmio32-alias", mtree)
+        assert m, "PHB 0 32-bit MMIO window not found"
+        cpu_base = int(m.group(1), 16)
+        self.cfg_write(0x10, 4, EDU_PCI_BAR)
+        self.cfg_write(0x04, 2, 0x6)        # memory space + bus master
+        bar = cpu_base + (EDU_PCI_BAR - 0x80000000)
+        assert self.qt.readl(bar) == 0x010000ED
+        return bar
+
+    def edu_dma(self, bar: int, src: int, dst: int, count: int, to_memory: bool) -> None:
+        self.qt.writeq(bar + 0x80, src)
+        self.qt.writeq(bar + 0x88, dst)
+        self.qt.writeq(bar + 0x90, count)
+        self.qt.writeq(bar + 0x98, 1 | (2 if to_memory else 0))
+        self.qt.clock_step(200_000_000)
+        assert self.qt.readq(bar + 0x98) & 1 == 0, "edu DMA did not run"
+
+
+@pytest.fixture
+def vm() -> Iterator[Pseries]:
+    p = Pseries()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def err(vm: Pseries, name: str, **args: Any) -> str:
+    with pytest.raises(ExecuteError) as e:
+        vm.cmd(name, **args)
+    return str(e.value)
+
+
+# --- QMP: listing and policy ---
+
+def test_schema_lists_unstable_commands(vm: Pseries) -> None:
+    schema: list[dict[str, Any]] = vm.cmd("query-qmp-schema")
+    names = {e["name"]: e for e in schema}
+    for c in ("x-iommulab-spapr-query-phbs", "x-iommulab-spapr-set-ddw-policy",
+              "x-iommulab-spapr-window-create", "x-iommulab-spapr-window-remove",
+              "x-iommulab-spapr-window-reset", "x-iommulab-spapr-read-tces",
+              "x-iommulab-spapr-query-faults"):
+        assert "unstable" in names[c].get("features", []), c
+    events = {e["name"] for e in schema if e.get("meta-type") == "event"}
+    assert {"X_IOMMULAB_SPAPR_WINDOW", "X_IOMMULAB_SPAPR_TCE_FAULT"} <= events
+
+
+def test_default_phb(vm: Pseries) -> None:
+    p = vm.phb()
+    assert p["buid"] == BUID0 and p["liobns"] == [LIOBN0, LIOBN1]
+    assert p["policy"] == {"ddw": True, "windows": 2, "page-shifts": [12, 16, 21, 24],
+                           "max-tces": 1 << 37, "dma64-offset": 1 << 59,
+                           "default-window-size": GiB, "refuse-create": False}
+    assert p["windows"] == [{"liobn": LIOBN0, "bus-offset": 0, "page-shift": 12,
+                             "size": GiB, "entries": GiB >> 12, "entries-in-use": 0,
+                             "default": True, "faults": 0}]
+
+
+def test_x86_binary_gives_clear_error() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        sock = f"{d}/qmp.sock"
+        proc = subprocess.Popen([str(qemu_binary("x86_64")), "-M", "none", "-display", "none",
+                                 "-chardev", f"socket,id=m,path={sock},server=on,wait=off",
+                                 "-mon", "chardev=m,mode=control"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(400):
+                if Path(sock).exists():
+                    break
+                time.sleep(0.05)
+            qmp = QEMUMonitorProtocol(sock)
+            qmp.connect()
+            with pytest.raises(ExecuteError, match="pseries"):
+                qmp.cmd("x-iommulab-spapr-query-phbs")
+            with pytest.raises(ExecuteError, match="pseries"):
+                qmp.cmd("x-iommulab-spapr-read-tces", liobn=LIOBN0)
+            qmp.cmd("quit")
+            qmp.close()
+        finally:
+            proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"windows": 0}, "windows"),
+    ({"windows": 3}, "windows"),
+    ({"page-shifts": [13]}, "page-shifts"),
+    ({"page-shifts": [12, 12]}, "twice"),
+    ({"page-shifts": []}, "empty"),
+    ({"max-tces": 0}, "max-tces"),
+    ({"max-tces": (1 << 37) + 1}, "max-tces"),
+    ({"dma64-offset": 1 << 40}, "dma64-offset"),
+    ({"default-window-size": 0}, "default-window-size"),
+    ({"default-window-size": 4097}, "default-window-size"),
+    ({"default-window-size": 4 * GiB}, "default-window-size"),
+    ({"phb": 7}, "no pseries PHB"),
+])
+def test_policy_rejects_bad_values_and_changes_nothing(vm: Pseries, args: dict[str, Any],
+                                                       msg: str) -> None:
+    before = vm.phb()["policy"]
+    # a valid change in the same call must not be applied either
+    assert msg in err(vm, "x-iommulab-spapr-set-ddw-policy", ddw=False, **args)
+    assert vm.phb()["policy"] == before
+
+
+def test_policy_drives_rtas_query(vm: Pseries) -> None:
+    pol = vm.cmd("x-iommulab-spapr-set-ddw-policy", page_shifts=[16, 28, 34],
+                 max_tces=0x123456789, windows=1, dma64_offset=1 << 32)
+    assert pol["page-shifts"] == [16, 28, 34] and pol["windows"] == 1
+    st, avail, hi, lo, mask, _ = vm.query()
+    # one window allowed and the default window exists: none available
+    assert (st, avail, (hi << 32) | lo) == (RTAS_SUCCESS, 0, 0x123456789)
+    assert mask == 0x02 | 0x40 | 0x80       # 64K | 256M | 16G
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", windows=2)
+    assert vm.query()[1] == 1
+    # the five-return form caps the largest block at 0x80000000
+    assert vm.query(5)[2] == 0x80000000
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", ddw=False)
+    assert vm.query()[0] == RTAS_PARAM_ERROR
+
+
+# --- RTAS DDW ---
+
+def test_create_follows_policy_and_sends_events(vm: Pseries) -> None:
+    vm.qmp.get_events(wait=False)
+    # 64K pages not offered by the policy below; 16M is
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", page_shifts=[24], max_tces=64)
+    assert vm.create(16, 30)[0] == RTAS_PARAM_ERROR
+    assert vm.create(24, 31)[0] == RTAS_PARAM_ERROR     # 128 TCEs > 64
+    assert len(vm.windows()) == 1 and not vm.events("X_IOMMULAB_SPAPR_WINDOW")
+    st, liobn, hi, lo = vm.create(24, 30)               # 64 TCEs of 16 MiB
+    assert (st, liobn, (hi << 32) | lo) == (RTAS_SUCCESS, LIOBN1, 1 << 59)
+    w = [x for x in vm.windows() if x["liobn"] == LIOBN1]
+    assert w == [{"liobn": LIOBN1, "bus-offset": 1 << 59, "page-shift": 24, "size": GiB,
+                  "entries": 64, "entries-in-use": 0, "default": False, "faults": 0}]
+    ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
+    assert [e["data"] for e in ev] == [{"phb": 0, "action": "create", "liobn": LIOBN1,
+                                        "window": w[0]}]
+    # no third window
+    assert vm.create(24, 30)[0] == RTAS_HW_ERROR
+    assert vm.remove(LIOBN1) == RTAS_SUCCESS
+    assert [e["data"] for e in vm.events("X_IOMMULAB_SPAPR_WINDOW")] == [
+        {"phb": 0, "action": "remove", "liobn": LIOBN1}]
+    assert vm.remove(LIOBN1) == RTAS_PARAM_ERROR        # already removed
+    assert vm.reset() == RTAS_SUCCESS
+    ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
+    assert [(e["data"]["action"], e["data"]["liobn"]) for e in ev] == [("reset", LIOBN0)]
+    assert ev[0]["data"]["window"]["default"] is True
+
+
+def test_refuse_create(vm: Pseries) -> None:
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", refuse_create=True)
+    assert vm.create(16, 32)[0] == RTAS_HW_ERROR
+    assert len(vm.windows()) == 1
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", refuse_create=False)
+    assert vm.create(16, 32)[0] == RTAS_SUCCESS
+
+
+def test_single_window_replaces_default(vm: Pseries) -> None:
+    """Linux removes the default window when no second one is available."""
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", windows=1, dma64_offset=1 << 32)
+    assert vm.create(16, 33)[0] == RTAS_HW_ERROR
+    assert vm.remove(LIOBN0) == RTAS_SUCCESS
+    assert vm.windows() == []
+    st, liobn, hi, lo = vm.create(16, 33)
+    # the first window of a PE is at the default window's place
+    assert (st, (hi << 32) | lo) == (RTAS_SUCCESS, 0)
+    # QEMU keeps the "default window" mark on the first table, so removing
+    # this window does not bring the default one back; a reset does
+    assert liobn == LIOBN0
+    assert vm.remove(liobn) == RTAS_SUCCESS
+    assert vm.windows() == []
+    assert vm.reset() == RTAS_SUCCESS
+    assert [w["default"] for w in vm.windows()] == [True]
+
+
+def test_default_window_size_applies_at_reset(vm: Pseries) -> None:
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", default_window_size=256 << 20)
+    assert vm.windows()[0]["size"] == GiB
+    assert vm.reset() == RTAS_SUCCESS
+    assert vm.windows()[0]["size"] == 256 << 20
+
+
+@pytest.mark.parametrize("page_shift,window_shift", [
+    (64, 70), (12, 64), (12, 11), (12, 12 + 32), (13, 30), (200, 300)])
+def test_create_bad_shifts(vm: Pseries, page_shift: int, window_shift: int) -> None:
+    assert vm.create(page_shift, window_shift)[0] == RTAS_PARAM_ERROR
+    assert len(vm.windows()) == 1 and vm.alive()
+
+
+def test_create_overlapping_window_refused(vm: Pseries) -> None:
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", windows=2, dma64_offset=1 << 32)
+    assert vm.remove(LIOBN0) == RTAS_SUCCESS
+    assert vm.create(16, 34)[0] == RTAS_SUCCESS         # [0, 16 GiB)
+    assert vm.create(16, 30)[0] == RTAS_PARAM_ERROR     # at 4 GiB: overlaps
+    assert len(vm.windows()) == 1
+
+
+@pytest.mark.parametrize("name,args,nret", [
+    ("ibm,query-pe-dma-window", [0, 0, 0, 0], 6),
+    ("ibm,query-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF], 4),
+    ("ibm,create-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, 16], 4),
+    ("ibm,create-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, 16, 32], 3),
+    ("ibm,remove-pe-dma-window", [LIOBN0, 0], 1),
+    ("ibm,remove-pe-dma-window", [LIOBN0], 2),
+    ("ibm,reset-pe-dma-window", [0, BUID0 >> 32], 1),
+    ("ibm,query-pe-dma-window", [0, 0, 0x1234], 6),     # unknown BUID
+])
+def test_rtas_wrong_arguments(vm: Pseries, name: str, args: list[int], nret: int) -> None:
+    before = vm.windows()
+    assert vm.rtas(name, args, nret)[0] == RTAS_PARAM_ERROR
+    assert vm.windows() == before
+
+
+def test_remove_vio_liobn_is_an_error_not_a_crash(vm: Pseries) -> None:
+    assert vm.remove(VIO_LIOBN) == RTAS_PARAM_ERROR
+    assert vm.remove(0x12345678) == RTAS_PARAM_ERROR
+    assert vm.alive() and len(vm.windows()) == 1
+
+
+# --- Hypercalls ---
+
+def test_put_get_tce(vm: Pseries) -> None:
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x7000 | TCE_R | TCE_W)[0] == H_SUCCESS
+    ret, regs = vm.hcall(H_GET_TCE, LIOBN0, 0x5000)
+    assert ret == H_SUCCESS and regs[0] == 0x7000 | 3
+    assert vm.tces(LIOBN0, 4, 2) == [0, 0x7003]
+    assert vm.windows()[0]["entries-in-use"] == 1
+
+
+@pytest.mark.parametrize("liobn,ioba,tce", [
+    (0x7777, 0x5000, 0x7003),               # wrong LIOBN
+    (LIOBN1, 0x5000, 0x7003),               # window not enabled
+    (LIOBN0, 0x5800, 0x7003),               # misaligned IOBA
+    (LIOBN0, GiB, 0x7003),                  # outside the window
+    (LIOBN0, 2**64 - 4096, 0x7003),
+    (LIOBN0, 0x5000, 0x7803),               # bits below the page size
+    (LIOBN0, 0x5000, 0x7007),
+    (LIOBN0 | (1 << 32), 0x5000, 0x7003),   # LIOBN wider than 32 bits
+])
+def test_put_tce_errors_change_nothing(vm: Pseries, liobn: int, ioba: int, tce: int) -> None:
+    vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x9001)
+    assert vm.hcall(H_PUT_TCE, liobn, ioba, tce)[0] == H_PARAMETER
+    assert vm.tces(LIOBN0, 0, 8) == [0] * 5 + [0x9001] + [0] * 2
+    assert vm.hcall(H_GET_TCE, LIOBN0, 0x5800)[0] == H_PARAMETER
+
+
+def test_put_tce_without_permission_is_accepted(vm: Pseries) -> None:
+    """A guest may poison its table: no permission, any address bits."""
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x7ff8)[0] == H_SUCCESS
+    assert vm.tces(LIOBN0, 5, 1) == [0x7ff8]
+
+
+def test_stuff_tce(vm: Pseries) -> None:
+    n = GiB >> 12
+    assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, 0x8001, 4)[0] == H_SUCCESS
+    assert vm.tces(LIOBN0, 15, 6) == [0, 0x8001, 0x8001, 0x8001, 0x8001, 0]
+    for npages in (n, n - 15, 2**63, 2**64 - 1):        # runs past the end
+        assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, 0x9003, npages)[0] == H_PARAMETER
+    assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, 0x9803, 1)[0] == H_PARAMETER
+    assert vm.tces(LIOBN0, 15, 6) == [0, 0x8001, 0x8001, 0x8001, 0x8001, 0]
+    assert vm.windows()[0]["entries-in-use"] == 4
+    # the whole window at once is fine, and so is clearing it
+    assert vm.hcall(H_STUFF_TCE, LIOBN0, 0, 0, n)[0] == H_SUCCESS
+    assert vm.windows()[0]["entries-in-use"] == 0
+
+
+def test_put_tce_indirect(vm: Pseries) -> None:
+    tces = [0x100000 + i * 0x1000 + 3 for i in range(8)]
+    vm.qt.memwrite(TCE_LIST, struct.pack(">8Q", *tces))
+    assert vm.hcall(H_PUT_TCE_INDIRECT, LIOBN0, 0x3000, TCE_LIST, 8)[0] == H_SUCCESS
+    assert vm.tces(LIOBN0, 3, 8) == tces
+
+
+@pytest.mark.parametrize("ioba,tce_list,npages,bad_tce", [
+    (0x3000, 0x40000000000, 4, False),      # list outside guest RAM
+    (0x3000, RAM - 0x1000 + 0x1000, 4, False),
+    (0x3000, TCE_LIST + 8, 4, False),       # list not 4K aligned
+    (0x3000, TCE_LIST, 513, False),         # more than 512
+    (GiB - 0x2000, TCE_LIST, 4, False),     # runs past the window's end
+    (0x3800, TCE_LIST, 4, False),           # misaligned IOBA
+    (0x3000, TCE_LIST, 4, True),            # one bad TCE in the list
+])
+def test_put_tce_indirect_errors_change_nothing(vm: Pseries, ioba: int, tce_list: int,
+                                                npages: int, bad_tce: bool) -> None:
+    tces = [0x200000 + i * 0x1000 + 1 for i in range(4)]
+    if bad_tce:
+        tces[2] |= 0x100
+    vm.qt.memwrite(TCE_LIST, struct.pack(">4Q", *tces))
+    assert vm.hcall(H_PUT_TCE_INDIRECT, LIOBN0, ioba, tce_list, npages)[0] == H_PARAMETER
+    assert vm.windows()[0]["entries-in-use"] == 0
+
+
+def test_hcalls_on_ddw_with_large_pages(vm: Pseries) -> None:
+    st, liobn, hi, lo = vm.create(24, 32)
+    assert st == RTAS_SUCCESS
+    base = (hi << 32) | lo
+    assert vm.hcall(H_PUT_TCE, liobn, base + (3 << 24), (5 << 24) | 3)[0] == H_SUCCESS
+    assert vm.hcall(H_PUT_TCE, liobn, base + (3 << 24), (5 << 24) | 0x1003)[0] == H_PARAMETER
+    assert vm.hcall(H_PUT_TCE, liobn, base + (3 << 24) + 4096, (5 << 24) | 3)[0] == H_PARAMETER
+    assert vm.tces(liobn) == [0, 0, 0, (5 << 24) | 3] + [0] * 252
+
+
+# --- Host-side windows ---
+
+def test_host_window_create_read_remove(vm: Pseries) -> None:
+    vm.qmp.get_events(wait=False)
+    w = vm.cmd("x-iommulab-spapr-window-create", page_shift=16, size=4 * GiB)
+    assert w == {"liobn": LIOBN1, "bus-offset": 1 << 59, "page-shift": 16, "size": 4 * GiB,
+                 "entries": 65536, "entries-in-use": 0, "default": False, "faults": 0}
+    # the guest can use it; the host reads it back in bulk
+    assert vm.hcall(H_STUFF_TCE, LIOBN1, (1 << 59) + 0x20000, 0x30000 | 1, 3)[0] == H_SUCCESS
+    t = vm.tces(LIOBN1)
+    assert len(t) == 65536 and t[1:5] == [0, 0x30001, 0x30001, 0x30001]
+    assert vm.tces(LIOBN1, 65535) == [0]
+    assert "no free LIOBN" in err(vm, "x-iommulab-spapr-window-create", page_shift=12,
+                                  size=GiB)
+    vm.cmd("x-iommulab-spapr-window-remove", liobn=LIOBN1)
+    assert [x["liobn"] for x in vm.windows()] == [LIOBN0]
+    assert "not enabled" in err(vm, "x-iommulab-spapr-window-remove", liobn=LIOBN1)
+    # host actions are not guest events
+    assert not vm.events("X_IOMMULAB_SPAPR_WINDOW")
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"page_shift": 13, "size": GiB}, "page-shift"),
+    ({"page_shift": 12, "size": 0}, "size"),
+    ({"page_shift": 16, "size": 0x1000}, "size"),
+    ({"page_shift": 12, "size": 1 << 40}, "TCEs"),
+    ({"page_shift": 12, "size": GiB, "bus_offset": 0x800}, "aligned"),
+    ({"page_shift": 12, "size": GiB, "bus_offset": 0x20000000}, "overlaps"),
+    ({"page_shift": 24, "size": 1 << 30, "bus_offset": 2**64 - (1 << 24)}, "2^64"),
+    ({"page_shift": 12, "size": GiB, "phb": 3}, "no pseries PHB"),
+])
+def test_host_window_create_errors(vm: Pseries, args: dict[str, Any], msg: str) -> None:
+    assert msg in err(vm, "x-iommulab-spapr-window-create", **args)
+    assert len(vm.windows()) == 1
+
+
+def test_host_reset_and_remove_errors(vm: Pseries) -> None:
+    vm.cmd("x-iommulab-spapr-window-remove", liobn=LIOBN0)
+    assert vm.windows() == []
+    assert "no window" in err(vm, "x-iommulab-spapr-window-remove", liobn=VIO_LIOBN)
+    vm.cmd("x-iommulab-spapr-set-ddw-policy", default_window_size=2 * GiB)
+    ws = vm.cmd("x-iommulab-spapr-window-reset")
+    assert [(w["liobn"], w["size"], w["default"]) for w in ws] == [(LIOBN0, 2 * GiB, True)]
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"liobn": 0x7777}, "no TCE table"),
+    ({"liobn": LIOBN1}, "not enabled"),
+    ({"liobn": LIOBN0, "start": GiB >> 12}, "outside"),
+    ({"liobn": LIOBN0, "start": (GiB >> 12) - 1, "count": 2}, "outside"),
+    ({"liobn": LIOBN0, "count": 0}, "count"),
+    ({"liobn": LIOBN0, "count": (1 << 20) + 1}, "count"),
+])
+def test_read_tces_errors(vm: Pseries, args: dict[str, Any], msg: str) -> None:
+    assert msg in err(vm, "x-iommulab-spapr-read-tces", **args)
+
+
+def test_read_tces_of_vio_window(vm: Pseries) -> None:
+    assert vm.hcall(H_PUT_TCE, VIO_LIOBN, 0x1000, 0x6003)[0] == H_SUCCESS
+    assert vm.tces(VIO_LIOBN, 0, 2) == [0, 0x6003]
+
+
+# --- DMA through the window, and TCE faults ---
+
+def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
+    bar = vm.edu_setup()
+    data = bytes((i * 7 + 3) & 0xFF for i in range(4096))
+    vm.qt.memwrite(DMA_PAGE, data)
+    # IOBA 0x10000 -> DMA_PAGE (read only), IOBA 0x11000 -> DMA_PAGE + 4K (read/write)
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x10000, DMA_PAGE | TCE_R)[0] == H_SUCCESS
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x11000, (DMA_PAGE + 0x1000) | 3)[0] == H_SUCCESS
+    vm.edu_dma(bar, 0x10000, EDU_BUF, 4096, to_memory=False)
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)
+    assert vm.qt.memread(DMA_PAGE + 0x1000, 4096) == data
+    assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
+
+    # a write to the read-only page and a read of an empty entry fault
+    vm.qmp.get_events(wait=False)
+    vm.qt.memset(DMA_PAGE, 4096, 0x55)
+    vm.edu_dma(bar, EDU_BUF, 0x10000, 64, to_memory=True)
+    vm.edu_dma(bar, 0x12000, EDU_BUF, 64, to_memory=False)
+    assert vm.qt.memread(DMA_PAGE, 4096) == b"\x55" * 4096
+    f = vm.cmd("x-iommulab-spapr-query-faults", clear=True)
+    assert f["dropped"] == 0
+    got = {(x["ioba"], x["access"], x["tce"]) for x in f["faults"]}
+    assert got == {(0x10000, "write", DMA_PAGE | TCE_R), (0x12000, "read", 0)}
+    assert all(x["liobn"] == LIOBN0 and x["phb"] == 0 for x in f["faults"])
+    assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
+    assert vm.windows()[0]["faults"] >= 2
+    ev = [e for e in vm.qmp.get_events(wait=5.0)
+          if e["event"] == "X_IOMMULAB_SPAPR_TCE_FAULT"]
+    assert {e["data"]["fault"]["ioba"] for e in ev} == {0x10000, 0x12000}
+
+
+# --- Stage 2 beneath the TCE windows (iommulab-spapr-s2) ---
+
+S2 = "s2"
+OTHER_PAGE = 0x6000000              # where stage 2 sends DMA_PAGE
+
+
+@pytest.fixture
+def vm_s2() -> Iterator[Pseries]:
+    p = Pseries(["-device", f"iommulab-spapr-s2,id={S2},addr=04.0"])
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def s2_faults(vm: Pseries) -> list[dict[str, Any]]:
+    res: list[dict[str, Any]] = vm.cmd("x-iommulab-query-faults", iommu=S2,
+                                       clear=True)["faults"]
+    return res
+
+
+def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
+    vm = vm_s2
+    bar = vm.edu_setup()
+    data = bytes((i * 13 + 1) & 0xFF for i in range(4096))
+    vm.qt.memwrite(DMA_PAGE, data)
+    vm.qt.memset(OTHER_PAGE, 0x2000, 0x11)
+    # TCE: IOBA 0x10000 -> IPA DMA_PAGE, IOBA 0x11000 -> IPA DMA_PAGE + 4K
+    assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, DMA_PAGE | 3, 1)[0] == H_SUCCESS
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x11000, (DMA_PAGE + 0x1000) | 3)[0] == H_SUCCESS
+
+    # Blocked by default at stage 2: nothing lands, the fault names the IPA
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)
+    assert vm.qt.memread(DMA_PAGE + 0x1000, 64) == bytes(64)
+    (f,) = s2_faults(vm)
+    assert (f["iova"], f["access"], f["reason"]) == (DMA_PAGE + 0x1000, "write", "blocked")
+    assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
+
+    # Domain 1: IPA DMA_PAGE..+8K -> OTHER_PAGE: bytes land at the stage-2 output
+    vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
+    vm.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
+        {"iova": DMA_PAGE, "size": 0x2000, "addr": OTHER_PAGE, "read": True, "write": True}])
+    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
+    vm.qt.memwrite(OTHER_PAGE, data)
+    vm.edu_dma(bar, 0x10000, EDU_BUF, 4096, to_memory=False)   # reads OTHER_PAGE
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)    # writes OTHER_PAGE + 4K
+    assert vm.qt.memread(OTHER_PAGE + 0x1000, 4096) == data
+    assert vm.qt.memread(DMA_PAGE + 0x1000, 4096) == bytes(4096)
+    assert s2_faults(vm) == []
+
+    # Unmap at stage 2: the TCE still allows it, stage 2 refuses
+    vm.cmd("x-iommulab-unmap", iommu=S2, domain=1,
+           ranges=[{"iova": DMA_PAGE + 0x1000, "size": 0x1000}])
+    vm.qt.memset(OTHER_PAGE + 0x1000, 0x1000, 0x22)
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)
+    assert vm.qt.memread(OTHER_PAGE + 0x1000, 64) == b"\x22" * 64
+    (f,) = s2_faults(vm)
+    assert (f["iova"], f["access"], f["stage"], f["reason"]) == (
+        DMA_PAGE + 0x1000, "write", "stage2", "not-present")
+
+    # No TCE: a TCE fault, stage 2 is never asked
+    vm.edu_dma(bar, EDU_BUF, 0x13000, 64, to_memory=True)
+    tf = vm.cmd("x-iommulab-spapr-query-faults", clear=True)["faults"]
+    assert [(x["ioba"], x["access"]) for x in tf] == [(0x13000, "write")]
+    assert s2_faults(vm) == []
+
+    # Remap: I/O works again
+    vm.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
+        {"iova": DMA_PAGE + 0x1000, "size": 0x1000, "addr": OTHER_PAGE + 0x1000,
+         "read": True, "write": True}])
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)
+    assert vm.qt.memread(OTHER_PAGE + 0x1000, 4096) == data
+
+
+def test_stage2_attach_errors(vm_s2: Pseries) -> None:
+    vm = vm_s2
+    assert "not an iommulab-spapr-s2" in err(vm, "x-iommulab-spapr-stage2-attach",
+                                             stage2="nope", mode="bypass")
+    assert "needs 'domain'" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2,
+                                   mode="domain")
+    assert "only valid" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2,
+                               mode="bypass", domain=1)
+    assert "does not exist" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2,
+                                   mode="domain", domain=9)
+    # an attached domain cannot be freed
+    vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=2, type="paging")
+    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=2)
+    assert "in use" in err(vm, "x-iommulab-domain-free", iommu=S2, domain=2)
+    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass")
+    vm.cmd("x-iommulab-domain-free", iommu=S2, domain=2)
+
+
+def test_stage2_bypass(vm_s2: Pseries) -> None:
+    vm = vm_s2
+    bar = vm.edu_setup()
+    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass")
+    data = bytes(range(256)) * 16
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x11000, DMA_PAGE | 3)[0] == H_SUCCESS
+    vm.qt.memwrite(DMA_PAGE, data)
+    vm.edu_dma(bar, 0x11000, EDU_BUF, 4096, to_memory=False)
+    vm.qt.memset(DMA_PAGE, 4096, 0)
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)
+    assert vm.qt.memread(DMA_PAGE, 4096) == data
