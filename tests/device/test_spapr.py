@@ -175,7 +175,7 @@ class Pseries:
         """Map edu's BAR0; returns its CPU address."""
         mtree = self.cmd("human-monitor-command", command_line="info mtree")
         m = re.search(r"([0-9a-f]+)-[0-9a-f]+ \(prio \d+, i/o\): "
-                      r"pci@800000020000000\.mmio32-alias", mtree)
+                      r"alias pci@800000020000000\.mmio32-alias", mtree)
         assert m, "PHB 0 32-bit MMIO window not found"
         cpu_base = int(m.group(1), 16)
         self.cfg_write(0x10, 4, EDU_PCI_BAR)
@@ -561,8 +561,9 @@ def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     assert vm.qt.memread(DMA_PAGE, 4096) == b"\x55" * 4096
     f = vm.cmd("x-iommulab-spapr-query-faults", clear=True)
     assert f["dropped"] == 0
-    got = {(x["ioba"], x["access"], x["tce"]) for x in f["faults"]}
-    assert got == {(0x10000, "write", DMA_PAGE | TCE_R), (0x12000, "read", 0)}
+    # one record per refused DMA (its pieces are merged)
+    got = [(x["ioba"], x["access"], x["tce"]) for x in f["faults"]]
+    assert got == [(0x10000, "write", DMA_PAGE | TCE_R), (0x12000, "read", 0)]
     assert all(x["liobn"] == LIOBN0 and x["phb"] == 0 for x in f["faults"])
     assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
     assert vm.windows()[0]["faults"] >= 2

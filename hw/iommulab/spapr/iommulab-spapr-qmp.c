@@ -10,6 +10,25 @@
 #include "iommulab-spapr.h"
 
 static const IommulabSpaprBackend *spapr_backend;
+static IommulabSpaprS2AttachFn *spapr_s2_attach;
+
+void iommulab_spapr_set_stage2_attach(IommulabSpaprS2AttachFn *fn)
+{
+    spapr_s2_attach = fn;
+}
+
+void qmp_x_iommulab_spapr_stage2_attach(const char *stage2,
+                                        IommulabSpaprS2Mode mode,
+                                        bool has_domain, uint32_t domain,
+                                        Error **errp)
+{
+    if (!spapr_s2_attach) {
+        error_setg(errp, "this QEMU has no iommulab-spapr-s2 device "
+                   "(qemu-system-ppc64 with pseries and iommulab needed)");
+        return;
+    }
+    spapr_s2_attach(stage2, mode, has_domain, domain, errp);
+}
 
 void iommulab_spapr_set_backend(const IommulabSpaprBackend *backend)
 {

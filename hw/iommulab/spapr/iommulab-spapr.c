@@ -49,6 +49,9 @@ static struct {
     ILSpaprFault faults[IL_SPAPR_FAULTS_MAX];
     uint32_t head, len;
     uint64_t dropped;
+    /* The last fault: one DMA refused is translated piece by piece */
+    ILSpaprFault last;
+    bool has_last;
     /* Events not sent yet, and rate limiting */
     ILSpaprFault pending[IL_SPAPR_EVENTS_PER_SEC];
     uint32_t npending;
@@ -242,6 +245,15 @@ static void il_spapr_tce_fault(void *opaque, SpaprTceTable *tcet, hwaddr addr,
     trace_iommulab_spapr_tce_fault(f.phb, f.liobn, f.ioba, f.write, tce);
 
     qemu_mutex_lock(&ils.lock);
+    if (ils.has_last && ils.last.liobn == f.liobn &&
+        ils.last.write == f.write && ils.last.tce == f.tce &&
+        (ils.last.ioba >> tcet->page_shift) == (f.ioba >> tcet->page_shift)) {
+        /* The rest of the same refused access (same page, same TCE) */
+        qemu_mutex_unlock(&ils.lock);
+        return;
+    }
+    ils.last = f;
+    ils.has_last = true;
     count = (uintptr_t)g_hash_table_lookup(ils.window_faults, key);
     g_hash_table_insert(ils.window_faults, key, (gpointer)(count + 1));
     if (ils.len < IL_SPAPR_FAULTS_MAX) {
@@ -665,6 +677,7 @@ static IommulabSpaprTceFaults *il_spapr_query_faults(bool has_clear,
         ils.head = 0;
         ils.len = 0;
         ils.dropped = 0;
+        ils.has_last = false;
     }
     qemu_mutex_unlock(&ils.lock);
     return r;

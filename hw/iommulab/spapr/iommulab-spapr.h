@@ -41,4 +41,11 @@ typedef struct IommulabSpaprBackend {
 
 void iommulab_spapr_set_backend(const IommulabSpaprBackend *backend);
 
+/* x-iommulab-spapr-stage2-attach, provided by iommulab-spapr-s2.c */
+typedef void IommulabSpaprS2AttachFn(const char *stage2,
+                                     IommulabSpaprS2Mode mode,
+                                     bool has_domain, uint32_t domain,
+                                     Error **errp);
+void iommulab_spapr_set_stage2_attach(IommulabSpaprS2AttachFn *fn);
+
 #endif

@@ -1,0 +1,241 @@
+/*
+ * iommulab-spapr-s2: the iommulab stage 2 beneath a pseries PHB's TCE
+ * windows.
+ *
+ * An iommulab-viommu (the engine's device: domains, IOTLB, fault queue,
+ * x-iommulab-* QMP) that sits on a pseries PHB's root bus without taking
+ * over the bus's IOMMU: the PHB keeps translating bus addresses with its
+ * TCE tables, and every TCE table of the PHB sends its output (a guest
+ * physical address) into this device's stage-2 address space (patch 0010,
+ * spapr_tce_set_output_as()).  QEMU then translates it again there.  A DMA
+ * is allowed only if both the TCE and the stage-2 domain allow it.
+ *
+ * On sPAPR the partitionable endpoint is the PHB: all its devices share its
+ * TCE tables, so they share one stage-2 requester, this device.  Its
+ * attachment (blocked, bypass or a domain of this vIOMMU) is set with
+ * x-iommulab-spapr-stage2-attach; domains are allocated and mapped with the
+ * engine's x-iommulab-* commands on this device (by its id), and stage-2
+ * faults are the engine's faults with this device as the requester.
+ *
+ * On PowerNV (POWER9/POWER10, PHB4/PHB5) the same device on a PHB's root
+ * bus puts stage 2 beneath the PHB's IODA TCE tables (patch 0013): TCE and
+ * RTT fetches and translated DMA all go through it.
+ *
+ * This is a thin adapter over the engine's device (hw/iommulab/
+ * iommulab-viommu.h): it reuses the engine's realize with the bus's IOMMU
+ * ops set aside, and the engine's per-requester address space.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "hw/pci/pci_bus.h"
+#include "hw/ppc/spapr.h"
+#include "hw/pci-host/spapr.h"
+#include CONFIG_DEVICES
+#ifdef CONFIG_POWERNV
+#include "hw/pci-host/pnv_phb.h"
+#include "hw/pci-host/pnv_phb4.h"
+#endif
+#include "hw/iommulab/iommulab-viommu.h"
+#include "iommulab-spapr.h"
+#include "trace.h"
+
+#define TYPE_IOMMULAB_SPAPR_S2 "iommulab-spapr-s2"
+
+typedef struct IOMMULabSpaprS2 {
+    IOMMULabState parent_obj;
+    uint32_t phb;               /* PHB index (pseries) or id (PowerNV) */
+    IOMMULabDev *req;           /* the PHB's stage-2 requester */
+} IOMMULabSpaprS2;
+
+DECLARE_INSTANCE_CHECKER(IOMMULabSpaprS2, IOMMULAB_SPAPR_S2,
+                         TYPE_IOMMULAB_SPAPR_S2)
+
+static void (*il_s2_parent_realize)(PCIDevice *pdev, Error **errp);
+
+#ifdef CONFIG_POWERNV
+static PnvPHB4 *il_s2_pnv_phb4(DeviceState *host)
+{
+    PnvPHB *phb = (PnvPHB *)object_dynamic_cast(OBJECT(host), TYPE_PNV_PHB);
+
+    if (!phb || !phb->backend) {
+        return NULL;
+    }
+    return (PnvPHB4 *)object_dynamic_cast(phb->backend, TYPE_PNV_PHB4);
+}
+#endif
+
+static void il_s2_realize(PCIDevice *pdev, Error **errp)
+{
+    IOMMULabSpaprS2 *s2 = IOMMULAB_SPAPR_S2(pdev);
+    PCIBus *bus = pci_get_bus(pdev);
+    DeviceState *host = BUS(bus)->parent;
+    const PCIIOMMUOps *phb_ops, *s2_ops;
+    void *phb_opaque;
+    SpaprPhbState *sphb = NULL;
+    void *pnv = NULL;
+    SpaprTceTable *tcet;
+    AddressSpace *as;
+    Error *local_err = NULL;
+    int i;
+
+    if (host && pci_bus_is_root(bus)) {
+        sphb = (SpaprPhbState *)
+            object_dynamic_cast(OBJECT(host), TYPE_SPAPR_PCI_HOST_BRIDGE);
+#ifdef CONFIG_POWERNV
+        pnv = il_s2_pnv_phb4(host);
+#endif
+    }
+    if (!sphb && !pnv) {
+        error_setg(errp, "%s must be plugged on the root bus of a pseries "
+                   "PHB (spapr-pci-host-bridge) or of a PowerNV PHB4/PHB5",
+                   TYPE_IOMMULAB_SPAPR_S2);
+        return;
+    }
+    for (i = 0; sphb && i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = sphb->dma_liobn[i] ?
+               spapr_tce_find_by_liobn(sphb->dma_liobn[i]) : NULL;
+        if (tcet && tcet->output_as) {
+            error_setg(errp, "PHB %" PRIu32 " already has a stage 2",
+                       sphb->index);
+            return;
+        }
+    }
+#ifdef CONFIG_POWERNV
+    if (pnv && ((PnvPHB4 *)pnv)->dma_output_as) {
+        error_setg(errp, "this PHB already has a stage 2");
+        return;
+    }
+#endif
+
+    /* The engine's realize, without letting it take over the bus */
+    phb_ops = bus->iommu_ops;
+    phb_opaque = bus->iommu_opaque;
+    bus->iommu_ops = NULL;
+    bus->iommu_opaque = NULL;
+    il_s2_parent_realize(pdev, &local_err);
+    s2_ops = bus->iommu_ops;
+    bus->iommu_ops = phb_ops;
+    bus->iommu_opaque = phb_opaque;
+    if (local_err) {
+        error_propagate(errp, local_err);
+        return;
+    }
+    if (!s2_ops || !s2_ops->get_address_space) {
+        error_setg(errp, "%s: the vIOMMU registered no address space",
+                   TYPE_IOMMULAB_SPAPR_S2);
+        return;
+    }
+
+    /* The requester is this device's own (bus, devfn) */
+    as = s2_ops->get_address_space(bus, IOMMULAB_VIOMMU(pdev), pdev->devfn);
+    s2->req = container_of(as, IOMMULabDev, as);
+    for (i = 0; sphb && i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        s2->phb = sphb->index;
+        tcet = sphb->dma_liobn[i] ?
+               spapr_tce_find_by_liobn(sphb->dma_liobn[i]) : NULL;
+        if (tcet && !spapr_tce_set_output_as(tcet, as, errp)) {
+            return;
+        }
+    }
+#ifdef CONFIG_POWERNV
+    if (pnv) {
+        s2->phb = ((PnvPHB4 *)pnv)->phb_id;
+        pnv_phb4_set_dma_output_as(pnv, as);
+    }
+#endif
+    trace_iommulab_spapr_s2_realize(s2->phb, s2->req->index);
+}
+
+static IOMMULabSpaprS2 *il_s2_find(const char *name, Error **errp)
+{
+    Object *obj = NULL;
+
+    if (!strchr(name, '/')) {
+        g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
+                                                name);
+
+        obj = object_resolve_path_type(path, TYPE_IOMMULAB_SPAPR_S2, NULL);
+    }
+    if (!obj) {
+        obj = object_resolve_path_type(name, TYPE_IOMMULAB_SPAPR_S2, NULL);
+    }
+    if (!obj) {
+        error_setg(errp, "'%s' is not an %s (give its id or QOM path)", name,
+                   TYPE_IOMMULAB_SPAPR_S2);
+        return NULL;
+    }
+    return IOMMULAB_SPAPR_S2(obj);
+}
+
+/*
+ * Attach the PHB's requester, as x-iommulab-attach does for a device
+ * behind the vIOMMU.  A cached translation belongs to its domain, so the
+ * old domain's IOTLB entries cannot serve the new attachment.
+ */
+static void il_s2_attach(const char *stage2, IommulabSpaprS2Mode mode,
+                         bool has_domain, uint32_t domain, Error **errp)
+{
+    IOMMULabSpaprS2 *s2 = il_s2_find(stage2, errp);
+    IOMMULabState *s;
+    ILDomain *d = NULL, *old;
+
+    if (!s2) {
+        return;
+    }
+    if (mode == IOMMULAB_SPAPR_S2_MODE_DOMAIN && !has_domain) {
+        error_setg(errp, "mode 'domain' needs 'domain'");
+        return;
+    }
+    if (mode != IOMMULAB_SPAPR_S2_MODE_DOMAIN && has_domain) {
+        error_setg(errp, "'domain' is only valid with mode 'domain'");
+        return;
+    }
+    s = IOMMULAB_VIOMMU(s2);
+    qemu_mutex_lock(&s->lock);
+    if (has_domain) {
+        d = il_domain_find(&s->engine, domain);
+        if (!d) {
+            qemu_mutex_unlock(&s->lock);
+            error_setg(errp, "domain %" PRIu32 " does not exist", domain);
+            return;
+        }
+    }
+    old = s2->req->domain;
+    il_domain_ref(d);
+    s2->req->domain = d;
+    s2->req->mode = mode == IOMMULAB_SPAPR_S2_MODE_DOMAIN ? IL_MODE_DOMAIN :
+                    mode == IOMMULAB_SPAPR_S2_MODE_BYPASS ? IL_MODE_BYPASS :
+                    IL_MODE_BLOCKED;
+    il_domain_unref(old);
+    qemu_mutex_unlock(&s->lock);
+    trace_iommulab_spapr_s2_attach(s2->phb, mode, domain);
+}
+
+static void il_s2_class_init(ObjectClass *klass, void *data)
+{
+    PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
+    DeviceClass *dc = DEVICE_CLASS(klass);
+
+    il_s2_parent_realize = k->realize;
+    k->realize = il_s2_realize;
+    dc->desc = "iommulab stage 2 beneath a pseries PHB's TCE windows";
+    /* The TCE tables keep pointing at it: no unplug */
+    dc->hotpluggable = false;
+}
+
+static const TypeInfo il_s2_type = {
+    .name = TYPE_IOMMULAB_SPAPR_S2,
+    .parent = TYPE_IOMMULAB_VIOMMU,
+    .instance_size = sizeof(IOMMULabSpaprS2),
+    .class_init = il_s2_class_init,
+};
+
+static void il_s2_register(void)
+{
+    type_register_static(&il_s2_type);
+    iommulab_spapr_set_stage2_attach(il_s2_attach);
+}
+
+type_init(il_s2_register)
