@@ -46,7 +46,11 @@ class QmpBackend:
         iommu: str = "viommu0",
         timeout: float = 60.0,
         ias: int = 48,
+        map_chunk: int = MAP_CHUNK,
     ) -> None:
+        if map_chunk < 1:
+            raise ValueError(f"map_chunk {map_chunk} must be >= 1")
+        self.map_chunk = map_chunk
         self.iommu = iommu
         self.timeout = timeout
         self.ias = ias
@@ -149,8 +153,8 @@ class QmpBackend:
 
     def map(self, domain: int, mappings: list[MapEntry]) -> None:
         done: list[MapEntry] = []
-        for i in range(0, len(mappings), MAP_CHUNK):
-            chunk = mappings[i : i + MAP_CHUNK]
+        for i in range(0, len(mappings), self.map_chunk):
+            chunk = mappings[i : i + self.map_chunk]
             try:
                 self._cmd(
                     "x-iommulab-map", domain=domain, mappings=[self._mapping(m) for m in chunk]
@@ -163,8 +167,8 @@ class QmpBackend:
 
     def unmap(self, domain: int, ranges: list[tuple[int, int]]) -> int:
         total = 0
-        for i in range(0, len(ranges), MAP_CHUNK):
-            chunk = ranges[i : i + MAP_CHUNK]
+        for i in range(0, len(ranges), self.map_chunk):
+            chunk = ranges[i : i + self.map_chunk]
             r = self._cmd(
                 "x-iommulab-unmap",
                 domain=domain,

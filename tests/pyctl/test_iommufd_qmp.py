@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pyctl.iommufd import NEST_PARENT, U64_MAX, IommufdContext, IommufdError, IommulabHwptData
-from pyctl.iommufd.qmp_backend import MAP_CHUNK, QmpBackend
+from pyctl.iommufd.qmp_backend import QmpBackend
 from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
 from pyctl.iommufd.uapi import HwptDataType
 
@@ -109,16 +109,33 @@ def test_replace_and_nested(hw: QmpBackend) -> None:
 
 
 def test_large_domain_fill_is_chunked(hw: QmpBackend) -> None:
+    hw.map_chunk = 64
     ctx = IommufdContext(hw)
     ioas = ctx.ioas_alloc()
-    n = MAP_CHUNK * 2 + 100
+    n = hw.map_chunk * 2 + 10
     for i in range(n):
         ctx.ioas_map(ioas, (2 * i) << 12, 4096, RW | 1, iova=(1 + 2 * i) << 12)
+    dev = ctx.bind("edu0")
     sent = hw.commands_sent
-    ctx.attach(ctx.bind("edu0"), ioas)  # one domain filled with n mappings
-    assert hw.commands_sent - sent <= 3 + 3  # alloc + 3 map chunks + attach (+ slack)
+    ctx.attach(dev, ioas)  # one domain filled with n mappings
+    assert hw.commands_sent - sent == 1 + 3 + 1  # domain-alloc, 3 map chunks, attach
     dom = hw.query().domains[0]
     assert len(dom.mappings) == n
     assert ctx.check_hardware() == []
     assert ctx.ioas_unmap(ioas, 0, U64_MAX) == n * 4096
     assert hw.query().domains[0].mappings == ()
+
+
+def test_refused_later_chunk_undoes_earlier_ones(hw: QmpBackend) -> None:
+    from pyctl.iommufd import BackendError
+    from pyctl.iommufd.backend import MapEntry
+
+    hw.map_chunk = 4
+    hw.domain_alloc(1, "paging")
+    hw.map(1, [MapEntry(0x100000, 4096, 0, True, False)])
+    batch = [MapEntry((1 + 2 * k) << 12, 4096, 0, True, True) for k in range(10)]
+    batch.append(MapEntry(0x100000, 4096, 0, True, True))  # overlaps: third chunk refused
+    with pytest.raises(BackendError, match="x-iommulab-map"):
+        hw.map(1, batch)
+    (dom,) = hw.query().domains
+    assert dom.mappings == (MapEntry(0x100000, 4096, 0, True, False),)
