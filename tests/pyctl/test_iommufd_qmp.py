@@ -6,10 +6,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pyctl.iommufd import NEST_PARENT, U64_MAX, IommufdContext, IommufdError, IommulabHwptData
+from pyctl.iommufd import (
+    IOMMULAB_INV_ALL,
+    NEST_PARENT,
+    U64_MAX,
+    IommufdContext,
+    IommufdError,
+    IommulabHwptData,
+    IommulabInvalidateEntry,
+)
 from pyctl.iommufd.qmp_backend import QmpBackend
 from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
-from pyctl.iommufd.uapi import HwptDataType
+from pyctl.iommufd.uapi import HwptDataType, HwptInvalidateDataType
 
 RW = 6
 MIB = 1 << 20
@@ -105,6 +113,14 @@ def test_replace_and_nested(hw: QmpBackend) -> None:
     dom = {d.domain: d for d in hw.query().domains}
     assert dom[nested].parent == parent and dom[nested].s1_root == 0x10000000
     assert dom[hb].children == 1
+    inv = HwptInvalidateDataType.IOMMU_HWPT_INVALIDATE_DATA_IOMMULAB
+    entries = [
+        IommulabInvalidateEntry(0x4000_0000, 0x2000),
+        IommulabInvalidateEntry(flags=IOMMULAB_INV_ALL),
+    ]
+    before = hw.counters()["invalidations"]
+    assert ctx.hwpt_invalidate(nested, inv, entries) == 2
+    assert hw.counters()["invalidations"] > before
     assert ctx.check_hardware() == []
 
 
