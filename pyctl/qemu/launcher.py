@@ -96,9 +96,12 @@ class QemuInstance:
         (self.workdir / "cmdline").write_text("\n".join(self.argv) + "\n")
         with self.log_path.open("wb") as log:
             self.started_at = time.monotonic()
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
+            except OSError as exc:
+                raise LaunchError(f"cannot run {binary}: {exc}") from exc
         deadline = time.monotonic() + qmp_timeout
         while True:
             if self.proc.poll() is not None:

@@ -22,9 +22,9 @@ from typing import Any
 from avocado import Test
 
 from pyctl.guest.image import GuestImage, build_image
-from pyctl.guest.results import DdwWindow, DefaultWindow, Scenario
+from pyctl.guest.results import DONE_PATTERN, DdwWindow, DefaultWindow, Scenario, parse_results
 from pyctl.guest.runner import AgentRun, guest_config, run_agent
-from pyctl.qemu.launcher import create_raw_disk
+from pyctl.qemu.launcher import QemuInstance, create_raw_disk
 from pyctl.qemu.machines import MACHINES, NvmeDisk, qemu_build_dir
 
 DISK_BYTES = 512 << 20
@@ -229,6 +229,30 @@ class Q35(GuestBoot):
         self.check_run(run)
         (rw,) = [r for r in run.results if r["scenario"] == "nvme-rw"]
         self.assertEqual(sha256_prefix(disk, rw["size"]), rw["sha256_written"])
+
+    def test_paused_start(self) -> None:
+        """-S: the guest does not run until QMP cont (later work attaches the vIOMMU first).
+
+        :avocado: tags=paused
+        """
+        image = build_image("x86_64")
+        disk = create_raw_disk(Path(self.workdir) / "nvme.raw", DISK_BYTES)
+        cfg = guest_config(
+            "q35", image, [Scenario("nvme-probe")], NvmeDisk(disk, serial=SERIAL), paused=True
+        )
+        inst = QemuInstance(cfg, Path(self.outputdir) / "qemu")
+        inst.start()
+        try:
+            self.assertEqual(inst.qmp.cmd("query-status")["status"], "prelaunch")
+            self.assertEqual(inst.console_text(), "", "nothing ran before cont")
+            inst.qmp.cmd("cont")
+            self.assertTrue(inst.qmp.cmd("query-status")["running"])
+            inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT)
+        finally:
+            inst.shutdown()
+        (probe,) = [r for r in parse_results(inst.console_text()) if r["scenario"] == "nvme-probe"]
+        self.assertIs(probe["ok"], True)
+        self.assertEqual(probe["controllers"][0]["serial"], SERIAL)
 
 
 class FailurePaths(GuestBoot):

@@ -144,6 +144,15 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
         inst.start()
 
 
+def test_binary_that_cannot_be_executed_is_a_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("not executable")
+    fake.chmod(0o644)
+    inst = QemuInstance(GuestConfig("q35", K), tmp_path / "w", build_dir=tmp_path)
+    with pytest.raises(LaunchError, match=r"cannot run .*Permission denied"):
+        inst.start()
+
+
 def test_qemu_that_exits_at_start_reports_its_output(tmp_path: Path) -> None:
     fake = tmp_path / "qemu-system-x86_64"
     fake.write_text("#!/bin/sh\necho 'qemu-system-x86_64: -device bogus: not found' >&2\nexit 1\n")
