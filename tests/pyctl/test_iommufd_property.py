@@ -9,14 +9,24 @@ domain-backed IOAS.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from test_iommufd_lib import make_ctx, snapshot
 
-from pyctl.iommufd import U64_MAX, IommufdError
+from pyctl.iommufd import U64_MAX, IommufdContext, IommufdError
+from pyctl.iommufd.objects import Ioas
+from pyctl.iommufd.qmp_backend import QmpBackend
+from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
 
 settings.register_profile(
     "iommufd",
@@ -94,18 +104,27 @@ def ref_alloc(ref: RefIoas, length: int, phys: int) -> int | None:
 class IoasMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.ctx, self.be = make_ctx()
+        self.ctx = self.make_context()
         self.ids = [self.ctx.ioas_alloc(), self.ctx.ioas_alloc()]
-        self.ctx.attach(self.ctx.bind("nvme0"), self.ids[0])
+        self.dev = self.ctx.bind(self.device)
+        self.ctx.attach(self.dev, self.ids[0])
         self.refs = [RefIoas([MSI, (1 << 48, U64_MAX)], True), RefIoas([], False)]
 
+    device = "nvme0"
+
+    def make_context(self) -> IommufdContext:
+        return make_ctx()[0]
+
+    def _snapshot(self) -> object:
+        return snapshot(self.ctx)
+
     def _expect(self, errno: str | None, fn: object) -> object:
-        before = snapshot(self.ctx)
+        before = self._snapshot()
         try:
             got = fn()  # type: ignore[operator]
         except IommufdError as e:
             assert e.errno == errno, f"model raised {e}, reference expected {errno}"
-            assert snapshot(self.ctx) == before
+            assert self._snapshot() == before
             return None
         assert errno is None, f"model succeeded, reference expected {errno}"
         return got
@@ -246,3 +265,65 @@ class IoasMachine(RuleBasedStateMachine):
 
 TestIoasMachine = IoasMachine.TestCase
 TestIoasMachine.settings = PROFILE
+
+
+# ---- the same machine against the real device through QMP -------------------
+_BIN = qemu_binary()
+_HAVE_QEMU = _BIN is not None and has_viommu(_BIN)
+_VM: dict[str, object] = {}
+
+
+def _shared_backend() -> QmpBackend:
+    """One paused QEMU for all examples; each example leaves the device empty."""
+    if "hw" not in _VM:
+        vm = ViommuVm(devices=1).start()
+        _VM["vm"] = vm
+        _VM["hw"] = QmpBackend(str(vm.qmp_path))
+    hw = _VM["hw"]
+    assert isinstance(hw, QmpBackend)
+    return hw
+
+
+class QmpIoasMachine(IoasMachine):
+    device = "edu0"
+
+    def make_context(self) -> IommufdContext:
+        hw = _shared_backend()
+        assert hw.query().domains == (), "previous example left domains behind"
+        return IommufdContext(hw)
+
+    def _snapshot(self) -> object:
+        # the model's view plus what the device reports
+        objs = {
+            oid: (list(o.areas), list(o.allowed), list(o.hwpts))
+            for oid, o in self.ctx.objects().items()
+            if isinstance(o, Ioas)
+        }
+        return objs, self.ctx.pinned_pages(), self.ctx.backend.query()
+
+    def teardown(self) -> None:
+        for oid in self.ids:
+            self.ctx.ioas_unmap(oid, 0, U64_MAX)
+        self.ctx.unbind(self.dev)
+        for oid in self.ids:
+            self.ctx.destroy(oid)
+        assert self.ctx.backend.query().domains == ()
+
+
+@pytest.fixture(scope="module", autouse=False)
+def _qemu_cleanup() -> Iterator[None]:
+    yield
+    hw, vm = _VM.pop("hw", None), _VM.pop("vm", None)
+    if isinstance(hw, QmpBackend):
+        hw.close()
+    if isinstance(vm, ViommuVm):
+        vm.stop()
+
+
+@pytest.mark.skipif(not _HAVE_QEMU, reason="QEMU with iommulab-viommu not built")
+@pytest.mark.usefixtures("_qemu_cleanup")
+def test_qmp_machine() -> None:
+    run_state_machine_as_test(
+        QmpIoasMachine,
+        settings=settings(PROFILE, max_examples=int(os.environ.get("IOMMUFD_QMP_EXAMPLES", "8"))),
+    )
