@@ -295,10 +295,24 @@ static AddressSpace *iommulab_get_address_space(PCIBus *bus, void *opaque,
     dev->devfn = devfn;
     dev->mode = s->default_mode;
     name = g_strdup_printf("%s-%u", TYPE_IOMMULAB_IOMMU_MR, s->devs->len);
+    memory_region_init(&dev->root, OBJECT(s), name, UINT64_MAX);
     memory_region_init_iommu(&dev->iommu_mr, sizeof(dev->iommu_mr),
                              TYPE_IOMMULAB_IOMMU_MR, OBJECT(s), name,
                              UINT64_MAX);
-    address_space_init(&dev->as, MEMORY_REGION(&dev->iommu_mr), name);
+    memory_region_add_subregion_overlap(&dev->root, 0,
+                                        MEMORY_REGION(&dev->iommu_mr), 0);
+    if (s->msi_size) {
+        /*
+         * No interrupt remapping: MSI writes reach the interrupt controller
+         * untranslated, like virtio-iommu's MSI reserved region.
+         */
+        memory_region_init_alias(&dev->msi_mr, OBJECT(s), "iommulab-msi",
+                                 get_system_memory(), s->msi_base,
+                                 s->msi_size);
+        memory_region_add_subregion_overlap(&dev->root, s->msi_base,
+                                            &dev->msi_mr, 1);
+    }
+    address_space_init(&dev->as, &dev->root, name);
     qemu_mutex_lock(&s->lock);
     dev->index = s->devs->len;
     g_ptr_array_add(s->devs, dev);
@@ -858,6 +872,12 @@ static void iommulab_realize(PCIDevice *pdev, Error **errp)
         error_setg(errp, "fault-queue-size must be 1 to 65536");
         return;
     }
+    if ((s->msi_base | s->msi_size) & IL_PAGE_MASK ||
+        (s->msi_size && s->msi_size - 1 > UINT64_MAX - s->msi_base)) {
+        error_setg(errp, "msi-base and msi-size must be 4 KiB aligned and "
+                   "not wrap");
+        return;
+    }
     error_setg(&s->migration_blocker, "%s: domains, mappings and "
                "attachments are programmed by the control plane over QMP and "
                "are not migrated", TYPE_IOMMULAB_VIOMMU);
@@ -893,6 +913,8 @@ static const Property iommulab_properties[] = {
     DEFINE_PROP_UINT32("iotlb-size", IOMMULabState, iotlb_size, 4096),
     DEFINE_PROP_UINT32("fault-queue-size", IOMMULabState, fault_queue_size,
                        256),
+    DEFINE_PROP_UINT64("msi-base", IOMMULabState, msi_base, 0xfee00000),
+    DEFINE_PROP_UINT64("msi-size", IOMMULabState, msi_size, 0x100000),
 };
 
 static void iommulab_class_init(ObjectClass *klass, void *data)

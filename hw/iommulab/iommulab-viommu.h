@@ -27,7 +27,9 @@ typedef struct IOMMULabDev {
     uint32_t index;             /* device id in the core (fault records) */
     ILMode mode;
     ILDomain *domain;           /* mode == IL_MODE_DOMAIN */
+    MemoryRegion root;          /* iommu_mr, with the MSI window over it */
     IOMMUMemoryRegion iommu_mr;
+    MemoryRegion msi_mr;        /* alias of system memory, not translated */
     AddressSpace as;
 } IOMMULabDev;
 
@@ -44,6 +46,8 @@ struct IOMMULabState {
     char *default_mode_str;
     uint32_t iotlb_size;
     uint32_t fault_queue_size;
+    uint64_t msi_base;
+    uint64_t msi_size;
     ILMode default_mode;
 
     /* fault event rate limiting */
