@@ -702,6 +702,8 @@ class IommufdContext:
                 raise IommufdError("EOPNOTSUPP", "nested HWPT: flags must be 0, data required")
             if pt.auto or not pt.nest_parent:
                 raise IommufdError("EINVAL", f"HWPT {pt.id} is not a NEST_PARENT")
+            if not self._compatible(pt, dev.info):
+                raise IommufdError("EINVAL", f"HWPT {pt.id} belongs to another kind of IOMMU")
             if dt != HwptDataType.IOMMU_HWPT_DATA_IOMMULAB:
                 raise IommufdError("EOPNOTSUPP", f"data_type {dt} not supported by this IOMMU")
             if not isinstance(data, IommulabHwptData):

@@ -201,6 +201,8 @@ def test_nested_alloc_validation() -> None:
     rejected(ctx, "EINVAL", lambda: ctx.hwpt_alloc(dev, dev))
     ppc = ctx.bind("/machine/peripheral/nvme-ppc")
     rejected(ctx, "EOPNOTSUPP", lambda: ctx.hwpt_alloc(ppc, parent, 0, LAB, good))
+    wide = ctx.bind("wide0")  # a 57-bit IOMMU cannot nest on a 48-bit parent
+    rejected(ctx, "EINVAL", lambda: ctx.hwpt_alloc(wide, parent, 0, LAB, good))
     auto = ctx.attach(dev, ioas)
     rejected(ctx, "EINVAL", lambda: ctx.hwpt_alloc(dev, auto, 0, LAB, good))
 
