@@ -92,6 +92,8 @@ class Lab:
         return self.qmp.cmd(name, **args)
 
     def events(self, name: str) -> list[dict[str, Any]]:
+        """Events received so far (QEMU sends them before the reply to any
+        later command, so run a command first)."""
         return [e for e in self.qmp.get_events(wait=False) if e["event"] == name]
 
     # --- edu ---

@@ -357,3 +357,22 @@ def test_bad_input_is_refused_and_changes_nothing(
     load_src(lab, pattern(9))
     lab.dma_from_edu(0x20000000)
     assert lab.qt.memread(DST, PAGE) == pattern(9)
+
+
+def test_fault_events_are_rate_limited_but_all_counted(lab: Lab) -> None:
+    lab.qt.memset(0x400000, 40 * PAGE, 0x5A)
+    for i in range(40):                     # blocked: 40 faults on 40 pages
+        lab.dma_from_edu(0x400000 + i * PAGE, 16)
+    assert lab.qt.memread(0x400000, 40 * PAGE) == b"\x5a" * (40 * PAGE)
+    c = lab.cmd("x-iommulab-query-counters")   # events are sent before replies
+    events = lab.events("X_IOMMULAB_FAULT")
+    assert c["faults"] == 40
+    # at most 10 per second are sent, the first 10 always; none is lost
+    # from the count: sent + suppressed == faults
+    assert len(events) >= 10
+    assert len(events) + c["events-suppressed"] == 40
+    sent_suppressed = sum(e["data"]["suppressed"] for e in events)
+    assert sent_suppressed <= c["events-suppressed"]
+    assert [e["data"]["iova"] for e in events[:10]] == [0x400000 + i * PAGE
+                                                        for i in range(10)]
+    assert len(faults(lab)) == 40
