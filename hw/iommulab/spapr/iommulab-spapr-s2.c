@@ -17,9 +17,11 @@
  * engine's x-iommulab-* commands on this device (by its id), and stage-2
  * faults are the engine's faults with this device as the requester.
  *
- * On PowerNV (POWER9/POWER10, PHB4/PHB5) the same device on a PHB's root
- * bus puts stage 2 beneath the PHB's IODA TCE tables (patch 0013): TCE and
- * RTT fetches and translated DMA all go through it.
+ * On PowerNV (POWER9/POWER10, PHB4/PHB5) it puts stage 2 beneath a PHB's
+ * IODA TCE tables (patch 0013): TCE and RTT fetches and translated DMA all
+ * go through it.  A PHB4/5 root bus takes nothing but its root port, so
+ * there the device sits on another PHB's root bus and names its PHB with
+ * the "phb" property (the pnv-phb's id).
  *
  * This is a thin adapter over the engine's device (hw/iommulab/
  * iommulab-viommu.h): it reuses the engine's realize with the bus's IOMMU
@@ -30,6 +32,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "hw/pci/pci_bus.h"
+#include "hw/qdev-properties.h"
 #include "hw/ppc/spapr.h"
 #include "hw/pci-host/spapr.h"
 #include CONFIG_DEVICES
@@ -45,6 +48,7 @@
 
 typedef struct IOMMULabSpaprS2 {
     IOMMULabState parent_obj;
+    char *phb_name;             /* property "phb": PHB by id, else our bus */
     uint32_t phb;               /* PHB index (pseries) or id (PowerNV) */
     IOMMULabDev *req;           /* the PHB's stage-2 requester */
 } IOMMULabSpaprS2;
@@ -80,7 +84,24 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
     Error *local_err = NULL;
     int i;
 
-    if (host && pci_bus_is_root(bus)) {
+    if (s2->phb_name) {
+        g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
+                                                s2->phb_name);
+        Object *obj = object_resolve_path(path, NULL);
+
+        if (!obj) {
+            /* A PowerNV PHB is moved under its chip: find it by name */
+            obj = object_resolve_path_type(s2->phb_name, TYPE_DEVICE, NULL);
+        }
+        if (!obj || !object_dynamic_cast(obj, TYPE_DEVICE)) {
+            error_setg(errp, "phb '%s' is not a device", s2->phb_name);
+            return;
+        }
+        host = DEVICE(obj);
+    } else if (!pci_bus_is_root(bus)) {
+        host = NULL;
+    }
+    if (host) {
         sphb = (SpaprPhbState *)
             object_dynamic_cast(OBJECT(host), TYPE_SPAPR_PCI_HOST_BRIDGE);
 #ifdef CONFIG_POWERNV
@@ -213,6 +234,10 @@ static void il_s2_attach(const char *stage2, IommulabSpaprS2Mode mode,
     trace_iommulab_spapr_s2_attach(s2->phb, mode, domain);
 }
 
+static const Property il_s2_properties[] = {
+    DEFINE_PROP_STRING("phb", IOMMULabSpaprS2, phb_name),
+};
+
 static void il_s2_class_init(ObjectClass *klass, void *data)
 {
     PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
@@ -223,6 +248,7 @@ static void il_s2_class_init(ObjectClass *klass, void *data)
     dc->desc = "iommulab stage 2 beneath a pseries PHB's TCE windows";
     /* The TCE tables keep pointing at it: no unplug */
     dc->hotpluggable = false;
+    device_class_set_props(dc, il_s2_properties);
 }
 
 static const TypeInfo il_s2_type = {
