@@ -241,12 +241,16 @@ def test_x86_binary_gives_clear_error() -> None:
                                  "-mon", "chardev=m,mode=control"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for _ in range(400):
-                if Path(sock).exists():
-                    break
-                time.sleep(0.05)
             qmp = QEMUMonitorProtocol(sock)
-            qmp.connect()
+            for attempt in range(400):
+                try:
+                    qmp.connect()
+                    break
+                except Exception:
+                    if attempt == 399:
+                        raise
+                    qmp = QEMUMonitorProtocol(sock)
+                    time.sleep(0.05)
             with pytest.raises(ExecuteError, match="pseries"):
                 qmp.cmd("x-iommulab-spapr-query-phbs")
             with pytest.raises(ExecuteError, match="pseries"):
