@@ -21,6 +21,7 @@ from .context import (
 )
 from .errors import BackendError, IommufdError
 from .memory_backend import InMemoryBackend
+from .rebuild import RebuildError
 from .uapi import FIXED_IOVA, NEST_PARENT, READABLE, U64_MAX, WRITEABLE
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "IommulabInvalidateEntry",
     "IovaRanges",
     "MapEntry",
+    "RebuildError",
     "Translation",
     "Window",
     "WindowBackend",

@@ -137,6 +137,30 @@ class IommufdContext:
         self._objects: dict[int, Object] = {}
         self._by_name: dict[str, int] = {}
 
+    @classmethod
+    def from_hardware(
+        cls,
+        backend: HardwareBackend,
+        *,
+        shared: Iterable[Iterable[int]] = (),
+        blocked: Iterable[str] = (),
+        limit_pages: int | None = None,
+        user_account: PinAccount | None = None,
+    ) -> IommufdContext:
+        """A context reproducing what ``backend`` holds (reconnecting to a running QEMU).
+
+        Domains keep their ids as HWPT objects; ``shared`` lists groups of
+        paging domain ids that share one IOAS (otherwise each has its own);
+        ``blocked`` names devices (id or QOM path) to bind although detached.
+        Raises :class:`~pyctl.iommufd.rebuild.RebuildError` listing every
+        difference it cannot reproduce; the hardware is not touched.
+        """
+        from .rebuild import rebuild
+
+        ctx = cls(backend, limit_pages=limit_pages, user_account=user_account)
+        rebuild(ctx, backend, shared, blocked)
+        return ctx
+
     # ---------------------------------------------------------------- helpers
     @property
     def account(self) -> PinAccount:
