@@ -15,7 +15,7 @@ import threading
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar, cast
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from .backend import (
     Access,
@@ -35,6 +35,9 @@ T = TypeVar("T")
 
 #: mappings per x-iommulab-map command (QEMU's JSON parser caps tokens per message)
 MAP_CHUNK = 8192
+#: QEMU events kept for :meth:`QmpBackend.events` (memory hotplug and unplug;
+#: QEMU 10.0 has no DEVICE_ADDED, a device_add is seen by re-reading the RAM)
+WATCHED_EVENTS = ("DEVICE_DELETED", "MEMORY_DEVICE_SIZE_CHANGE")
 
 
 class QmpBackend:
@@ -60,6 +63,8 @@ class QmpBackend:
         )
         self._thread.start()
         self._client = QMPClient("iommulab-pyctl")
+        self._events = EventListener(WATCHED_EVENTS)
+        self._client.register_listener(self._events)
         try:
             self._run(self._client.connect(address))
         except BaseException:
@@ -97,6 +102,18 @@ class QmpBackend:
             return self._run(self._client.execute(command, dict(args or {})))
         except ExecuteError as e:
             raise BackendError(f"{command}: {e}") from e
+
+    def cmd(self, cmd: str, **args: Any) -> Any:
+        """Any QMP command with keyword arguments (``guestram.QmpLike``)."""
+        return self.execute(cmd, args)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The watched QEMU events received since the last call, oldest first."""
+
+        async def drain() -> list[dict[str, Any]]:
+            return [dict(m) for m in self._events.clear()]
+
+        return self._run(drain())
 
     def _cmd(self, command: str, **args: object) -> Any:
         return self.execute(command, {"iommu": self.iommu, **args})

@@ -31,13 +31,21 @@ def has_viommu(binary: Path) -> bool:
 class ViommuVm:
     """``with ViommuVm(devices=2) as vm: QmpBackend(vm.qmp_path)``; edu devices ``edu0``..."""
 
-    def __init__(self, devices: int = 2, mem_mib: int = 256, binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        devices: int = 2,
+        mem_mib: int = 256,
+        binary: Path | None = None,
+        mem_opts: str = "",
+    ) -> None:
         found = binary or qemu_binary()
         if found is None:
             raise FileNotFoundError(f"no qemu-system-x86_64 in {qemu_build_dir()}")
         self.binary = found
         self.devices = [f"edu{i}" for i in range(devices)]
         self.mem_mib = mem_mib
+        #: more -m options, e.g. "slots=2,maxmem=2G" for memory hotplug
+        self.mem_opts = mem_opts
         self._dir = Path(tempfile.mkdtemp(prefix="iommulab-vm-"))
         self.qmp_path = self._dir / "qmp.sock"
         self.log_path = self._dir / "qemu.log"
@@ -47,7 +55,7 @@ class ViommuVm:
         argv = [
             str(self.binary),
             "-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
-            "-m", str(self.mem_mib),
+            "-m", f"{self.mem_mib}M" + (f",{self.mem_opts}" if self.mem_opts else ""),
             "-device", f"{VIOMMU},id=viommu0",
         ]  # fmt: skip
         for name in self.devices:

@@ -1,0 +1,129 @@
+"""The default VMM behaviour: all guest RAM mapped at IOVA = guest physical, following hotplug.
+
+A VMM that gives a device to a guest without a vIOMMU visible to the guest
+maps every RAM range of the guest into the device's IOAS at its guest-physical
+address, so the guest's driver may DMA anywhere.  :class:`GuestRamMap` does
+that for one IOAS and keeps it true when memory comes and goes:
+
+* :meth:`GuestRamMap.sync` re-reads QEMU's flat view of guest memory
+  (:func:`pyctl.qemu.guestram.guest_ram`), maps ranges that appeared (a
+  hotplugged pc-dimm) and unmaps ranges that vanished (an unplugged one);
+* :meth:`GuestRamMap.follow` looks at QEMU's memory-device events
+  (DEVICE_DELETED, MEMORY_DEVICE_SIZE_CHANGE) and syncs when one arrived.
+  QEMU 10.0 sends no event when a device is *added* (``device_add`` simply
+  returns), so whoever plugs memory calls :meth:`sync` afterwards, or
+  :meth:`hotplug_dimm` plugs and syncs in one step.
+
+Large ranges are mapped in pieces of ``batch`` bytes (one IOAS_MAP each, one
+area each) and ``progress(done_bytes, total_bytes)`` is called after each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pyctl.qemu.guestram import QmpLike, RamRange, guest_ram
+
+from .context import IommufdContext
+from .uapi import FIXED_IOVA, READABLE, WRITEABLE
+
+Progress = Callable[[int, int], None]
+
+
+class EventSource(Protocol):
+    def events(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class SyncResult:
+    added: list[RamRange] = field(default_factory=list)
+    removed: list[RamRange] = field(default_factory=list)
+
+
+class GuestRamMap:
+    """Guest RAM identity-mapped (IOVA = GPA, read/write) into IOAS ``ioas_id``."""
+
+    def __init__(
+        self,
+        ctx: IommufdContext,
+        ioas_id: int,
+        qmp: QmpLike,
+        *,
+        batch: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if batch is not None and (batch <= 0 or batch % 4096):
+            raise ValueError(f"batch {batch} must be a positive multiple of 4096")
+        self.ctx = ctx
+        self.ioas_id = ioas_id
+        self.qmp = qmp
+        self.batch = batch
+        self.progress = progress
+        #: the RAM ranges mapped now, by start address
+        self.mapped: dict[int, RamRange] = {}
+
+    def _pieces(self, r: RamRange) -> list[tuple[int, int]]:
+        if self.batch is None:
+            return [(r.start, r.size)]
+        return [
+            (s, min(self.batch, r.start + r.size - s))
+            for s in range(r.start, r.last + 1, self.batch)
+        ]
+
+    def _map(self, ranges: Iterable[RamRange]) -> None:
+        todo = [(r, self._pieces(r)) for r in ranges]
+        total = sum(r.size for r, _ in todo)
+        done = 0
+        for r, pieces in todo:
+            mapped: list[tuple[int, int]] = []
+            try:
+                for start, size in pieces:
+                    self.ctx.ioas_map(
+                        self.ioas_id, start, size, FIXED_IOVA | READABLE | WRITEABLE, start
+                    )
+                    mapped.append((start, size))
+                    done += size
+                    if self.progress is not None:
+                        self.progress(done, total)
+            except BaseException:
+                if mapped:  # this range all or nothing; ranges before it stay mapped
+                    self.ctx.ioas_unmap(self.ioas_id, r.start, sum(s for _, s in mapped))
+                raise
+            self.mapped[r.start] = r
+
+    def _unmap(self, ranges: Iterable[RamRange]) -> None:
+        for r in ranges:
+            self.ctx.ioas_unmap(self.ioas_id, r.start, r.size)
+            del self.mapped[r.start]
+
+    def sync(self) -> SyncResult:
+        """Make the IOAS hold exactly the guest's RAM now; returns what changed."""
+        now = {r.start: r for r in guest_ram(self.qmp)}
+        gone = [r for s, r in sorted(self.mapped.items()) if now.get(s) != r]
+        new = [r for s, r in sorted(now.items()) if self.mapped.get(s) != r]
+        self._unmap(gone)
+        self._map(new)
+        return SyncResult(new, gone)
+
+    def map_all(self) -> list[RamRange]:
+        """Map all guest RAM (the first :meth:`sync`); returns the ranges mapped."""
+        return self.sync().added
+
+    def follow(self, source: EventSource) -> SyncResult | None:
+        """Sync if QEMU reported a memory device change since last time, else None."""
+        if not source.events():
+            return None
+        return self.sync()
+
+    def hotplug_dimm(self, dimm_id: str, size: int, backend_id: str | None = None) -> SyncResult:
+        """Plug a ``size``-byte pc-dimm (memory-backend-ram) over QMP and map it."""
+        mem = backend_id or f"{dimm_id}-mem"
+        self.qmp.cmd("object-add", **{"qom-type": "memory-backend-ram", "id": mem, "size": size})
+        try:
+            self.qmp.cmd("device_add", driver="pc-dimm", id=dimm_id, memdev=mem)
+        except BaseException:
+            self.qmp.cmd("object-del", id=mem)
+            raise
+        return self.sync()
