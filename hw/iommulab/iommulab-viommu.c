@@ -12,6 +12,7 @@
 #include "qemu/osdep.h"
 #include "qemu/error-report.h"
 #include "qemu/timer.h"
+#include "qemu/rcu.h"
 #include "qapi/error.h"
 #include "qapi/qapi-events-iommulab.h"
 #include "hw/pci/pci.h"
@@ -24,12 +25,26 @@
 
 #define IOMMULAB_EVENTS_PER_SEC 10
 
-/* Guest memory reads of the stage-1 walker. */
+/*
+ * Guest memory reads of the stage-1 walker: RAM only.  A table pointer the
+ * guest aims at MMIO would otherwise run device code (maybe DMA through this
+ * vIOMMU, re-entering it) from inside translate(); it is a walk error.
+ */
 static bool iommulab_read_mem(void *opaque, uint64_t addr, void *buf,
                               size_t len)
 {
-    return address_space_read(&address_space_memory, addr,
-                              MEMTXATTRS_UNSPECIFIED, buf, len) == MEMTX_OK;
+    MemoryRegion *mr;
+    hwaddr xlat, l = len;
+
+    RCU_READ_LOCK_GUARD();
+    mr = address_space_translate(&address_space_memory, addr, &xlat, &l,
+                                 false, MEMTXATTRS_UNSPECIFIED);
+    if (l < len || !memory_region_is_ram(mr) ||
+        memory_region_is_ram_device(mr)) {
+        return false;
+    }
+    memcpy(buf, (uint8_t *)memory_region_get_ram_ptr(mr) + xlat, len);
+    return true;
 }
 
 static IommulabAccess access_to_qapi(unsigned access)

@@ -376,3 +376,17 @@ def test_fault_events_are_rate_limited_but_all_counted(lab: Lab) -> None:
     assert [e["data"]["iova"] for e in events[:10]] == [0x400000 + i * PAGE
                                                         for i in range(10)]
     assert len(faults(lab)) == 40
+
+
+def test_stage1_table_in_mmio_is_a_walk_error(lab: Lab) -> None:
+    """A guest pointing a stage-1 table at MMIO (here edu's own BAR, through
+    stage 2) gets a walk error; device code is never run from the walk."""
+    n = Nested(lab)
+    lab.cmd("x-iommulab-map", domain=1, mappings=[
+        {"iova": 0x900000, "size": PAGE, "addr": 0xFE000000, "read": True,
+         "write": True}])
+    s1_entry(lab, n.pa(n.L2) + 8 * ((n.IOVA >> 21) & 511), 0x900000 | S1_P | S1_R | S1_W)
+    lab.qt.memset(DST, PAGE, 0x5A)
+    lab.dma_from_edu(n.IOVA)
+    assert [(x["stage"], x["reason"]) for x in faults(lab)] == [("stage1", "walk-error")]
+    assert lab.qt.readl(0xFE000000) == 0x010000ED       # edu still answers
