@@ -234,6 +234,17 @@ static void il_s2_attach(const char *stage2, IommulabSpaprS2Mode mode,
     trace_iommulab_spapr_s2_attach(s2->phb, mode, domain);
 }
 
+/*
+ * The engine's MSI window (untranslated, for x86's 0xfee00000) has no place
+ * here: sPAPR and PowerNV MSIs are taken by the PHB before its TCE tables,
+ * and the IPA range it would open is guest RAM on these machines.  Off by
+ * default; msi-size on the command line still applies.
+ */
+static void il_s2_instance_init(Object *obj)
+{
+    IOMMULAB_VIOMMU(obj)->msi_size = 0;
+}
+
 static const Property il_s2_properties[] = {
     DEFINE_PROP_STRING("phb", IOMMULabSpaprS2, phb_name),
 };
@@ -255,6 +266,7 @@ static const TypeInfo il_s2_type = {
     .name = TYPE_IOMMULAB_SPAPR_S2,
     .parent = TYPE_IOMMULAB_VIOMMU,
     .instance_size = sizeof(IOMMULabSpaprS2),
+    .instance_init = il_s2_instance_init,
     .class_init = il_s2_class_init,
 };
 
