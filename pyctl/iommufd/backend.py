@@ -95,6 +95,8 @@ class WindowCaps:
     page_shifts: tuple[int, ...]
     ddw_offset: int
     max_size: int
+    #: TCEs a window may have (its size >> page shift), if the hardware limits that
+    max_tces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -922,6 +922,10 @@ class IommufdContext:
             raise IommufdError("EINVAL", f"size {sz:#x} is not a power of two >= the page size")
         if sz > caps.max_size:
             raise IommufdError("ERANGE", f"size {sz:#x} exceeds the maximum {caps.max_size:#x}")
+        if caps.max_tces is not None and sz >> ps > caps.max_tces:
+            raise IommufdError(
+                "ERANGE", f"{sz >> ps} TCEs of 2^{ps} bytes exceed the maximum {caps.max_tces}"
+            )
         if off % (1 << ps):
             raise IommufdError("EINVAL", f"offset {off:#x} not aligned to the page size")
         if off + sz - 1 > U64_MAX:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
@@ -89,7 +89,7 @@ class QmpBackend:
         finally:
             self._stop_loop()
 
-    def __enter__(self) -> QmpBackend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -93,3 +93,76 @@ class ViommuVm:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def ppc64_binary() -> Path | None:
+    """The project's qemu-system-ppc64 if it is built, else None."""
+    path = qemu_build_dir() / "qemu-system-ppc64"
+    return path if path.is_file() else None
+
+
+class PseriesVm:
+    """A pseries under ``-accel qtest`` (no guest; RTAS and hypercalls through ``qtest_path``)
+    with ``edu0`` on PHB 0 and, with ``second_phb``, ``edu1`` on PHB 1 (``phb1``)."""
+
+    def __init__(self, second_phb: bool = True, mem_mib: int = 512) -> None:
+        found = ppc64_binary()
+        if found is None:
+            raise FileNotFoundError(f"no qemu-system-ppc64 in {qemu_build_dir()}")
+        self.binary = found
+        self.second_phb = second_phb
+        self.mem_mib = mem_mib
+        self._dir = Path(tempfile.mkdtemp(prefix="iommulab-ppc-"))
+        self.qmp_path = self._dir / "qmp.sock"
+        self.qtest_path = self._dir / "qtest.sock"
+        self.log_path = self._dir / "qemu.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        argv = [
+            str(self.binary), "-M", "pseries", "-accel", "qtest", "-nodefaults",
+            "-display", "none", "-m", f"{self.mem_mib}M",
+            "-device", "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
+        ]  # fmt: skip
+        if self.second_phb:
+            argv += [
+                "-device", "spapr-pci-host-bridge,index=1,id=phb1",
+                "-device", "edu,id=edu1,bus=phb1.0,dma_mask=0xffffffffffffffff",
+            ]  # fmt: skip
+        argv += [
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-chardev", f"socket,id=qt,path={self.qtest_path},server=on,wait=off",
+            "-qtest", "chardev:qt",
+        ]  # fmt: skip
+        return argv
+
+    def start(self, timeout: float = 30.0) -> PseriesVm:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not (self.qmp_path.exists() and self.qtest_path.exists()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"QEMU exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("QEMU's sockets did not appear")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> PseriesVm:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,114 @@
+"""sPAPR windows over QMP (SpaprQmpBackend) against a real pseries under qtest."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from pyctl.iommufd import BackendError, Window, WindowBackend
+from pyctl.iommufd.spapr_qmp import HOST_MAX_TCES, SpaprQmpBackend, TceEntry
+from pyctl.iommufd.testvm import PseriesVm, ppc64_binary
+from pyctl.qemu.qtest import QTest
+
+GIB = 1 << 30
+DDW = 1 << 59
+ARGS, RETS = 0x4000000, 0x4001000  # RTAS buffers in guest RAM
+H_PUT_TCE = 0x20
+
+pytestmark = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
+
+
+@pytest.fixture
+def ppc() -> Iterator[tuple[SpaprQmpBackend, QTest]]:
+    with (
+        PseriesVm() as vm,
+        SpaprQmpBackend(str(vm.qmp_path)) as be,
+        QTest(str(vm.qtest_path)) as qt,
+    ):
+        yield be, qt
+
+
+def _rtas(qt: QTest, name: str, args: list[int], nret: int) -> list[int]:
+    qt.memwrite(ARGS, b"".join(struct.pack(">I", a & 0xFFFFFFFF) for a in args))
+    qt.command(f"rtas {name} {len(args)} 0x{ARGS:x} {nret} 0x{RETS:x}")
+    return list(struct.unpack(f">{nret}I", qt.memread(RETS, 4 * nret)))
+
+
+def _buid(be: SpaprQmpBackend, phb: int) -> list[int]:
+    buid = next(p["buid"] for p in be.phbs() if p["phb"] == phb)
+    return [0, buid >> 32, buid & 0xFFFFFFFF]
+
+
+def test_caps_windows_and_phb_of_devices(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
+    be, _ = ppc
+    assert isinstance(be, WindowBackend)
+    assert be.phb_of("edu0") == 0 and be.phb_of("edu1") == 1
+    assert be.phb_of("/machine/peripheral/edu1") == 1
+    caps = be.window_caps("edu0")
+    assert caps.windows_supported == 2 and caps.ddw_offset == DDW
+    assert caps.page_shifts == (12, 16, 21, 24, 28, 34) and caps.max_tces == HOST_MAX_TCES
+    assert be.windows("edu0") == [Window(0, 0, GIB, 12)]
+    with pytest.raises(BackendError, match="nosuch"):
+        be.windows("nosuch")
+
+
+def test_create_remove_on_the_right_phb(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
+    be, _ = ppc
+    w = be.create_window("edu1", 16, 1 << 32, DDW)
+    assert w == Window(1, DDW, 1 << 32, 16)
+    assert be.windows("edu1") == [Window(0, 0, GIB, 12), w]
+    assert be.windows("edu0") == [Window(0, 0, GIB, 12)]  # PHB 0 untouched
+    # refused by QEMU: overlap, too many TCEs, no free table; nothing changes
+    before = be.phbs()
+    for ps, size, off in [(16, 1 << 32, DDW), (12, 1 << 40, 1 << 40), (12, 1 << 20, 1 << 44)]:
+        with pytest.raises(BackendError):
+            be.create_window("edu1", ps, size, off)
+    assert be.phbs() == before
+    be.remove_window("edu1", 1)
+    assert be.windows("edu1") == [Window(0, 0, GIB, 12)]
+    with pytest.raises(BackendError, match="not enabled"):
+        be.remove_window("edu1", 1)
+    with pytest.raises(BackendError, match="no window 5"):
+        be.remove_window("edu1", 5)
+    be.remove_window("edu0", 0)
+    assert be.windows("edu0") == []
+    assert be.reset_windows("edu0") == [Window(0, 0, GIB, 12)]
+    assert be.window_events() == []  # host-side changes send no event
+
+
+def test_guest_rtas_changes_are_window_events(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
+    be, qt = ppc
+    be.windows("edu0")  # the backend knows edu0 (PHB 0)
+    rets = _rtas(qt, "ibm,create-pe-dma-window", [*_buid(be, 0), 16, 32], 4)
+    assert rets[0] == 0
+    liobn = rets[1]
+    ev = be.window_events()
+    path = "/machine/peripheral/edu0"
+    assert [(e.device, e.kind, e.window) for e in ev] == [
+        (path, "created", Window(1, DDW, 1 << 32, 16))
+    ]
+    assert _rtas(qt, "ibm,remove-pe-dma-window", [liobn], 1) == [0]
+    assert [(e.kind, e.window.index, e.window.start) for e in be.window_events()] == [
+        ("removed", 1, DDW)
+    ]
+    assert _rtas(qt, "ibm,reset-pe-dma-window", _buid(be, 0), 1) == [0]
+    assert [(e.kind, e.window) for e in be.window_events()] == [("reset", Window(0, 0, GIB, 12))]
+    assert be.window_events() == []
+
+
+def test_read_tces_decoded(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
+    be, qt = ppc
+    liobn = next(p["liobns"][0] for p in be.phbs() if p["phb"] == 0)
+    # the guest puts two TCEs: page 3 -> 0x5000 read-only, page 7 -> 0x9000 read/write
+    assert qt.command(f"hcall 0x{H_PUT_TCE:x} 0x{liobn:x} 0x3000 0x5001")[0] == "0"
+    assert qt.command(f"hcall 0x{H_PUT_TCE:x} 0x{liobn:x} 0x7000 0x9003")[0] == "0"
+    assert be.read_tces("edu0", 0) == [
+        TceEntry(3, 0x3000, 0x5000, True, False),
+        TceEntry(7, 0x7000, 0x9000, True, True),
+    ]
+    assert be.read_tces("edu0", 0, start=4, count=2) == []
+    assert be.read_tces("edu1", 0) == []
+    with pytest.raises(BackendError, match="not enabled"):
+        be.read_tces("edu0", 1)
