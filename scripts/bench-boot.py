@@ -7,6 +7,9 @@ nvme-rw (random pattern, 1 MiB blocks, O_DIRECT write then read), and report
   boot_s   QEMU start -> the agent's first result (kernel + modules up)
   done_s   QEMU start -> the agent's DONE line (all scenarios finished)
   write / read MiB/s as timed inside the guest around dd
+  cpu_s    CPU time (user + sys) QEMU used for the whole run: less sensitive to
+           other load on the host than the wall-clock numbers
+  load     the host's 1-minute load average after the run
 
 The last columns are ratios to the first variant of this same run (so later
 runs that add the vIOMMU compare against stock paths measured alongside).
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -66,7 +71,10 @@ def measure(variant: Variant, size: str, workdir: Path, timeout: float) -> dict[
         memory_mib=2048,
         **variant.options,
     )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = run_agent(cfg, workdir, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if not run.ok or run.seconds_to_boot is None or run.seconds_to_done is None:
         failed = [r for r in run.results if r.get("ok") is not True]
         raise SystemExit(
@@ -80,6 +88,8 @@ def measure(variant: Variant, size: str, workdir: Path, timeout: float) -> dict[
         "done_s": run.seconds_to_done,
         "write_mibs": float(rw["write_mibs"]),
         "read_mibs": float(rw["read_mibs"]),
+        "qemu_cpu_s": cpu,
+        "load1": os.getloadavg()[0],
     }
 
 
@@ -93,7 +103,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep console logs under this directory")
     args = parser.parse_args()
     names = args.variant or list(VARIANTS)
-    keys = ("boot_s", "done_s", "write_mibs", "read_mibs")
+    keys = ("boot_s", "done_s", "write_mibs", "read_mibs", "qemu_cpu_s", "load1")
     table: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="iommulab-bench-") as tmp:
         root = args.keep or Path(tmp)
@@ -108,13 +118,17 @@ def main() -> int:
         f"nvme-rw {args.size}, 1 MiB blocks, O_DIRECT; median of {args.repeat}; "
         f"ratios vs {names[0]}"
     )
-    print("| variant | boot s | done s | write MiB/s | read MiB/s | write x | read x |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| variant | boot s | done s | write MiB/s | read MiB/s | write x | read x "
+        "| QEMU cpu s | load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in table.items():
         print(
             f"| {name} | {row['boot_s']:.1f} | {row['done_s']:.1f} | {row['write_mibs']:.0f} "
             f"| {row['read_mibs']:.0f} | {row['write_mibs'] / base['write_mibs']:.2f} "
-            f"| {row['read_mibs'] / base['read_mibs']:.2f} |"
+            f"| {row['read_mibs'] / base['read_mibs']:.2f} | {row['qemu_cpu_s']:.1f} "
+            f"| {row['load1']:.1f} |"
         )
     if args.json:
         args.json.write_text(

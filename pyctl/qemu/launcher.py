@@ -9,6 +9,7 @@ SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import re
 import shutil
 import signal
@@ -47,6 +48,12 @@ class GuestDied(LaunchError):
     """QEMU exited, or the guest hit a fatal state, before the pattern appeared."""
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the parent goes (PR_SET_PDEATHSIG), so no QEMU is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)
+
+
 def create_raw_disk(path: Path, size: int) -> Path:
     """A sparse raw disk image of ``size`` bytes (a multiple of 4 KiB)."""
     if size <= 0 or size % 4096:
@@ -64,7 +71,13 @@ class QemuInstance:
     (QEMU's own stdout/stderr), ``cmdline`` (the argv, one per line).
     """
 
-    def __init__(self, cfg: GuestConfig, workdir: Path, build_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GuestConfig,
+        workdir: Path,
+        build_dir: Path | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.build_dir = build_dir or qemu_build_dir()
@@ -80,6 +93,9 @@ class QemuInstance:
         self.proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self.started_at = 0.0
+        # Linux ties this to the thread that starts QEMU: start it from a
+        # thread that outlives it, or pass die_with_parent=False.
+        self.die_with_parent = die_with_parent
 
     # -- lifecycle -------------------------------------------------------
     def start(self, qmp_timeout: float = 30.0) -> None:
@@ -98,7 +114,11 @@ class QemuInstance:
             self.started_at = time.monotonic()
             try:
                 self.proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent if self.die_with_parent else None,
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot run {binary}: {exc}") from exc
