@@ -192,12 +192,19 @@ class SpaprQmpBackend(QmpBackend):
         self, device: str, index: int, start: int = 0, count: int | None = None
     ) -> list[TceEntry]:
         """The valid TCEs of window ``index`` (all of it by default), decoded."""
-        p = self._phb(self.phb_of(device))
+        return self.read_phb_tces(self.phb_of(device), index, start, count)
+
+    def read_phb_tces(
+        self, phb: int, index: int, start: int = 0, count: int | None = None
+    ) -> list[TceEntry]:
+        """:meth:`read_tces` by PHB index."""
+        p = self._phb(phb)
+        liobns: list[int] = p["liobns"]
         win = next((self._window(p, w) for w in p["windows"]
-                    if p["liobns"].index(w["liobn"]) == index), None)  # fmt: skip
+                    if liobns.index(w["liobn"]) == index), None)  # fmt: skip
         if win is None:
-            raise BackendError(f"window {index} is not enabled")
-        liobn = p["liobns"][index]
+            raise BackendError(f"window {index} of PHB {phb} is not enabled")
+        liobn = liobns[index]
         end = win.size >> win.page_shift if count is None else start + count
         out: list[TceEntry] = []
         pos = start
@@ -207,9 +214,9 @@ class SpaprQmpBackend(QmpBackend):
                 "x-iommulab-spapr-read-tces", {"liobn": liobn, "start": pos, "count": n}
             )
             out.extend(decode_tces(win, pos, base64.b64decode(r["data"])))
-            pos += int(r["count"])
             if not r["count"]:
                 break
+            pos += int(r["count"])
         return out
 
     def window_events(self) -> list[WindowEvent]:

@@ -1,8 +1,9 @@
-"""The iommulab CLI through its real entry point (no QEMU needed for these)."""
+"""The iommulab CLI through its real entry point (the last tests against a real QEMU)."""
 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -55,3 +56,107 @@ def test_scenario_syntax() -> None:
     s = parse_scenarios("nvme-probe,nvme-rw:size=64M")
     assert [x.name for x in s] == ["nvme-probe", "nvme-rw"]
     assert s[1].args == {"size": "64M"}
+
+
+# ---------------------------------------------------------------- against QEMU
+from pyctl.iommufd.qmp_backend import QmpBackend  # noqa: E402
+from pyctl.iommufd.testvm import (  # noqa: E402
+    PseriesVm,
+    ViommuVm,
+    has_viommu,
+    ppc64_binary,
+    qemu_binary,
+)
+from pyctl.qemu.qtest import QTest  # noqa: E402
+
+_X86 = qemu_binary()
+needs_x86 = pytest.mark.skipif(
+    _X86 is None or not has_viommu(_X86), reason="QEMU with iommulab-viommu not built"
+)
+needs_ppc = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    rc = cli.main(argv, out)
+    return rc, out.getvalue()
+
+
+@needs_x86
+def test_map_ram_with_progress_then_objects(capsys: pytest.CaptureFixture[str]) -> None:
+    with ViommuVm(devices=2, mem_mib=512) as vm:
+        sock = str(vm.qmp_path)
+        rc, text = _run(["--qmp", sock, "map-ram", "edu0", "--batch", "32M"])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        progress = [ln for ln in err.splitlines() if ln.startswith("mapping guest RAM:")]
+        assert len(progress) >= 15 and progress[-1].endswith("(100%)")
+        assert "attached to IOAS 1 via HWPT" in text
+
+        rc, text = _run(["--qmp", sock, "--json", "objects"])
+        assert rc == 0
+        rows = json.loads(text)
+        by_type = {r["type"]: r for r in rows}
+        ioas, hwpt, dev = by_type["IOAS"], by_type["HWPT_PAGING"], by_type["DEVICE"]
+        assert ioas["hwpts"] == [hwpt["id"]] and hwpt["ioas"] == ioas["id"]
+        assert hwpt["devices"] == [dev["id"]] and dev["hwpt"] == hwpt["id"]
+        assert dev["device"].endswith("/edu0") and hwpt["flags"] == "auto"
+        assert ioas["mapped"] > 500 << 20  # all of the 512 MiB but the holes
+        rc, text = _run(["--qmp", sock, "objects"])
+        assert rc == 0 and "HWPT_PAGING" in text and "blocked" not in text
+
+        # a second map-ram of the same device fails and changes nothing
+        with QmpBackend(sock) as hw:
+            before = hw.query()
+        rc, _ = _run(["--qmp", sock, "map-ram", "edu0"])
+        assert rc == 1 and "already bound" in capsys.readouterr().err
+        with QmpBackend(sock) as hw:
+            assert hw.query() == before
+        # and one that cannot finish (no such device) too
+        rc, _ = _run(["--qmp", sock, "map-ram", "nosuch"])
+        assert rc == 1 and "nosuch" in capsys.readouterr().err
+        with QmpBackend(sock) as hw:
+            assert hw.query() == before
+
+        # a grouping the hardware contradicts is reported, not guessed
+        rc, _ = _run(["--qmp", sock, "objects", "--shared", f"{hwpt['id']},77"])
+        assert rc == 1
+        assert "77 is not a paging domain" in capsys.readouterr().err
+
+
+@needs_ppc
+def test_windows_and_decoded_entries(capsys: pytest.CaptureFixture[str]) -> None:
+    with PseriesVm() as vm, QTest(str(vm.qtest_path)) as qt:
+        sock = str(vm.qmp_path)
+        rc, text = _run(["--qmp", sock, "--json", "windows"])
+        assert rc == 0
+        wins = json.loads(text)["windows"]
+        assert [(w["index"], w["bus-offset"], w["size"], w["default"]) for w in wins] == [
+            (0, 0, 1 << 30, True)
+        ]
+        liobn = wins[0]["liobn"]
+        # a 64K-page window on edu1's PHB and two TCEs in the default window of PHB 0
+        with QmpBackend(sock) as hw:
+            hw.execute(
+                "x-iommulab-spapr-window-create", {"phb": 1, "page-shift": 16, "size": 1 << 32}
+            )
+        assert qt.command(f"hcall 0x20 0x{liobn:x} 0x3000 0x5001")[0] == "0"
+        assert qt.command(f"hcall 0x20 0x{liobn:x} 0x7000 0x9003")[0] == "0"
+        rc, text = _run(["--qmp", sock, "--json", "windows", "--entries", "--device", "edu0"])
+        assert rc == 0
+        res = json.loads(text)
+        assert [(e["bus"], e["addr"], e["read"], e["write"]) for e in res["entries"]] == [
+            (0x3000, 0x5000, True, False),
+            (0x7000, 0x9000, True, True),
+        ]
+        rc, text = _run(["--qmp", sock, "windows", "--device", "edu1"])
+        assert rc == 0
+        lines = text.splitlines()
+        assert len(lines) == 3 and lines[2].split()[:2] == ["1", "1"]
+        rc, text = _run(["--qmp", sock, "windows", "--entries"])
+        rows = [ln.split() for ln in text.splitlines()]
+        assert ["0", "7", "0x7000", "0x9000", "yes", "yes"] in rows
+        assert _run(["--qmp", sock, "windows", "--phb", "9"])[0] == 1
+        assert "no PHB 9" in capsys.readouterr().err
+        assert _run(["--qmp", sock, "windows", "--device", "nosuch"])[0] == 1
+        assert "nosuch" in capsys.readouterr().err
