@@ -52,6 +52,26 @@ def test_table_formats_addresses_and_flags() -> None:
     assert fmt(7) == "7"
 
 
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_lines() -> None:
+    plain = io.StringIO()
+    p = cli.ProgressLine("mapping", plain)
+    for done in range(0, 201 << 20, 1 << 20):
+        p(done, 200 << 20)
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 101  # one per whole percent, none repeated
+    assert lines[0] == "mapping: 0/200 MiB (0%)" and lines[-1] == "mapping: 200/200 MiB (100%)"
+    tty = _Tty()
+    p = cli.ProgressLine("mapping", tty)
+    p(1 << 20, 2 << 20)
+    p(2 << 20, 2 << 20)
+    assert tty.getvalue() == "\rmapping: 1/2 MiB (50%)\rmapping: 2/2 MiB (100%)\n"
+
+
 def test_scenario_syntax() -> None:
     s = parse_scenarios("nvme-probe,nvme-rw:size=64M")
     assert [x.name for x in s] == ["nvme-probe", "nvme-rw"]

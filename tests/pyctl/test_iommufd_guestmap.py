@@ -135,3 +135,27 @@ def test_bad_batch_refused() -> None:
     ctx, ioas = _ctx()
     with pytest.raises(ValueError, match="multiple of 4096"):
         GuestRamMap(ctx, ioas, _FakeQmp([]), batch=1000)
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    def events(self) -> list[dict[str, Any]]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def test_follow_syncs_only_after_an_event() -> None:
+    ctx, ioas = _ctx()
+    qmp = _FakeQmp([(0, 64 * MIB, "pc.ram"), (4 * GIB, 16 * MIB, "m0")])
+    ram = GuestRamMap(ctx, ioas, qmp)
+    ram.map_all()
+    src = _Events()
+    qmp.ranges = qmp.ranges[:1]  # the DIMM went away ...
+    assert ram.follow(src) is None  # ... but nothing said so yet
+    assert len(ctx.areas(ioas)) == 2
+    src.pending = [{"event": "DEVICE_DELETED", "data": {"device": "dimm0"}}]
+    res = ram.follow(src)
+    assert res is not None and [r.name for r in res.removed] == ["m0"]
+    assert [(a.iova, a.length) for a in ctx.areas(ioas)] == [(0, 64 * MIB)]
