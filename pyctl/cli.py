@@ -195,7 +195,9 @@ def _rebuild(be: Any, args: argparse.Namespace) -> Any:
     from pyctl.iommufd import IommufdContext, IommufdError, RebuildError
 
     try:
-        return IommufdContext.from_hardware(be, shared=args.shared or (), blocked=args.blocked)
+        return IommufdContext.from_hardware(
+            be, shared=args.shared or (), blocked=args.blocked, nest_parents=args.nest_parent
+        )
     except RebuildError as exc:
         lines = "\n  ".join(exc.problems)
         raise CliError(f"the device's state cannot be rebuilt exactly:\n  {lines}") from exc
@@ -401,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
             v.add_argument(
                 "--blocked", action="append", default=[], metavar="DEVICE",
                 help="also bind this detached device (repeatable)",
+            )  # fmt: skip
+            v.add_argument(
+                "--nest-parent", action="append", default=[], type=_int, metavar="D",
+                help="this paging domain was allocated NEST_PARENT (repeatable)",
             )  # fmt: skip
         if name == "map-ram":
             v.add_argument("device", help="device to bind (qdev id or QOM path)")

@@ -144,6 +144,7 @@ class IommufdContext:
         *,
         shared: Iterable[Iterable[int]] = (),
         blocked: Iterable[str] = (),
+        nest_parents: Iterable[int] = (),
         limit_pages: int | None = None,
         user_account: PinAccount | None = None,
     ) -> IommufdContext:
@@ -151,14 +152,15 @@ class IommufdContext:
 
         Domains keep their ids as HWPT objects; ``shared`` lists groups of
         paging domain ids that share one IOAS (otherwise each has its own);
-        ``blocked`` names devices (id or QOM path) to bind although detached.
+        ``blocked`` names devices (id or QOM path) to bind although detached;
+        ``nest_parents`` names paging domains allocated with NEST_PARENT.
         Raises :class:`~pyctl.iommufd.rebuild.RebuildError` listing every
         difference it cannot reproduce; the hardware is not touched.
         """
         from .rebuild import rebuild
 
         ctx = cls(backend, limit_pages=limit_pages, user_account=user_account)
-        rebuild(ctx, backend, shared, blocked)
+        rebuild(ctx, backend, shared, blocked, nest_parents)
         return ctx
 
     # ---------------------------------------------------------------- helpers

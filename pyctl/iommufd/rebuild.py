@@ -7,9 +7,10 @@ about what the hardware says and asks the caller for the rest:
 
 * every domain id becomes the HWPT object with the same id (the device keeps
   using it); IOAS and DEVICE objects get the lowest ids the domains leave free;
-* a paging domain with nested children is a NEST_PARENT HWPT, one with devices
-  and no children an automatic HWPT (as attach-to-IOAS makes), one with
-  neither an explicit HWPT_ALLOC'd one;
+* a paging domain with nested children, or named in ``nest_parents``, is a
+  NEST_PARENT HWPT (the device does not keep the flag, so a NEST_PARENT without
+  children must be named); one with devices and no children an automatic HWPT
+  (as attach-to-IOAS makes); one with neither an explicit HWPT_ALLOC'd one;
 * each paging domain gets an IOAS of its own, unless ``shared`` names groups
   of domain ids that share one IOAS; their mappings must then be identical;
 * each area is one merged run of the hardware (the original MAP boundaries are
@@ -90,6 +91,7 @@ def rebuild(
     backend: HardwareBackend,
     shared: Iterable[Iterable[int]] = (),
     blocked: Iterable[str] = (),
+    nest_parents: Iterable[int] = (),
 ) -> None:
     """Fill the empty ``ctx`` with objects reproducing ``backend``'s state."""
     from .context import _MAX_ID
@@ -150,6 +152,10 @@ def rebuild(
         infos[info.device] = info
         attached[info.device] = None
 
+    parents = set(nest_parents)
+    for i in sorted(parents):
+        if i not in paging:
+            problems.append(f"NEST_PARENT {i} is not a paging domain in the hardware")
     groups = _groups(paging, shared, problems)
     default_platform = next((i.platform for i in infos.values()), "x86")
     if problems:
@@ -194,8 +200,8 @@ def rebuild(
             ioas_of[i].id,
             platform,
             d.ias,
-            nest_parent=bool(children[i]),
-            auto=bool(users) and not children[i],
+            nest_parent=bool(children[i]) or i in parents,
+            auto=bool(users) and not children[i] and i not in parents,
         )
         objects[i] = hw
         ioas_of[i].hwpts.append(i)

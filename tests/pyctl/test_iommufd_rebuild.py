@@ -128,6 +128,30 @@ def test_rebuild_reproduces_programmed_state(vm: ViommuVm) -> None:
 
 
 @needs_qemu
+def test_childless_nest_parent_must_be_named(vm: ViommuVm) -> None:
+    with QmpBackend(str(vm.qmp_path)) as hw:
+        ctx = IommufdContext(hw)
+        ioas = ctx.ioas_alloc()
+        dev = ctx.bind("edu0")
+        parent = ctx.hwpt_alloc(dev, ioas, flags=NEST_PARENT)
+        ctx.attach(dev, parent)
+        # the device does not know the flag: unnamed, it looks like an automatic HWPT
+        guess = IommufdContext.from_hardware(hw).objects()[parent]
+        assert isinstance(guess, HwptPaging) and guess.auto and not guess.nest_parent
+        again = IommufdContext.from_hardware(hw, nest_parents=[parent])
+        assert _shape(again) == _shape(ctx)
+        nested = again.hwpt_alloc(
+            next(o.id for o in again.objects().values() if isinstance(o, Device)),
+            parent,
+            data_type=HwptDataType.IOMMU_HWPT_DATA_IOMMULAB,
+            data=IommulabHwptData(0x5000),
+        )
+        assert again.check_hardware() == [] and nested not in ctx.objects()
+        with pytest.raises(RebuildError, match="NEST_PARENT 99 is not a paging domain"):
+            IommufdContext.from_hardware(hw, nest_parents=[99])
+
+
+@needs_qemu
 def test_rebuild_without_groups_gives_each_domain_its_ioas(vm: ViommuVm) -> None:
     with QmpBackend(str(vm.qmp_path)) as hw:
         ids = _program(IommufdContext(hw))
