@@ -390,3 +390,20 @@ def test_stage1_table_in_mmio_is_a_walk_error(lab: Lab) -> None:
     lab.dma_from_edu(n.IOVA)
     assert [(x["stage"], x["reason"]) for x in faults(lab)] == [("stage1", "walk-error")]
     assert lab.qt.readl(0xFE000000) == 0x010000ED       # edu still answers
+
+
+def test_migration_is_blocked_with_a_reason(lab: Lab) -> None:
+    with pytest.raises(ExecuteError, match="programmed by the control plane"):
+        lab.qmp.cmd("migrate", uri="exec:cat > /dev/null")
+
+
+def test_reset_keeps_domains_and_drops_cached_translations(lab: Lab) -> None:
+    paging(lab, 1, (0x20000000, PAGE, DST, True, True))
+    attach(lab, "domain", 1)
+    load_src(lab, pattern(10))
+    lab.dma_from_edu(0x20000000)
+    assert lab.cmd("x-iommulab-query-counters")["iotlb-entries"] > 0
+    before = lab.cmd("x-iommulab-query")
+    lab.qmp.cmd("system_reset")
+    assert lab.cmd("x-iommulab-query") == before
+    assert lab.cmd("x-iommulab-query-counters")["iotlb-entries"] == 0
