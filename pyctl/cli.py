@@ -233,7 +233,7 @@ def object_rows(ctx: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _relations(row: dict[str, Any]) -> str:
+def object_relations(row: dict[str, Any]) -> str:
     def ids(v: list[int]) -> str:
         return ",".join(str(i) for i in v) or "-"
 
@@ -258,7 +258,7 @@ def cmd_objects(args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         as_json(rows, out)
         return
-    table([{**r, "relations": _relations(r)} for r in rows], ["id", "type", "relations"], out)
+    table([{**r, "relations": object_relations(r)} for r in rows], ["id", "type", "relations"], out)
 
 
 class ProgressLine:

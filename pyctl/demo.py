@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+# pyctl.cli imports this module lazily; importing it here is not circular.
+from pyctl.cli import object_relations, object_rows
 from pyctl.guest.image import build_image
 from pyctl.guest.results import Scenario
 from pyctl.guest.runner import AgentRun
-from pyctl.iommufd import FIXED_IOVA, READABLE, WRITEABLE, IommufdContext
+from pyctl.iommufd import IommufdContext
+from pyctl.iommufd.guestmap import GuestRamMap
 from pyctl.iommufd.qmp_backend import QmpBackend
 from pyctl.iovamap import COLORS, Band, Row, render_svg
-from pyctl.qemu.guestram import guest_ram
 from pyctl.qemu.launcher import LaunchError, QemuInstance, create_raw_disk
 from pyctl.qemu.machines import GuestConfig, get_machine
 from pyctl.tables import as_json, table
@@ -133,10 +135,8 @@ class Session:
         self.backend = QmpBackend(str(self.control_socket), VIOMMU_ID)
         self.ctx = IommufdContext(self.backend)
         self.ioas = self.ctx.ioas_alloc()
-        for r in guest_ram(inst.qmp):
-            self.ctx.ioas_map(
-                self.ioas, r.start, r.size, FIXED_IOVA | READABLE | WRITEABLE, r.start
-            )
+        ram = GuestRamMap(self.ctx, self.ioas, inst.qmp, batch=64 << 20)
+        for r in ram.map_all():
             say(
                 self.out,
                 f"IOAS {self.ioas}: mapped {r.name} [{r.start:#x}, {r.last:#x}] at IOVA = GPA",
@@ -236,11 +236,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if session.ctx is not None and session.ioas is not None:
         ctx = session.ctx
         say(out, "iommufd objects")
-        table(
-            [{"id": o.id, "type": o.type.value} for o in ctx.objects().values()],
-            ["id", "type"],
-            out,
-        )
+        objs = [{**r, "relations": object_relations(r)} for r in object_rows(ctx)]
+        table(objs, ["id", "type", "relations"], out)
         say(out, "vIOMMU counters")
         counters = dev.get("counters", {})
         table(
