@@ -236,3 +236,15 @@ class SpaprDdwPolicy(Test):  # type: ignore[misc]
         run = self.run_guest({"ddw": False, "default-window-size": 256 << 20})
         (dw,) = run.default_windows()
         self.assertEqual((dw.offset, dw.size), (0, 256 << 20))
+
+    def test_single_window(self) -> None:
+        """One window per PE: the guest removes its default window and creates the DDW at 0."""
+        run = self.run_guest({"windows": 1})
+        actions = [(e["action"], e["liobn"]) for e in run.window_events()]
+        self.assertEqual(actions, [("remove", LIOBN0), ("create", LIOBN0)])
+        w = self.created(run)
+        self.assertEqual(w["bus-offset"], 0)
+        self.assertEqual([x["liobn"] for x in run.phb["windows"]], [LIOBN0])
+        (ddw,) = run.ddws()
+        self.assertEqual(ddw.dma_base, 0)
+        self.assertEqual(run.default_windows(), [], "the default window is gone")
