@@ -341,6 +341,14 @@ static const PCIIOMMUOps iommulab_iommu_ops = {
     .get_address_space = iommulab_get_address_space,
 };
 
+IOMMULabDev *iommulab_viommu_requester(IOMMULabState *s, PCIBus *bus,
+                                       uint8_t devfn)
+{
+    AddressSpace *as = iommulab_get_address_space(bus, s, devfn);
+
+    return container_of(as, IOMMULabDev, as);
+}
+
 /* ---- control commands (QMP, under the BQL) ---- */
 
 static void iommulab_set_error(Error **errp, ILError err, const char *what,
@@ -592,16 +600,14 @@ static IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
     return NULL;
 }
 
-static void iommulab_attach(IOMMULabState *s, const char *device,
-                            IommulabAttachMode mode, bool has_domain,
-                            uint32_t domain, Error **errp)
+void iommulab_viommu_attach_requester(IOMMULabDev *dev,
+                                      IommulabAttachMode mode,
+                                      bool has_domain, uint32_t domain,
+                                      Error **errp)
 {
-    IOMMULabDev *dev = iommulab_find_dev(s, device, errp);
+    IOMMULabState *s = dev->s;
     ILDomain *d = NULL, *old;
 
-    if (!dev) {
-        return;
-    }
     if (mode == IOMMULAB_ATTACH_MODE_DOMAIN && !has_domain) {
         error_setg(errp, "mode 'domain' needs 'domain'");
         return;
@@ -629,6 +635,17 @@ static void iommulab_attach(IOMMULabState *s, const char *device,
     qemu_mutex_unlock(&s->lock);
     trace_iommulab_attach(iommulab_dev_rid(dev), mode, domain);
     iommulab_dev_changed(dev);
+}
+
+static void iommulab_attach(IOMMULabState *s, const char *device,
+                            IommulabAttachMode mode, bool has_domain,
+                            uint32_t domain, Error **errp)
+{
+    IOMMULabDev *dev = iommulab_find_dev(s, device, errp);
+
+    if (dev) {
+        iommulab_viommu_attach_requester(dev, mode, has_domain, domain, errp);
+    }
 }
 
 static void iommulab_invalidate(IOMMULabState *s, bool has_domain,
@@ -865,7 +882,7 @@ static void iommulab_realize(PCIDevice *pdev, Error **errp)
                    TYPE_IOMMULAB_VIOMMU);
         return;
     }
-    if (bus->iommu_ops) {
+    if (!s->keep_bus_iommu && bus->iommu_ops) {
         error_setg(errp, "this PCI bus already has an IOMMU");
         return;
     }
@@ -904,7 +921,9 @@ static void iommulab_realize(PCIDevice *pdev, Error **errp)
                    iommulab_read_mem, s);
     s->bus_devs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     s->devs = g_ptr_array_new();
-    pci_setup_iommu(bus, &iommulab_iommu_ops, s);
+    if (!s->keep_bus_iommu) {
+        pci_setup_iommu(bus, &iommulab_iommu_ops, s);
+    }
 }
 
 static void iommulab_reset(DeviceState *ds)

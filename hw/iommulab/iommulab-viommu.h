@@ -57,6 +57,13 @@ struct IOMMULabState {
     uint64_t ev_suppressed;     /* total suppressed */
 
     Error *migration_blocker;
+
+    /*
+     * Set by a subclass before realize: leave the bus's IOMMU to its
+     * owner (e.g. a PHB's TCE tables) and serve only the requesters the
+     * subclass asks for with iommulab_viommu_requester().
+     */
+    bool keep_bus_iommu;
 };
 
 /*
@@ -90,5 +97,21 @@ struct IOMMULabClass {
     IommulabFaults *(*query_faults)(IOMMULabState *s, bool clear,
                                     Error **errp);
 };
+
+/*
+ * The engine's API for subclasses that put the engine beneath another
+ * translator (iommulab-spapr-s2), under the BQL:
+ *
+ * iommulab_viommu_requester() returns the requester (bus, devfn), created
+ * on first use in the device's default mode; its address space is
+ * &dev->as.  iommulab_viommu_attach_requester() attaches it as
+ * x-iommulab-attach does a PCI device behind the vIOMMU.
+ */
+IOMMULabDev *iommulab_viommu_requester(IOMMULabState *s, PCIBus *bus,
+                                       uint8_t devfn);
+void iommulab_viommu_attach_requester(IOMMULabDev *dev,
+                                      IommulabAttachMode mode,
+                                      bool has_domain, uint32_t domain,
+                                      Error **errp);
 
 #endif

@@ -24,8 +24,9 @@
  * the "phb" property (the pnv-phb's id).
  *
  * This is a thin adapter over the engine's device (hw/iommulab/
- * iommulab-viommu.h): it reuses the engine's realize with the bus's IOMMU
- * ops set aside, and the engine's per-requester address space.
+ * iommulab-viommu.h): the engine's realize (with keep_bus_iommu, so the
+ * PHB keeps its bus), and the engine's requester API for the PHB's
+ * stage-2 address space and its attachment.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -75,8 +76,6 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
     IOMMULabSpaprS2 *s2 = IOMMULAB_SPAPR_S2(pdev);
     PCIBus *bus = pci_get_bus(pdev);
     DeviceState *host = BUS(bus)->parent;
-    const PCIIOMMUOps *phb_ops, *s2_ops;
-    void *phb_opaque;
     SpaprPhbState *sphb = NULL;
     void *pnv = NULL;
     SpaprTceTable *tcet;
@@ -130,28 +129,17 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
     }
 #endif
 
-    /* The engine's realize, without letting it take over the bus */
-    phb_ops = bus->iommu_ops;
-    phb_opaque = bus->iommu_opaque;
-    bus->iommu_ops = NULL;
-    bus->iommu_opaque = NULL;
+    /* The engine's realize; it leaves the bus's IOMMU to the PHB */
     il_s2_parent_realize(pdev, &local_err);
-    s2_ops = bus->iommu_ops;
-    bus->iommu_ops = phb_ops;
-    bus->iommu_opaque = phb_opaque;
     if (local_err) {
         error_propagate(errp, local_err);
         return;
     }
-    if (!s2_ops || !s2_ops->get_address_space) {
-        error_setg(errp, "%s: the vIOMMU registered no address space",
-                   TYPE_IOMMULAB_SPAPR_S2);
-        return;
-    }
 
     /* The requester is this device's own (bus, devfn) */
-    as = s2_ops->get_address_space(bus, IOMMULAB_VIOMMU(pdev), pdev->devfn);
-    s2->req = container_of(as, IOMMULabDev, as);
+    s2->req = iommulab_viommu_requester(IOMMULAB_VIOMMU(pdev), bus,
+                                        pdev->devfn);
+    as = &s2->req->as;
     for (i = 0; sphb && i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
         s2->phb = sphb->index;
         tcet = sphb->dma_liobn[i] ?
@@ -190,47 +178,24 @@ static IOMMULabSpaprS2 *il_s2_find(const char *name, Error **errp)
     return IOMMULAB_SPAPR_S2(obj);
 }
 
-/*
- * Attach the PHB's requester, as x-iommulab-attach does for a device
- * behind the vIOMMU.  A cached translation belongs to its domain, so the
- * old domain's IOTLB entries cannot serve the new attachment.
- */
+/* Attach the PHB's requester, as x-iommulab-attach does a PCI device. */
 static void il_s2_attach(const char *stage2, IommulabSpaprS2Mode mode,
                          bool has_domain, uint32_t domain, Error **errp)
 {
     IOMMULabSpaprS2 *s2 = il_s2_find(stage2, errp);
-    IOMMULabState *s;
-    ILDomain *d = NULL, *old;
+    Error *local_err = NULL;
 
     if (!s2) {
         return;
     }
-    if (mode == IOMMULAB_SPAPR_S2_MODE_DOMAIN && !has_domain) {
-        error_setg(errp, "mode 'domain' needs 'domain'");
+    iommulab_viommu_attach_requester(s2->req,
+        mode == IOMMULAB_SPAPR_S2_MODE_DOMAIN ? IOMMULAB_ATTACH_MODE_DOMAIN :
+        mode == IOMMULAB_SPAPR_S2_MODE_BYPASS ? IOMMULAB_ATTACH_MODE_BYPASS :
+        IOMMULAB_ATTACH_MODE_BLOCKED, has_domain, domain, &local_err);
+    if (local_err) {
+        error_propagate(errp, local_err);
         return;
     }
-    if (mode != IOMMULAB_SPAPR_S2_MODE_DOMAIN && has_domain) {
-        error_setg(errp, "'domain' is only valid with mode 'domain'");
-        return;
-    }
-    s = IOMMULAB_VIOMMU(s2);
-    qemu_mutex_lock(&s->lock);
-    if (has_domain) {
-        d = il_domain_find(&s->engine, domain);
-        if (!d) {
-            qemu_mutex_unlock(&s->lock);
-            error_setg(errp, "domain %" PRIu32 " does not exist", domain);
-            return;
-        }
-    }
-    old = s2->req->domain;
-    il_domain_ref(d);
-    s2->req->domain = d;
-    s2->req->mode = mode == IOMMULAB_SPAPR_S2_MODE_DOMAIN ? IL_MODE_DOMAIN :
-                    mode == IOMMULAB_SPAPR_S2_MODE_BYPASS ? IL_MODE_BYPASS :
-                    IL_MODE_BLOCKED;
-    il_domain_unref(old);
-    qemu_mutex_unlock(&s->lock);
     trace_iommulab_spapr_s2_attach(s2->phb, mode, domain);
 }
 
@@ -242,7 +207,10 @@ static void il_s2_attach(const char *stage2, IommulabSpaprS2Mode mode,
  */
 static void il_s2_instance_init(Object *obj)
 {
-    IOMMULAB_VIOMMU(obj)->msi_size = 0;
+    IOMMULabState *s = IOMMULAB_VIOMMU(obj);
+
+    s->msi_size = 0;
+    s->keep_bus_iommu = true;
 }
 
 static const Property il_s2_properties[] = {
