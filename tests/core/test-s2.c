@@ -153,10 +153,60 @@ static void test_validation(void)
     il_s2_destroy(&s2);
 }
 
+/*
+ * Over the table budget a batch fails with IL_ERR_NOMEM and leaves the
+ * mappings and the tables exactly as they were (a QMP client cannot make
+ * QEMU allocate without bound, nor half-apply a batch).
+ */
+static void test_table_budget(void)
+{
+    ILS2 s2;
+    ILMapping keep = { .iova = 0, .size = 4 * KiB, .addr = 0,
+                       .perm = IL_PERM_RW };
+    /* 4 KiB leaves (addr unaligned to 2 MiB) across three 2 MiB regions. */
+    ILMapping m[2] = {
+        { .iova = 4 * MiB, .size = 2 * MiB, .addr = 4 * KiB,
+          .perm = IL_PERM_R },
+        { .iova = GiB, .size = 4 * MiB, .addr = 4 * KiB + 2 * MiB,
+          .perm = IL_PERM_W },
+    };
+    uint64_t tables;
+    size_t bad = 99;
+    ILLookup lk;
+    ILFaultReason reason;
+
+    CHECK_EQ(il_s2_init(&s2, 48), IL_OK);
+    CHECK_EQ(s2.max_tables, IL_S2_MAX_TABLES);
+    CHECK_EQ(il_s2_map_batch(&s2, &keep, 1, &bad), IL_OK);
+    tables = s2.tables;                 /* root + 3 tables down to 0 */
+    CHECK_EQ(tables, 4);
+    /* m[0] needs 1 leaf table; m[1] a new L2 table and 2 leaf tables. */
+    s2.max_tables = tables + 2;
+    CHECK_EQ(il_s2_map_batch(&s2, m, 2, &bad), IL_ERR_NOMEM);
+    CHECK_EQ(bad, 1);
+    CHECK_EQ(s2.tables, tables);
+    CHECK_EQ(s2.mapped, 4 * KiB);
+    CHECK(!il_s2_any_mapped(&s2, 4 * MiB, UINT64_MAX));
+    CHECK(il_s2_lookup(&s2, 0x123, &lk, &reason));
+    /* Failing inside the first range rolls back its own first part. */
+    s2.max_tables = tables;
+    CHECK_EQ(il_s2_map_batch(&s2, &m[1], 1, &bad), IL_ERR_NOMEM);
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(s2.tables, tables);
+    CHECK(!il_s2_any_mapped(&s2, 4 * MiB, UINT64_MAX));
+    /* With the budget back, the same batch maps. */
+    s2.max_tables = IL_S2_MAX_TABLES;
+    CHECK_EQ(il_s2_map_batch(&s2, m, 2, &bad), IL_OK);
+    CHECK_EQ(s2.mapped, 4 * KiB + 6 * MiB);
+    CHECK_EQ(s2.tables, tables + 4);
+    il_s2_destroy(&s2);
+}
+
 int main(void)
 {
     test_blocks_and_split();
     test_validation();
+    test_table_budget();
     printf("ok\n");
     return 0;
 }

@@ -42,11 +42,18 @@ static inline unsigned s2_perm(uint64_t e)
     return ((e & S2_R) ? IL_PERM_R : 0) | ((e & S2_W) ? IL_PERM_W : 0);
 }
 
+/* NULL when over budget or out of memory: the caller rolls back. */
 static ILS2Table *s2_table_new(ILS2 *s2)
 {
-    ILS2Table *t = il_zalloc(sizeof(*t));
+    ILS2Table *t;
 
-    s2->tables++;
+    if (s2->tables >= s2->max_tables) {
+        return NULL;
+    }
+    t = calloc(1, sizeof(*t));
+    if (t) {
+        s2->tables++;
+    }
     return t;
 }
 
@@ -79,6 +86,8 @@ const char *il_strerror(ILError err)
         return "domain is in use";
     case IL_ERR_INVAL:
         return "invalid argument";
+    case IL_ERR_NOMEM:
+        return "would exceed the domain's page-table budget";
     }
     return "unknown error";
 }
@@ -92,8 +101,9 @@ ILError il_s2_init(ILS2 *s2, unsigned ias)
     s2->ias = ias;
     s2->levels = (ias - IL_PAGE_SHIFT + IL_LEVEL_BITS - 1) / IL_LEVEL_BITS;
     s2->top_shift = IL_PAGE_SHIFT + IL_LEVEL_BITS * (s2->levels - 1);
+    s2->max_tables = IL_S2_MAX_TABLES;
     s2->root = s2_table_new(s2);
-    return IL_OK;
+    return s2->root ? IL_OK : IL_ERR_NOMEM;
 }
 
 /* Free a subtree; returns the bytes it mapped. */
@@ -234,7 +244,7 @@ bool il_s2_any_mapped(const ILS2 *s2, uint64_t first, uint64_t last)
     return s2_any_mapped(s2->root, s2->top_shift, 0, first, last);
 }
 
-static void s2_set_leaf(ILS2 *s2, uint64_t iova, unsigned leaf_shift,
+static bool s2_set_leaf(ILS2 *s2, uint64_t iova, unsigned leaf_shift,
                         uint64_t addr, unsigned perm)
 {
     ILS2Table *t = s2->root;
@@ -244,7 +254,12 @@ static void s2_set_leaf(ILS2 *s2, uint64_t iova, unsigned leaf_shift,
         uint64_t *e = &t->e[s2_index(iova, shift)];
 
         if (!(*e & S2_V)) {
-            *e = (uint64_t)(uintptr_t)s2_table_new(s2) | S2_V | S2_T;
+            ILS2Table *child = s2_table_new(s2);
+
+            if (!child) {
+                return false;
+            }
+            *e = (uint64_t)(uintptr_t)child | S2_V | S2_T;
             t->used++;
         }
         t = s2_child(*e);
@@ -252,9 +267,42 @@ static void s2_set_leaf(ILS2 *s2, uint64_t iova, unsigned leaf_shift,
     }
     t->e[s2_index(iova, shift)] = s2_leaf(addr, perm);
     t->used++;
+    return true;
 }
 
-static void s2_map_range(ILS2 *s2, const ILMapping *m)
+/* Free the empty tables on the path to @iova (left by a failed s2_set_leaf). */
+static void s2_prune_path(ILS2 *s2, uint64_t iova)
+{
+    ILS2Table *path[8];
+    uint64_t *slot[8];
+    unsigned n = 0, shift = s2->top_shift;
+    ILS2Table *t = s2->root;
+
+    while (shift > IL_PAGE_SHIFT) {
+        uint64_t *e = &t->e[s2_index(iova, shift)];
+
+        if (!(*e & S2_V) || !(*e & S2_T)) {
+            break;
+        }
+        path[n] = t;
+        slot[n++] = e;
+        t = s2_child(*e);
+        shift -= IL_LEVEL_BITS;
+    }
+    while (n && t->used == 0) {
+        free(t);
+        s2->tables--;
+        *slot[--n] = 0;
+        t = path[n];
+        t->used--;
+    }
+}
+
+/*
+ * Map one range; false, with the range and the tables exactly as before,
+ * when a table could not be allocated (over budget or out of memory).
+ */
+static bool s2_map_range(ILS2 *s2, const ILMapping *m)
 {
     uint64_t iova = m->iova, addr = m->addr, left = m->size;
 
@@ -270,12 +318,20 @@ static void s2_map_range(ILS2 *s2, const ILMapping *m)
                 break;
             }
         }
-        s2_set_leaf(s2, iova, shift, addr, m->perm);
+        if (!s2_set_leaf(s2, iova, shift, addr, m->perm)) {
+            s2_prune_path(s2, iova);
+            if (iova != m->iova) {
+                s2->mapped += iova - m->iova;   /* il_s2_unmap subtracts it */
+                il_s2_unmap(s2, m->iova, iova - m->iova);
+            }
+            return false;
+        }
         iova += 1ULL << shift;
         addr += 1ULL << shift;
         left -= 1ULL << shift;
     }
     s2->mapped += m->size;
+    return true;
 }
 
 typedef struct S2Span {
@@ -329,7 +385,14 @@ ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
         free(spans);
     }
     for (size_t i = 0; i < n; i++) {
-        s2_map_range(s2, &maps[i]);
+        if (!s2_map_range(s2, &maps[i])) {
+            /* All or nothing: take back the ranges already mapped. */
+            for (size_t j = 0; j < i; j++) {
+                il_s2_unmap(s2, maps[j].iova, maps[j].size);
+            }
+            *bad_index = i;
+            return IL_ERR_NOMEM;
+        }
     }
     return IL_OK;
 }

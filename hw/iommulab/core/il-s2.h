@@ -23,6 +23,7 @@ typedef struct ILS2 {
     uint8_t top_shift;    /* address bit indexed by the root table */
     uint64_t mapped;      /* bytes mapped */
     uint64_t tables;      /* tables allocated, including the root */
+    uint64_t max_tables;  /* budget: a map needing more fails, changing nothing */
 } ILS2;
 
 typedef struct ILMapping {
@@ -40,6 +41,13 @@ typedef struct ILLookup {
 
 #define IL_S2_IAS_MIN 21
 #define IL_S2_IAS_MAX 57
+
+/*
+ * Tables one domain may hold (4 KiB each): 256 MiB, enough for 128 GiB mapped
+ * in 4 KiB pages and far more with 2 MiB / 1 GiB blocks.  A QMP client must
+ * not be able to make QEMU allocate without bound.
+ */
+#define IL_S2_MAX_TABLES (1u << 16)
 
 ILError il_s2_init(ILS2 *s2, unsigned ias);
 void il_s2_destroy(ILS2 *s2);
