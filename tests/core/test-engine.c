@@ -275,10 +275,28 @@ static void test_nested(void)
     il_engine_destroy(&e);
 }
 
+/* The domain limit: the next alloc fails clearly, a free makes room again. */
+static void test_domain_limit(void)
+{
+    ILEngine e;
+
+    il_engine_init(&e, 64, 4, mem_read, NULL);
+    for (uint32_t id = 1; id <= IL_MAX_DOMAINS; id++) {
+        CHECK_EQ(il_domain_alloc_paging(&e, id, 39), IL_OK);
+    }
+    CHECK_EQ(il_domain_alloc_paging(&e, 0, 39), IL_ERR_NOSPC);
+    CHECK_EQ(il_domain_alloc_nested(&e, 0, 1, 0), IL_ERR_NOSPC);
+    CHECK(il_domain_find(&e, 0) == NULL);
+    CHECK_EQ(il_domain_free(&e, 7), IL_OK);
+    CHECK_EQ(il_domain_alloc_nested(&e, 0, 1, 0), IL_OK);
+    il_engine_destroy(&e);
+}
+
 int main(void)
 {
     test_paging();
     test_nested();
+    test_domain_limit();
     printf("ok\n");
     return 0;
 }

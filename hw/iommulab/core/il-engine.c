@@ -106,6 +106,9 @@ ILError il_domain_alloc_paging(ILEngine *e, uint32_t id, unsigned ias)
     if (il_domain_find(e, id)) {
         return IL_ERR_EXISTS;
     }
+    if (e->ndomains >= IL_MAX_DOMAINS) {
+        return IL_ERR_NOSPC;
+    }
     if (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX) {
         return IL_ERR_INVAL;
     }
@@ -138,6 +141,9 @@ ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
     }
     if (s1_root & IL_PAGE_MASK) {
         return IL_ERR_ALIGN;
+    }
+    if (e->ndomains >= IL_MAX_DOMAINS) {
+        return IL_ERR_NOSPC;
     }
     d = il_zalloc(sizeof(*d));
     d->id = id;

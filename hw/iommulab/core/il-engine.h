@@ -99,6 +99,9 @@ typedef struct ILResult {
 } ILResult;
 
 /* il_translate() flags */
+/* Domains one engine holds: each costs at least a root table (4 KiB). */
+#define IL_MAX_DOMAINS  4096
+
 #define IL_TR_NOCACHE   1u  /* neither use nor fill the IOTLB */
 #define IL_TR_NOCOUNT   2u  /* leave the counters alone */
 #define IL_TR_NORECORD  4u  /* do not queue a fault */

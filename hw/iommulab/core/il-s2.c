@@ -88,6 +88,8 @@ const char *il_strerror(ILError err)
         return "invalid argument";
     case IL_ERR_NOMEM:
         return "would exceed the domain's page-table budget";
+    case IL_ERR_NOSPC:
+        return "too many domains";
     }
     return "unknown error";
 }

@@ -45,6 +45,7 @@ typedef enum ILError {
     IL_ERR_BUSY,         /* domain in use (devices or nested children) */
     IL_ERR_INVAL,        /* other invalid argument */
     IL_ERR_NOMEM,        /* over the domain's table budget (IL_S2_MAX_TABLES) */
+    IL_ERR_NOSPC,        /* too many domains (IL_MAX_DOMAINS) */
 } ILError;
 
 const char *il_strerror(ILError err);
