@@ -212,11 +212,10 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
         self.assertEqual(after["faults"], [])
         self.log.info("faults while unmapped: %d (dropped %d), first IPA %#x",
                       len(faults["faults"]), faults["dropped"], faults["faults"][0]["iova"])
-        # The guest must see an I/O error, not data it took for good.  Known
-        # failure: QEMU's dma_blk_io() maps guest memory with
+        # The guest must see an I/O error, not data it took for good.  Without
+        # patch 0014, QEMU's dma_blk_io() maps guest memory with
         # address_space_map(), whose bounce buffer ignores the refused
-        # translation, so NVMe completes the command successfully
-        # (docs/spapr.md, "Known limits").
+        # translation, and NVMe completes the command successfully.
         self.assertRegex(
             broken.get("error", ""), r"O_DIRECT (write|read).*failed|Input/output error",
             "silent corruption: dd succeeded but read back other data while stage 2 "
