@@ -45,7 +45,9 @@ if [ "$(cat "$tree/.iommulab-tree" 2>/dev/null)" != "$tree_key" ]; then
     # dropped and a file went back to its (old-mtime) pristine content.
     sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "${patches[@]}" | sort -u \
         > "$tree.new/.iommulab-patched-files"
-    sort -u "$tree.new/.iommulab-patched-files" "$tree/.iommulab-patched-files" 2>/dev/null |
+    # (a tree made before this list existed has none: then only the new one)
+    { cat "$tree.new/.iommulab-patched-files"
+      cat "$tree/.iommulab-patched-files" 2>/dev/null || true; } | sort -u |
         while read -r f; do
             if [ -e "$tree.new/$f" ]; then touch "$tree.new/$f"; fi
         done
