@@ -52,8 +52,12 @@ RAM_MIB = 1024
 
 def s2_setup(qmp: QEMUMonitorProtocol, ram: int) -> None:
     qmp.cmd("x-iommulab-domain-alloc", iommu="s2", domain=1, type="paging")
-    qmp.cmd("x-iommulab-map", iommu="s2", domain=1, mappings=[
-        {"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}])
+    qmp.cmd(
+        "x-iommulab-map",
+        iommu="s2",
+        domain=1,
+        mappings=[{"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}],
+    )
     qmp.cmd("x-iommulab-spapr-stage2-attach", stage2="s2", mode="domain", domain=1)
 
 
@@ -61,12 +65,26 @@ def hcall_time(binary: Path, stage2: bool, calls: int) -> tuple[float, float]:
     """Seconds per H_PUT_TCE_INDIRECT(512) and per H_GET_TCE (the round trip)."""
     with tempfile.TemporaryDirectory() as d:
         qmp_path, qt_path = f"{d}/qmp.sock", f"{d}/qt.sock"
-        cmd = [str(binary), "-M", "pseries", "-accel", "qtest", "-nodefaults",
-               "-display", "none", "-m", str(RAM_MIB),
-               "-chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-               "-mon", "chardev=qmp,mode=control",
-               "-chardev", f"socket,id=qt,path={qt_path},server=on,wait=off",
-               "-qtest", "chardev:qt"]
+        cmd = [
+            str(binary),
+            "-M",
+            "pseries",
+            "-accel",
+            "qtest",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            str(RAM_MIB),
+            "-chardev",
+            f"socket,id=qmp,path={qmp_path},server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            f"socket,id=qt,path={qt_path},server=on,wait=off",
+            "-qtest",
+            "chardev:qt",
+        ]
         if stage2:
             cmd += ["-device", "iommulab-spapr-s2,id=s2"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,8 +100,9 @@ def hcall_time(binary: Path, stage2: bool, calls: int) -> tuple[float, float]:
             t0 = time.perf_counter()
             for i in range(calls):
                 ioba = ((i * 512) % window_pages) << 12
-                qt.command(f"hcall 0x{H_PUT_TCE_INDIRECT:x} 0x{LIOBN0:x} 0x{ioba:x} "
-                           f"0x{TCE_LIST:x} 512")
+                qt.command(
+                    f"hcall 0x{H_PUT_TCE_INDIRECT:x} 0x{LIOBN0:x} 0x{ioba:x} 0x{TCE_LIST:x} 512"
+                )
             put = (time.perf_counter() - t0) / calls
             t0 = time.perf_counter()
             for _ in range(calls):
@@ -108,10 +127,16 @@ def nvme_run(stage2: bool, size: str, workdir: Path) -> dict[str, Any]:
     extra: tuple[str, ...] = ("-action", "shutdown=pause")
     if stage2:
         extra += ("-device", "iommulab-spapr-s2,id=s2")
-    cfg = GuestConfig(machine="pseries", kernel=image.kernel, initrd=image.initrd,
-                      append=cmdline_arg([Scenario("nvme-rw", {"size": size})]),
-                      nvme=NvmeDisk(disk, serial="bench"), memory_mib=RAM_MIB * 2,
-                      paused=True, extra_args=extra)
+    cfg = GuestConfig(
+        machine="pseries",
+        kernel=image.kernel,
+        initrd=image.initrd,
+        append=cmdline_arg([Scenario("nvme-rw", {"size": size})]),
+        nvme=NvmeDisk(disk, serial="bench"),
+        memory_mib=RAM_MIB * 2,
+        paused=True,
+        extra_args=extra,
+    )
     inst = QemuInstance(cfg, workdir, qemu_build_dir())
     try:
         inst.start()
@@ -139,17 +164,21 @@ def main() -> int:
     binary = qemu_build_dir() / "qemu-system-ppc64"
 
     res: dict[bool, tuple[float, float]] = {}
-    for stage2 in (False, True) * args.rounds:     # interleaved, min of rounds
+    for stage2 in (False, True) * args.rounds:  # interleaved, min of rounds
         put, get = hcall_time(binary, stage2, args.calls)
         old = res.get(stage2)
         res[stage2] = (min(put, old[0]), min(get, old[1])) if old else (put, get)
-    print(f"H_PUT_TCE_INDIRECT (512 TCEs), qtest round trip subtracted, "
-          f"best of {args.rounds} rounds of {args.calls} calls:")
+    print(
+        f"H_PUT_TCE_INDIRECT (512 TCEs), qtest round trip subtracted, "
+        f"best of {args.rounds} rounds of {args.calls} calls:"
+    )
     net = {}
     for stage2, (put, get) in res.items():
         net[stage2] = put - get
-        print(f"  {'stage 2' if stage2 else 'stock  '}: {put * 1e6:8.1f} us/call, "
-              f"round trip {get * 1e6:6.1f} us, hypercall {net[stage2] * 1e6:7.1f} us")
+        print(
+            f"  {'stage 2' if stage2 else 'stock  '}: {put * 1e6:8.1f} us/call, "
+            f"round trip {get * 1e6:6.1f} us, hypercall {net[stage2] * 1e6:7.1f} us"
+        )
     print(f"  ratio stage 2 / stock (hypercall): {net[True] / net[False]:.3f}")
 
     if args.skip_nvme:
@@ -161,16 +190,19 @@ def main() -> int:
                 w = Path(d) / f"{'s2' if stage2 else 'stock'}-{i}"
                 rw = nvme_run(stage2, args.size, w)
                 tp[stage2].append((float(rw["write_mibs"]), float(rw["read_mibs"])))
-    print(f"NVMe O_DIRECT {args.size} through the DDW (pseries, TCG), MiB/s, "
-          f"median of {args.runs}:")
+    print(
+        f"NVMe O_DIRECT {args.size} through the DDW (pseries, TCG), MiB/s, median of {args.runs}:"
+    )
     med = {}
     for stage2 in (False, True):
         wr = statistics.median(x[0] for x in tp[stage2])
         rd = statistics.median(x[1] for x in tp[stage2])
         med[stage2] = (wr, rd)
         print(f"  {'stage 2' if stage2 else 'stock  '}: write {wr:7.1f}  read {rd:7.1f}")
-    print(f"  ratio stage 2 / stock: write {med[True][0] / med[False][0]:.3f}, "
-          f"read {med[True][1] / med[False][1]:.3f}")
+    print(
+        f"  ratio stage 2 / stock: write {med[True][0] / med[False][0]:.3f}, "
+        f"read {med[True][1] / med[False][1]:.3f}"
+    )
     return 0
 
 

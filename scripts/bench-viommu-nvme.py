@@ -29,8 +29,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-viommu-") as tmp:
         for rnd in range(rounds):
             for mode in ("none", "stage2", "nested"):
-                r = boot(Path(tmp) / f"{mode}-{rnd}", mode,
-                         [Scenario("nvme-rw", {"size": size})], memory_mib=2048)
+                r = boot(
+                    Path(tmp) / f"{mode}-{rnd}",
+                    mode,
+                    [Scenario("nvme-rw", {"size": size})],
+                    memory_mib=2048,
+                )
                 if r.error or not r.results or not r.result("nvme-rw").get("ok"):
                     print(f"{mode}: failed: {r.error} {r.results} (console {r.console})")
                     return 1
@@ -41,17 +45,21 @@ def main() -> int:
                 extra = ""
                 if r.counters:
                     c = r.counters
-                    extra = (f"  (iotlb hits {c['hits']}, walks {c['walks']}, "
-                             f"faults {c['faults']})")
-                print(f"round {rnd} {mode:7s} write {rw['write_mibs']} MiB/s "
-                      f"read {rw['read_mibs']} MiB/s{extra}", flush=True)
+                    extra = f"  (iotlb hits {c['hits']}, walks {c['walks']}, faults {c['faults']})"
+                print(
+                    f"round {rnd} {mode:7s} write {rw['write_mibs']} MiB/s "
+                    f"read {rw['read_mibs']} MiB/s{extra}",
+                    flush=True,
+                )
     base = {k: statistics.median(v) for k, v in rates["none"].items()}
     print(f"nvme-rw {size}, O_DIRECT 1 MiB, median of {rounds} round(s):")
     for mode in ("stage2", "nested"):
         for kind in ("write", "read"):
             ratio = statistics.median(rates[mode][kind]) / base[kind]
-            print(f"  {mode:7s} {kind:5s} {statistics.median(rates[mode][kind]):8.1f} MiB/s"
-                  f"  / no vIOMMU {base[kind]:8.1f} MiB/s = {ratio:.2f}")
+            print(
+                f"  {mode:7s} {kind:5s} {statistics.median(rates[mode][kind]):8.1f} MiB/s"
+                f"  / no vIOMMU {base[kind]:8.1f} MiB/s = {ratio:.2f}"
+            )
     return 0
 
 

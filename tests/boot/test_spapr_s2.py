@@ -38,8 +38,10 @@ SCENARIOS = [
 S2 = "s2"
 # A PHB4/5 root bus holds only its root port: the stage-2 device sits on a
 # second PHB's root bus and names the NVMe's PHB (pcie.0) with "phb".
-PNV_S2 = (f"pnv-phb,chip-id=0,index=1,id=pcie.1 -device "
-          f"iommulab-spapr-s2,id={S2},bus=pcie.1,addr=0.0,phb=pcie.0")
+PNV_S2 = (
+    f"pnv-phb,chip-id=0,index=1,id=pcie.1 -device "
+    f"iommulab-spapr-s2,id={S2},bus=pcie.1,addr=0.0,phb=pcie.0"
+)
 
 
 class SpaprStage2(Test):  # type: ignore[misc]
@@ -56,11 +58,18 @@ class SpaprStage2(Test):  # type: ignore[misc]
         image = build_image(MACHINES[machine].arch)
         disk = create_raw_disk(Path(self.workdir) / "nvme.raw", DISK_BYTES)
         cfg = GuestConfig(
-            machine=machine, kernel=image.kernel, initrd=image.initrd,
-            append=cmdline_arg(SCENARIOS), nvme=NvmeDisk(disk, serial=SERIAL),
-            memory_mib=MEMORY_MIB, paused=True,
-            extra_args=(*[a for d in s2_device.split(" -device ") for a in ("-device", d)],
-                        "-action", "shutdown=pause"),
+            machine=machine,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            append=cmdline_arg(SCENARIOS),
+            nvme=NvmeDisk(disk, serial=SERIAL),
+            memory_mib=MEMORY_MIB,
+            paused=True,
+            extra_args=(
+                *[a for d in s2_device.split(" -device ") for a in ("-device", d)],
+                "-action",
+                "shutdown=pause",
+            ),
         )
         inst = QemuInstance(cfg, Path(self.outputdir) / "qemu", build)
         counters: Any = None
@@ -69,8 +78,14 @@ class SpaprStage2(Test):  # type: ignore[misc]
             inst.start()
             q = inst.qmp
             q.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
-            q.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
-                {"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}])
+            q.cmd(
+                "x-iommulab-map",
+                iommu=S2,
+                domain=1,
+                mappings=[
+                    {"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}
+                ],
+            )
             q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
             q.cmd("cont")
             inst.wait_for(BOOT_PATTERN, BOOT_TIMEOUT)
@@ -82,8 +97,10 @@ class SpaprStage2(Test):  # type: ignore[misc]
         finally:
             inst.shutdown()
         results = parse_results(inst.console_text())
-        (Path(self.outputdir) / "results.json").write_text(json.dumps(
-            {"results": results, "counters": counters, "faults": faults}, indent=2) + "\n")
+        (Path(self.outputdir) / "results.json").write_text(
+            json.dumps({"results": results, "counters": counters, "faults": faults}, indent=2)
+            + "\n"
+        )
         failed = [r for r in results if r.get("ok") is not True]
         if failed:
             self.fail(f"scenarios failed: {json.dumps(failed)} (console: {inst.console_path})")
@@ -151,9 +168,13 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
         image = build_image(MACHINES["pseries"].arch)
         disk = create_raw_disk(Path(self.workdir) / "nvme.raw", DISK_BYTES)
         cfg = GuestConfig(
-            machine="pseries", kernel=image.kernel, initrd=image.initrd,
-            append=cmdline_arg(FAULT_SCENARIOS), nvme=NvmeDisk(disk, serial=SERIAL),
-            memory_mib=MEMORY_MIB, paused=True,
+            machine="pseries",
+            kernel=image.kernel,
+            initrd=image.initrd,
+            append=cmdline_arg(FAULT_SCENARIOS),
+            nvme=NvmeDisk(disk, serial=SERIAL),
+            memory_mib=MEMORY_MIB,
+            paused=True,
             extra_args=("-device", f"iommulab-spapr-s2,id={S2}", "-action", "shutdown=pause"),
         )
         hole = {"iova": FAULT_KEEP, "size": (MEMORY_MIB << 20) - FAULT_KEEP}
@@ -165,8 +186,14 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
             inst.start()
             q = inst.qmp
             q.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
-            q.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
-                {"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}])
+            q.cmd(
+                "x-iommulab-map",
+                iommu=S2,
+                domain=1,
+                mappings=[
+                    {"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}
+                ],
+            )
             q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
             q.cmd("cont")
             inst.wait_for(BOOT_PATTERN, BOOT_TIMEOUT)
@@ -176,8 +203,12 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
             second = inst.wait_for(RESULT_RW, BOOT_TIMEOUT, start=first.end())
             q.cmd("stop")
             faults = q.cmd("x-iommulab-query-faults", iommu=S2, clear=True)
-            q.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
-                {**hole, "addr": hole["iova"], "read": True, "write": True}])
+            q.cmd(
+                "x-iommulab-map",
+                iommu=S2,
+                domain=1,
+                mappings=[{**hole, "addr": hole["iova"], "read": True, "write": True}],
+            )
             q.cmd("cont")
             inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT, start=second.end())
             after = q.cmd("x-iommulab-query-faults", iommu=S2)
@@ -187,9 +218,13 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
             inst.shutdown()
         console = inst.console_text()
         results = parse_results(console)
-        (Path(self.outputdir) / "results.json").write_text(json.dumps(
-            {"results": results, "unmapped": unmapped, "faults": faults, "after": after},
-            indent=2) + "\n")
+        (Path(self.outputdir) / "results.json").write_text(
+            json.dumps(
+                {"results": results, "unmapped": unmapped, "faults": faults, "after": after},
+                indent=2,
+            )
+            + "\n"
+        )
         self.assertEqual(unmapped["unmapped"], hole["size"])
         rws = [r for r in results if r["scenario"] == "nvme-rw"]
         self.assertEqual(len(rws), 3, f"console: {inst.console_path}")
@@ -210,13 +245,19 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
             on_disk = hashlib.sha256(fh.read(recovered["size"])).hexdigest()
         self.assertEqual(on_disk, recovered["sha256_written"])
         self.assertEqual(after["faults"], [])
-        self.log.info("faults while unmapped: %d (dropped %d), first IPA %#x",
-                      len(faults["faults"]), faults["dropped"], faults["faults"][0]["iova"])
+        self.log.info(
+            "faults while unmapped: %d (dropped %d), first IPA %#x",
+            len(faults["faults"]),
+            faults["dropped"],
+            faults["faults"][0]["iova"],
+        )
         # The guest must see an I/O error, not data it took for good.  Without
         # patch 0014, QEMU's dma_blk_io() maps guest memory with
         # address_space_map(), whose bounce buffer ignores the refused
         # translation, and NVMe completes the command successfully.
         self.assertRegex(
-            broken.get("error", ""), r"O_DIRECT (write|read).*failed|Input/output error",
+            broken.get("error", ""),
+            r"O_DIRECT (write|read).*failed|Input/output error",
             "silent corruption: dd succeeded but read back other data while stage 2 "
-            "refused the DMA")
+            "refused the DMA",
+        )

@@ -22,9 +22,9 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from pyctl.qemu.qtest import QTest
 
-EDU_DEVFN = 3 << 3              # 00:03.0
+EDU_DEVFN = 3 << 3  # 00:03.0
 EDU_BAR = 0xFE000000
-EDU_BUF = 0x40000               # edu's DMA buffer, in its own address space
+EDU_BUF = 0x40000  # edu's DMA buffer, in its own address space
 EDU_BUF_SIZE = 4096
 RAM = 256 << 20
 IOMMU = "viommu0"
@@ -32,8 +32,7 @@ IOMMU = "viommu0"
 
 def qemu_binary() -> Path:
     env = os.environ.get("IOMMULAB_QEMU")
-    path = Path(env) if env else (
-        Path.home() / ".cache/iommulab/qemu-build/qemu-system-x86_64")
+    path = Path(env) if env else (Path.home() / ".cache/iommulab/qemu-build/qemu-system-x86_64")
     if not path.is_file():
         msg = f"QEMU binary {path} not built (scripts/build-qemu.sh)"
         if os.environ.get("CI") == "true":
@@ -51,14 +50,28 @@ class Lab:
         qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
         self.log = d / "qemu.log"
         cmd = [
-            str(qemu_binary()), "-machine", "q35", "-accel", "qtest",
-            "-nodefaults", "-display", "none", "-m", str(RAM >> 20),
-            "-device", f"iommulab-viommu,id={IOMMU}" + "".join(extra or []),
-            "-device", "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
-            "-chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-            "-mon", "chardev=qmp,mode=control",
-            "-chardev", f"socket,id=qt,path={qtest_path},server=on,wait=off",
-            "-qtest", "chardev:qt",
+            str(qemu_binary()),
+            "-machine",
+            "q35",
+            "-accel",
+            "qtest",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            str(RAM >> 20),
+            "-device",
+            f"iommulab-viommu,id={IOMMU}" + "".join(extra or []),
+            "-device",
+            "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
+            "-chardev",
+            f"socket,id=qmp,path={qmp_path},server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            f"socket,id=qt,path={qtest_path},server=on,wait=off",
+            "-qtest",
+            "chardev:qt",
         ]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -106,7 +119,7 @@ class Lab:
         self.qt.outl(0xCF8, self._cfg_addr(0x10))
         self.qt.outl(0xCFC, EDU_BAR)
         self.qt.outl(0xCF8, self._cfg_addr(0x04))
-        self.qt.outl(0xCFC, 0x6)            # memory space + bus master
+        self.qt.outl(0xCFC, 0x6)  # memory space + bus master
         assert self.qt.readl(EDU_BAR) == 0x010000ED
 
     def dma(self, src: int, dst: int, count: int, to_memory: bool) -> None:
@@ -115,7 +128,7 @@ class Lab:
         self.qt.writeq(EDU_BAR + 0x88, dst)
         self.qt.writeq(EDU_BAR + 0x90, count)
         self.qt.writeq(EDU_BAR + 0x98, 1 | (2 if to_memory else 0))
-        self.qt.clock_step(200_000_000)     # edu runs the DMA from a 100 ms timer
+        self.qt.clock_step(200_000_000)  # edu runs the DMA from a 100 ms timer
         assert self.qt.readq(EDU_BAR + 0x98) & 1 == 0, "edu DMA did not run"
 
     def dma_to_edu(self, iova: int, count: int = EDU_BUF_SIZE) -> None:

@@ -22,9 +22,9 @@ from pyctl.qemu.launcher import LaunchError, QemuInstance, create_raw_disk
 from pyctl.qemu.machines import NvmeDisk, qemu_build_dir
 
 IOMMU = "viommu0"
-S1_BASE = 0x30000000            # stage-1 tables (reserved with memmap=)
-S1_RESERVE = 8 << 20           # tables for up to 2 GiB of RAM
-RW = 1 | 2 | 4                  # present, read, write
+S1_BASE = 0x30000000  # stage-1 tables (reserved with memmap=)
+S1_RESERVE = 8 << 20  # tables for up to 2 GiB of RAM
+RW = 1 | 2 | 4  # present, read, write
 
 
 def stage1_identity(size: int, base: int = S1_BASE) -> bytes:
@@ -59,8 +59,13 @@ class BootResult:
         return next(r for r in self.results if r.get("scenario") == name)
 
 
-def boot(workdir: Path, mode: str, scenarios: list[Scenario], memory_mib: int = 1024,
-         timeout: float = 240.0) -> BootResult:
+def boot(
+    workdir: Path,
+    mode: str,
+    scenarios: list[Scenario],
+    memory_mib: int = 1024,
+    timeout: float = 240.0,
+) -> BootResult:
     """mode: 'none' (no vIOMMU), 'stage2' or 'nested'."""
     assert mode in ("none", "stage2", "nested")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +83,16 @@ def boot(workdir: Path, mode: str, scenarios: list[Scenario], memory_mib: int = 
         table.write_bytes(stage1_identity(ram))
         extra += ("-device", f"loader,file={table},addr={S1_BASE:#x},force-raw=on")
         append = f"memmap={S1_RESERVE >> 20}M${S1_BASE:#x}"
-    cfg = guest_config("q35", build_image("x86_64"), scenarios, NvmeDisk(disk), append=append,
-                       memory_mib=memory_mib, paused=True, extra_args=extra)
+    cfg = guest_config(
+        "q35",
+        build_image("x86_64"),
+        scenarios,
+        NvmeDisk(disk),
+        append=append,
+        memory_mib=memory_mib,
+        paused=True,
+        extra_args=extra,
+    )
     inst = QemuInstance(cfg, workdir / "qemu", qemu_build_dir())
     error = None
     counters: dict[str, Any] | None = None
@@ -89,15 +102,24 @@ def boot(workdir: Path, mode: str, scenarios: list[Scenario], memory_mib: int = 
         q = inst.qmp
         if mode != "none":
             q.cmd("x-iommulab-domain-alloc", iommu=IOMMU, domain=1, type="paging")
-            q.cmd("x-iommulab-map", iommu=IOMMU, domain=1, mappings=[
-                {"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}])
+            q.cmd(
+                "x-iommulab-map",
+                iommu=IOMMU,
+                domain=1,
+                mappings=[{"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}],
+            )
             domain = 1
             if mode == "nested":
-                q.cmd("x-iommulab-domain-alloc", iommu=IOMMU, domain=2, type="nested",
-                      parent=1, **{"s1-root": S1_BASE})
+                q.cmd(
+                    "x-iommulab-domain-alloc",
+                    iommu=IOMMU,
+                    domain=2,
+                    type="nested",
+                    parent=1,
+                    **{"s1-root": S1_BASE},
+                )
                 domain = 2
-            q.cmd("x-iommulab-attach", iommu=IOMMU, device="nvme0", mode="domain",
-                  domain=domain)
+            q.cmd("x-iommulab-attach", iommu=IOMMU, device="nvme0", mode="domain", domain=domain)
         q.cmd("cont")
         inst.wait_for(BOOT_PATTERN, timeout)
         inst.wait_for(DONE_PATTERN, timeout)
@@ -111,5 +133,6 @@ def boot(workdir: Path, mode: str, scenarios: list[Scenario], memory_mib: int = 
     finally:
         inst.shutdown()
     text = inst.console_text()
-    return BootResult(parse_results(text), parse_done(text), error, counters, faults,
-                      inst.console_path)
+    return BootResult(
+        parse_results(text), parse_done(text), error, counters, faults, inst.console_path
+    )

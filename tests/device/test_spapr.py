@@ -30,12 +30,12 @@ from pyctl.qemu.qtest import QTest
 RAM = 512 << 20
 BUID0 = 0x800000020000000
 LIOBN0, LIOBN1 = 0x80000000, 0x80000001
-VIO_LIOBN = 0x2000                  # spapr-vscsi at reg 0x2000
-ARGS, RETS = 0x4000000, 0x4001000   # RTAS argument/return buffers in RAM
-TCE_LIST = 0x4002000                # H_PUT_TCE_INDIRECT list
-DMA_PAGE = 0x5000000                # guest physical pages used by edu DMA
+VIO_LIOBN = 0x2000  # spapr-vscsi at reg 0x2000
+ARGS, RETS = 0x4000000, 0x4001000  # RTAS argument/return buffers in RAM
+TCE_LIST = 0x4002000  # H_PUT_TCE_INDIRECT list
+DMA_PAGE = 0x5000000  # guest physical pages used by edu DMA
 EDU_DEVFN = 3 << 3
-EDU_PCI_BAR = 0x80000000            # PCI address given to edu's BAR0
+EDU_PCI_BAR = 0x80000000  # PCI address given to edu's BAR0
 EDU_BUF = 0x40000
 
 H_SUCCESS, H_PARAMETER = 0, -4
@@ -47,8 +47,7 @@ TCE_R, TCE_W = 1, 2
 
 def qemu_binary(target: str = "ppc64") -> Path:
     env = os.environ.get("IOMMULAB_QEMU_PPC64" if target == "ppc64" else "IOMMULAB_QEMU")
-    path = Path(env) if env else (
-        Path.home() / f".cache/iommulab/qemu-build/qemu-system-{target}")
+    path = Path(env) if env else (Path.home() / f".cache/iommulab/qemu-build/qemu-system-{target}")
     if not path.is_file():
         msg = f"QEMU binary {path} not built (scripts/build-qemu.sh)"
         if os.environ.get("CI") == "true":
@@ -74,14 +73,28 @@ class Pseries:
         qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
         self.log = d / "qemu.log"
         cmd = [
-            str(qemu_binary()), "-machine", "pseries", "-accel", "qtest",
-            "-nodefaults", "-display", "none", "-m", str(RAM >> 20),
-            "-device", "spapr-vscsi,reg=0x2000",
-            "-device", "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
-            "-chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-            "-mon", "chardev=qmp,mode=control",
-            "-chardev", f"socket,id=qt,path={qtest_path},server=on,wait=off",
-            "-qtest", "chardev:qt",
+            str(qemu_binary()),
+            "-machine",
+            "pseries",
+            "-accel",
+            "qtest",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            str(RAM >> 20),
+            "-device",
+            "spapr-vscsi,reg=0x2000",
+            "-device",
+            "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
+            "-chardev",
+            f"socket,id=qmp,path={qmp_path},server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            f"socket,id=qt,path={qtest_path},server=on,wait=off",
+            "-qtest",
+            "chardev:qt",
             *(extra or []),
         ]
         with self.log.open("wb") as log:
@@ -146,40 +159,48 @@ class Pseries:
         return rets
 
     def hcall(self, opcode: int, *args: int) -> tuple[int, list[int]]:
-        words = self.qt.command(f"hcall 0x{opcode:x} " +
-                                " ".join(f"0x{a & (2**64 - 1):x}" for a in args))
+        words = self.qt.command(
+            f"hcall 0x{opcode:x} " + " ".join(f"0x{a & (2**64 - 1):x}" for a in args)
+        )
         return s64(int(words[0])), [int(w) for w in words[1:]]
 
     def query(self, nret: int = 6) -> list[int]:
-        return self.rtas("ibm,query-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF],
-                         nret)
+        return self.rtas("ibm,query-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF], nret)
 
     def create(self, page_shift: int, window_shift: int) -> list[int]:
-        return self.rtas("ibm,create-pe-dma-window",
-                         [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, page_shift, window_shift], 4)
+        return self.rtas(
+            "ibm,create-pe-dma-window",
+            [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, page_shift, window_shift],
+            4,
+        )
 
     def remove(self, liobn: int) -> int:
         return self.rtas("ibm,remove-pe-dma-window", [liobn], 1)[0]
 
     def reset(self) -> int:
-        return self.rtas("ibm,reset-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF],
-                         1)[0]
+        return self.rtas("ibm,reset-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF], 1)[0]
 
     # --- edu on PHB 0 ---
     def cfg_write(self, reg: int, size: int, val: int) -> None:
-        r = self.rtas("ibm,write-pci-config",
-                      [(EDU_DEVFN << 8) | reg, BUID0 >> 32, BUID0 & 0xFFFFFFFF, size, val], 1)
+        r = self.rtas(
+            "ibm,write-pci-config",
+            [(EDU_DEVFN << 8) | reg, BUID0 >> 32, BUID0 & 0xFFFFFFFF, size, val],
+            1,
+        )
         assert r[0] == RTAS_SUCCESS
 
     def edu_setup(self) -> int:
         """Map edu's BAR0; returns its CPU address."""
         mtree = self.cmd("human-monitor-command", command_line="info mtree")
-        m = re.search(r"([0-9a-f]+)-[0-9a-f]+ \(prio \d+, i/o\): "
-                      r"alias pci@800000020000000\.mmio32-alias", mtree)
+        m = re.search(
+            r"([0-9a-f]+)-[0-9a-f]+ \(prio \d+, i/o\): "
+            r"alias pci@800000020000000\.mmio32-alias",
+            mtree,
+        )
         assert m, "PHB 0 32-bit MMIO window not found"
         cpu_base = int(m.group(1), 16)
         self.cfg_write(0x10, 4, EDU_PCI_BAR)
-        self.cfg_write(0x04, 2, 0x6)        # memory space + bus master
+        self.cfg_write(0x04, 2, 0x6)  # memory space + bus master
         bar = cpu_base + (EDU_PCI_BAR - 0x80000000)
         assert self.qt.readl(bar) == 0x010000ED
         return bar
@@ -210,13 +231,19 @@ def err(vm: Pseries, name: str, **args: Any) -> str:
 
 # --- QMP: listing and policy ---
 
+
 def test_schema_lists_unstable_commands(vm: Pseries) -> None:
     schema: list[dict[str, Any]] = vm.cmd("query-qmp-schema")
     names = {e["name"]: e for e in schema}
-    for c in ("x-iommulab-spapr-query-phbs", "x-iommulab-spapr-set-ddw-policy",
-              "x-iommulab-spapr-window-create", "x-iommulab-spapr-window-remove",
-              "x-iommulab-spapr-window-reset", "x-iommulab-spapr-read-tces",
-              "x-iommulab-spapr-query-faults"):
+    for c in (
+        "x-iommulab-spapr-query-phbs",
+        "x-iommulab-spapr-set-ddw-policy",
+        "x-iommulab-spapr-window-create",
+        "x-iommulab-spapr-window-remove",
+        "x-iommulab-spapr-window-reset",
+        "x-iommulab-spapr-read-tces",
+        "x-iommulab-spapr-query-faults",
+    ):
         assert "unstable" in names[c].get("features", []), c
     events = {e["name"] for e in schema if e.get("meta-type") == "event"}
     assert {"X_IOMMULAB_SPAPR_WINDOW", "X_IOMMULAB_SPAPR_TCE_FAULT"} <= events
@@ -225,21 +252,47 @@ def test_schema_lists_unstable_commands(vm: Pseries) -> None:
 def test_default_phb(vm: Pseries) -> None:
     p = vm.phb()
     assert p["buid"] == BUID0 and p["liobns"] == [LIOBN0, LIOBN1]
-    assert p["policy"] == {"ddw": True, "windows": 2, "page-shifts": [12, 16, 21, 24],
-                           "max-tces": 1 << 37, "dma64-offset": 1 << 59,
-                           "default-window-size": GiB, "refuse-create": False}
-    assert p["windows"] == [{"liobn": LIOBN0, "bus-offset": 0, "page-shift": 12,
-                             "size": GiB, "entries": GiB >> 12, "entries-in-use": 0,
-                             "default": True, "faults": 0}]
+    assert p["policy"] == {
+        "ddw": True,
+        "windows": 2,
+        "page-shifts": [12, 16, 21, 24],
+        "max-tces": 1 << 37,
+        "dma64-offset": 1 << 59,
+        "default-window-size": GiB,
+        "refuse-create": False,
+    }
+    assert p["windows"] == [
+        {
+            "liobn": LIOBN0,
+            "bus-offset": 0,
+            "page-shift": 12,
+            "size": GiB,
+            "entries": GiB >> 12,
+            "entries-in-use": 0,
+            "default": True,
+            "faults": 0,
+        }
+    ]
 
 
 def test_x86_binary_gives_clear_error() -> None:
     with tempfile.TemporaryDirectory() as d:
         sock = f"{d}/qmp.sock"
-        proc = subprocess.Popen([str(qemu_binary("x86_64")), "-M", "none", "-display", "none",
-                                 "-chardev", f"socket,id=m,path={sock},server=on,wait=off",
-                                 "-mon", "chardev=m,mode=control"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                str(qemu_binary("x86_64")),
+                "-M",
+                "none",
+                "-display",
+                "none",
+                "-chardev",
+                f"socket,id=m,path={sock},server=on,wait=off",
+                "-mon",
+                "chardev=m,mode=control",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             qmp = QEMUMonitorProtocol(sock)
             for attempt in range(400):
@@ -257,27 +310,31 @@ def test_x86_binary_gives_clear_error() -> None:
                 qmp.cmd("x-iommulab-spapr-read-tces", liobn=LIOBN0)
             qmp.cmd("quit")
             with contextlib.suppress(Exception):
-                qmp.close()     # QEMU has gone: EOF on close
+                qmp.close()  # QEMU has gone: EOF on close
         finally:
             proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("args,msg", [
-    ({"windows": 0}, "windows"),
-    ({"windows": 3}, "windows"),
-    ({"page-shifts": [13]}, "page-shifts"),
-    ({"page-shifts": [12, 12]}, "twice"),
-    ({"page-shifts": []}, "empty"),
-    ({"max-tces": 0}, "max-tces"),
-    ({"max-tces": (1 << 37) + 1}, "max-tces"),
-    ({"dma64-offset": 1 << 40}, "dma64-offset"),
-    ({"default-window-size": 0}, "default-window-size"),
-    ({"default-window-size": 4097}, "default-window-size"),
-    ({"default-window-size": 4 * GiB}, "default-window-size"),
-    ({"phb": 7}, "no pseries PHB"),
-])
-def test_policy_rejects_bad_values_and_changes_nothing(vm: Pseries, args: dict[str, Any],
-                                                       msg: str) -> None:
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        ({"windows": 0}, "windows"),
+        ({"windows": 3}, "windows"),
+        ({"page-shifts": [13]}, "page-shifts"),
+        ({"page-shifts": [12, 12]}, "twice"),
+        ({"page-shifts": []}, "empty"),
+        ({"max-tces": 0}, "max-tces"),
+        ({"max-tces": (1 << 37) + 1}, "max-tces"),
+        ({"dma64-offset": 1 << 40}, "dma64-offset"),
+        ({"default-window-size": 0}, "default-window-size"),
+        ({"default-window-size": 4097}, "default-window-size"),
+        ({"default-window-size": 4 * GiB}, "default-window-size"),
+        ({"phb": 7}, "no pseries PHB"),
+    ],
+)
+def test_policy_rejects_bad_values_and_changes_nothing(
+    vm: Pseries, args: dict[str, Any], msg: str
+) -> None:
     before = vm.phb()["policy"]
     # a valid change in the same call must not be applied either
     assert msg in err(vm, "x-iommulab-spapr-set-ddw-policy", ddw=False, **args)
@@ -285,13 +342,18 @@ def test_policy_rejects_bad_values_and_changes_nothing(vm: Pseries, args: dict[s
 
 
 def test_policy_drives_rtas_query(vm: Pseries) -> None:
-    pol = vm.cmd("x-iommulab-spapr-set-ddw-policy", page_shifts=[16, 28, 34],
-                 max_tces=0x123456789, windows=1, dma64_offset=1 << 32)
+    pol = vm.cmd(
+        "x-iommulab-spapr-set-ddw-policy",
+        page_shifts=[16, 28, 34],
+        max_tces=0x123456789,
+        windows=1,
+        dma64_offset=1 << 32,
+    )
     assert pol["page-shifts"] == [16, 28, 34] and pol["windows"] == 1
     st, avail, hi, lo, mask, _ = vm.query()
     # one window allowed and the default window exists: none available
     assert (st, avail, (hi << 32) | lo) == (RTAS_SUCCESS, 0, 0x123456789)
-    assert mask == 0x02 | 0x40 | 0x80       # 64K | 256M | 16G
+    assert mask == 0x02 | 0x40 | 0x80  # 64K | 256M | 16G
     vm.cmd("x-iommulab-spapr-set-ddw-policy", windows=2)
     assert vm.query()[1] == 1
     # the five-return form caps the largest block at 0x80000000
@@ -302,27 +364,40 @@ def test_policy_drives_rtas_query(vm: Pseries) -> None:
 
 # --- RTAS DDW ---
 
+
 def test_create_follows_policy_and_sends_events(vm: Pseries) -> None:
     vm.qmp.get_events(wait=False)
     # 64K pages not offered by the policy below; 16M is
     vm.cmd("x-iommulab-spapr-set-ddw-policy", page_shifts=[24], max_tces=64)
     assert vm.create(16, 30)[0] == RTAS_PARAM_ERROR
-    assert vm.create(24, 31)[0] == RTAS_PARAM_ERROR     # 128 TCEs > 64
+    assert vm.create(24, 31)[0] == RTAS_PARAM_ERROR  # 128 TCEs > 64
     assert len(vm.windows()) == 1 and not vm.events("X_IOMMULAB_SPAPR_WINDOW")
-    st, liobn, hi, lo = vm.create(24, 30)               # 64 TCEs of 16 MiB
+    st, liobn, hi, lo = vm.create(24, 30)  # 64 TCEs of 16 MiB
     assert (st, liobn, (hi << 32) | lo) == (RTAS_SUCCESS, LIOBN1, 1 << 59)
     w = [x for x in vm.windows() if x["liobn"] == LIOBN1]
-    assert w == [{"liobn": LIOBN1, "bus-offset": 1 << 59, "page-shift": 24, "size": GiB,
-                  "entries": 64, "entries-in-use": 0, "default": False, "faults": 0}]
+    assert w == [
+        {
+            "liobn": LIOBN1,
+            "bus-offset": 1 << 59,
+            "page-shift": 24,
+            "size": GiB,
+            "entries": 64,
+            "entries-in-use": 0,
+            "default": False,
+            "faults": 0,
+        }
+    ]
     ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
-    assert [e["data"] for e in ev] == [{"phb": 0, "action": "create", "liobn": LIOBN1,
-                                        "window": w[0]}]
+    assert [e["data"] for e in ev] == [
+        {"phb": 0, "action": "create", "liobn": LIOBN1, "window": w[0]}
+    ]
     # no third window
     assert vm.create(24, 30)[0] == RTAS_HW_ERROR
     assert vm.remove(LIOBN1) == RTAS_SUCCESS
     assert [e["data"] for e in vm.events("X_IOMMULAB_SPAPR_WINDOW")] == [
-        {"phb": 0, "action": "remove", "liobn": LIOBN1}]
-    assert vm.remove(LIOBN1) == RTAS_PARAM_ERROR        # already removed
+        {"phb": 0, "action": "remove", "liobn": LIOBN1}
+    ]
+    assert vm.remove(LIOBN1) == RTAS_PARAM_ERROR  # already removed
     assert vm.reset() == RTAS_SUCCESS
     ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
     assert [(e["data"]["action"], e["data"]["liobn"]) for e in ev] == [("reset", LIOBN0)]
@@ -362,8 +437,9 @@ def test_default_window_size_applies_at_reset(vm: Pseries) -> None:
     assert vm.windows()[0]["size"] == 256 << 20
 
 
-@pytest.mark.parametrize("page_shift,window_shift", [
-    (64, 70), (12, 64), (12, 11), (12, 12 + 32), (13, 30), (200, 300)])
+@pytest.mark.parametrize(
+    "page_shift,window_shift", [(64, 70), (12, 64), (12, 11), (12, 12 + 32), (13, 30), (200, 300)]
+)
 def test_create_bad_shifts(vm: Pseries, page_shift: int, window_shift: int) -> None:
     assert vm.create(page_shift, window_shift)[0] == RTAS_PARAM_ERROR
     assert len(vm.windows()) == 1 and vm.alive()
@@ -372,21 +448,24 @@ def test_create_bad_shifts(vm: Pseries, page_shift: int, window_shift: int) -> N
 def test_create_overlapping_window_refused(vm: Pseries) -> None:
     vm.cmd("x-iommulab-spapr-set-ddw-policy", windows=2, dma64_offset=1 << 32)
     assert vm.remove(LIOBN0) == RTAS_SUCCESS
-    assert vm.create(16, 34)[0] == RTAS_SUCCESS         # [0, 16 GiB)
-    assert vm.create(16, 30)[0] == RTAS_PARAM_ERROR     # at 4 GiB: overlaps
+    assert vm.create(16, 34)[0] == RTAS_SUCCESS  # [0, 16 GiB)
+    assert vm.create(16, 30)[0] == RTAS_PARAM_ERROR  # at 4 GiB: overlaps
     assert len(vm.windows()) == 1
 
 
-@pytest.mark.parametrize("name,args,nret", [
-    ("ibm,query-pe-dma-window", [0, 0, 0, 0], 6),
-    ("ibm,query-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF], 4),
-    ("ibm,create-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, 16], 4),
-    ("ibm,create-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, 16, 32], 3),
-    ("ibm,remove-pe-dma-window", [LIOBN0, 0], 1),
-    ("ibm,remove-pe-dma-window", [LIOBN0], 2),
-    ("ibm,reset-pe-dma-window", [0, BUID0 >> 32], 1),
-    ("ibm,query-pe-dma-window", [0, 0, 0x1234], 6),     # unknown BUID
-])
+@pytest.mark.parametrize(
+    "name,args,nret",
+    [
+        ("ibm,query-pe-dma-window", [0, 0, 0, 0], 6),
+        ("ibm,query-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF], 4),
+        ("ibm,create-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, 16], 4),
+        ("ibm,create-pe-dma-window", [0, BUID0 >> 32, BUID0 & 0xFFFFFFFF, 16, 32], 3),
+        ("ibm,remove-pe-dma-window", [LIOBN0, 0], 1),
+        ("ibm,remove-pe-dma-window", [LIOBN0], 2),
+        ("ibm,reset-pe-dma-window", [0, BUID0 >> 32], 1),
+        ("ibm,query-pe-dma-window", [0, 0, 0x1234], 6),  # unknown BUID
+    ],
+)
 def test_rtas_wrong_arguments(vm: Pseries, name: str, args: list[int], nret: int) -> None:
     before = vm.windows()
     assert vm.rtas(name, args, nret)[0] == RTAS_PARAM_ERROR
@@ -401,6 +480,7 @@ def test_remove_vio_liobn_is_an_error_not_a_crash(vm: Pseries) -> None:
 
 # --- Hypercalls ---
 
+
 def test_put_get_tce(vm: Pseries) -> None:
     assert vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x7000 | TCE_R | TCE_W)[0] == H_SUCCESS
     ret, regs = vm.hcall(H_GET_TCE, LIOBN0, 0x5000)
@@ -409,16 +489,19 @@ def test_put_get_tce(vm: Pseries) -> None:
     assert vm.windows()[0]["entries-in-use"] == 1
 
 
-@pytest.mark.parametrize("liobn,ioba,tce", [
-    (0x7777, 0x5000, 0x7003),               # wrong LIOBN
-    (LIOBN1, 0x5000, 0x7003),               # window not enabled
-    (LIOBN0, 0x5800, 0x7003),               # misaligned IOBA
-    (LIOBN0, GiB, 0x7003),                  # outside the window
-    (LIOBN0, 2**64 - 4096, 0x7003),
-    (LIOBN0, 0x5000, 0x7803),               # bits below the page size
-    (LIOBN0, 0x5000, 0x7007),
-    (LIOBN0 | (1 << 32), 0x5000, 0x7003),   # LIOBN wider than 32 bits
-])
+@pytest.mark.parametrize(
+    "liobn,ioba,tce",
+    [
+        (0x7777, 0x5000, 0x7003),  # wrong LIOBN
+        (LIOBN1, 0x5000, 0x7003),  # window not enabled
+        (LIOBN0, 0x5800, 0x7003),  # misaligned IOBA
+        (LIOBN0, GiB, 0x7003),  # outside the window
+        (LIOBN0, 2**64 - 4096, 0x7003),
+        (LIOBN0, 0x5000, 0x7803),  # bits below the page size
+        (LIOBN0, 0x5000, 0x7007),
+        (LIOBN0 | (1 << 32), 0x5000, 0x7003),  # LIOBN wider than 32 bits
+    ],
+)
 def test_put_tce_errors_change_nothing(vm: Pseries, liobn: int, ioba: int, tce: int) -> None:
     vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x9001)
     assert vm.hcall(H_PUT_TCE, liobn, ioba, tce)[0] == H_PARAMETER
@@ -428,15 +511,15 @@ def test_put_tce_errors_change_nothing(vm: Pseries, liobn: int, ioba: int, tce: 
 
 def test_put_tce_without_permission_is_accepted(vm: Pseries) -> None:
     """A guest may poison its table: no permission, any address bits."""
-    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x7ff8)[0] == H_SUCCESS
-    assert vm.tces(LIOBN0, 5, 1) == [0x7ff8]
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x5000, 0x7FF8)[0] == H_SUCCESS
+    assert vm.tces(LIOBN0, 5, 1) == [0x7FF8]
 
 
 def test_stuff_tce(vm: Pseries) -> None:
     n = GiB >> 12
     assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, 0x8001, 4)[0] == H_SUCCESS
     assert vm.tces(LIOBN0, 15, 6) == [0, 0x8001, 0x8001, 0x8001, 0x8001, 0]
-    for npages in (n, n - 15, 2**63, 2**64 - 1):        # runs past the end
+    for npages in (n, n - 15, 2**63, 2**64 - 1):  # runs past the end
         assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, 0x9003, npages)[0] == H_PARAMETER
     assert vm.hcall(H_STUFF_TCE, LIOBN0, 0x10000, 0x9803, 1)[0] == H_PARAMETER
     assert vm.tces(LIOBN0, 15, 6) == [0, 0x8001, 0x8001, 0x8001, 0x8001, 0]
@@ -453,17 +536,21 @@ def test_put_tce_indirect(vm: Pseries) -> None:
     assert vm.tces(LIOBN0, 3, 8) == tces
 
 
-@pytest.mark.parametrize("ioba,tce_list,npages,bad_tce", [
-    (0x3000, 0x40000000000, 4, False),      # list outside guest RAM
-    (0x3000, RAM - 0x1000 + 0x1000, 4, False),
-    (0x3000, TCE_LIST + 8, 4, False),       # list not 4K aligned
-    (0x3000, TCE_LIST, 513, False),         # more than 512
-    (GiB - 0x2000, TCE_LIST, 4, False),     # runs past the window's end
-    (0x3800, TCE_LIST, 4, False),           # misaligned IOBA
-    (0x3000, TCE_LIST, 4, True),            # one bad TCE in the list
-])
-def test_put_tce_indirect_errors_change_nothing(vm: Pseries, ioba: int, tce_list: int,
-                                                npages: int, bad_tce: bool) -> None:
+@pytest.mark.parametrize(
+    "ioba,tce_list,npages,bad_tce",
+    [
+        (0x3000, 0x40000000000, 4, False),  # list outside guest RAM
+        (0x3000, RAM - 0x1000 + 0x1000, 4, False),
+        (0x3000, TCE_LIST + 8, 4, False),  # list not 4K aligned
+        (0x3000, TCE_LIST, 513, False),  # more than 512
+        (GiB - 0x2000, TCE_LIST, 4, False),  # runs past the window's end
+        (0x3800, TCE_LIST, 4, False),  # misaligned IOBA
+        (0x3000, TCE_LIST, 4, True),  # one bad TCE in the list
+    ],
+)
+def test_put_tce_indirect_errors_change_nothing(
+    vm: Pseries, ioba: int, tce_list: int, npages: int, bad_tce: bool
+) -> None:
     tces = [0x200000 + i * 0x1000 + 1 for i in range(4)]
     if bad_tce:
         tces[2] |= 0x100
@@ -484,18 +571,26 @@ def test_hcalls_on_ddw_with_large_pages(vm: Pseries) -> None:
 
 # --- Host-side windows ---
 
+
 def test_host_window_create_read_remove(vm: Pseries) -> None:
     vm.qmp.get_events(wait=False)
     w = vm.cmd("x-iommulab-spapr-window-create", page_shift=16, size=4 * GiB)
-    assert w == {"liobn": LIOBN1, "bus-offset": 1 << 59, "page-shift": 16, "size": 4 * GiB,
-                 "entries": 65536, "entries-in-use": 0, "default": False, "faults": 0}
+    assert w == {
+        "liobn": LIOBN1,
+        "bus-offset": 1 << 59,
+        "page-shift": 16,
+        "size": 4 * GiB,
+        "entries": 65536,
+        "entries-in-use": 0,
+        "default": False,
+        "faults": 0,
+    }
     # the guest can use it; the host reads it back in bulk
     assert vm.hcall(H_STUFF_TCE, LIOBN1, (1 << 59) + 0x20000, 0x30000 | 1, 3)[0] == H_SUCCESS
     t = vm.tces(LIOBN1)
     assert len(t) == 65536 and t[1:5] == [0, 0x30001, 0x30001, 0x30001]
     assert vm.tces(LIOBN1, 65535) == [0]
-    assert "no free LIOBN" in err(vm, "x-iommulab-spapr-window-create", page_shift=12,
-                                  size=GiB)
+    assert "no free LIOBN" in err(vm, "x-iommulab-spapr-window-create", page_shift=12, size=GiB)
     vm.cmd("x-iommulab-spapr-window-remove", liobn=LIOBN1)
     assert [x["liobn"] for x in vm.windows()] == [LIOBN0]
     assert "not enabled" in err(vm, "x-iommulab-spapr-window-remove", liobn=LIOBN1)
@@ -503,16 +598,19 @@ def test_host_window_create_read_remove(vm: Pseries) -> None:
     assert not vm.events("X_IOMMULAB_SPAPR_WINDOW")
 
 
-@pytest.mark.parametrize("args,msg", [
-    ({"page_shift": 13, "size": GiB}, "page-shift"),
-    ({"page_shift": 12, "size": 0}, "size"),
-    ({"page_shift": 16, "size": 0x1000}, "size"),
-    ({"page_shift": 12, "size": 1 << 40}, "TCEs"),
-    ({"page_shift": 12, "size": GiB, "bus_offset": 0x800}, "aligned"),
-    ({"page_shift": 12, "size": GiB, "bus_offset": 0x20000000}, "overlaps"),
-    ({"page_shift": 24, "size": 1 << 30, "bus_offset": 2**64 - (1 << 24)}, "2^64"),
-    ({"page_shift": 12, "size": GiB, "phb": 3}, "no pseries PHB"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        ({"page_shift": 13, "size": GiB}, "page-shift"),
+        ({"page_shift": 12, "size": 0}, "size"),
+        ({"page_shift": 16, "size": 0x1000}, "size"),
+        ({"page_shift": 12, "size": 1 << 40}, "TCEs"),
+        ({"page_shift": 12, "size": GiB, "bus_offset": 0x800}, "aligned"),
+        ({"page_shift": 12, "size": GiB, "bus_offset": 0x20000000}, "overlaps"),
+        ({"page_shift": 24, "size": 1 << 30, "bus_offset": 2**64 - (1 << 24)}, "2^64"),
+        ({"page_shift": 12, "size": GiB, "phb": 3}, "no pseries PHB"),
+    ],
+)
 def test_host_window_create_errors(vm: Pseries, args: dict[str, Any], msg: str) -> None:
     assert msg in err(vm, "x-iommulab-spapr-window-create", **args)
     assert len(vm.windows()) == 1
@@ -527,14 +625,17 @@ def test_host_reset_and_remove_errors(vm: Pseries) -> None:
     assert [(w["liobn"], w["size"], w["default"]) for w in ws] == [(LIOBN0, 2 * GiB, True)]
 
 
-@pytest.mark.parametrize("args,msg", [
-    ({"liobn": 0x7777}, "no TCE table"),
-    ({"liobn": LIOBN1}, "not enabled"),
-    ({"liobn": LIOBN0, "start": GiB >> 12}, "outside"),
-    ({"liobn": LIOBN0, "start": (GiB >> 12) - 1, "count": 2}, "outside"),
-    ({"liobn": LIOBN0, "count": 0}, "count"),
-    ({"liobn": LIOBN0, "count": (1 << 20) + 1}, "count"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        ({"liobn": 0x7777}, "no TCE table"),
+        ({"liobn": LIOBN1}, "not enabled"),
+        ({"liobn": LIOBN0, "start": GiB >> 12}, "outside"),
+        ({"liobn": LIOBN0, "start": (GiB >> 12) - 1, "count": 2}, "outside"),
+        ({"liobn": LIOBN0, "count": 0}, "count"),
+        ({"liobn": LIOBN0, "count": (1 << 20) + 1}, "count"),
+    ],
+)
 def test_read_tces_errors(vm: Pseries, args: dict[str, Any], msg: str) -> None:
     assert msg in err(vm, "x-iommulab-spapr-read-tces", **args)
 
@@ -545,6 +646,7 @@ def test_read_tces_of_vio_window(vm: Pseries) -> None:
 
 
 # --- DMA through the window, and TCE faults ---
+
 
 def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     bar = vm.edu_setup()
@@ -572,15 +674,14 @@ def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     assert all(x["liobn"] == LIOBN0 and x["phb"] == 0 for x in f["faults"])
     assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
     assert vm.windows()[0]["faults"] >= 2
-    ev = [e for e in vm.qmp.get_events(wait=5.0)
-          if e["event"] == "X_IOMMULAB_SPAPR_TCE_FAULT"]
+    ev = [e for e in vm.qmp.get_events(wait=5.0) if e["event"] == "X_IOMMULAB_SPAPR_TCE_FAULT"]
     assert {e["data"]["fault"]["ioba"] for e in ev} == {0x10000, 0x12000}
 
 
 # --- Stage 2 beneath the TCE windows (iommulab-spapr-s2) ---
 
 S2 = "s2"
-OTHER_PAGE = 0x6000000              # where stage 2 sends DMA_PAGE
+OTHER_PAGE = 0x6000000  # where stage 2 sends DMA_PAGE
 
 
 @pytest.fixture
@@ -593,8 +694,7 @@ def vm_s2() -> Iterator[Pseries]:
 
 
 def s2_faults(vm: Pseries) -> list[dict[str, Any]]:
-    res: list[dict[str, Any]] = vm.cmd("x-iommulab-query-faults", iommu=S2,
-                                       clear=True)["faults"]
+    res: list[dict[str, Any]] = vm.cmd("x-iommulab-query-faults", iommu=S2, clear=True)["faults"]
     return res
 
 
@@ -617,25 +717,36 @@ def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
 
     # Domain 1: IPA DMA_PAGE..+8K -> OTHER_PAGE: bytes land at the stage-2 output
     vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
-    vm.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
-        {"iova": DMA_PAGE, "size": 0x2000, "addr": OTHER_PAGE, "read": True, "write": True}])
+    vm.cmd(
+        "x-iommulab-map",
+        iommu=S2,
+        domain=1,
+        mappings=[
+            {"iova": DMA_PAGE, "size": 0x2000, "addr": OTHER_PAGE, "read": True, "write": True}
+        ],
+    )
     vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
     vm.qt.memwrite(OTHER_PAGE, data)
-    vm.edu_dma(bar, 0x10000, EDU_BUF, 4096, to_memory=False)   # reads OTHER_PAGE
-    vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)    # writes OTHER_PAGE + 4K
+    vm.edu_dma(bar, 0x10000, EDU_BUF, 4096, to_memory=False)  # reads OTHER_PAGE
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)  # writes OTHER_PAGE + 4K
     assert vm.qt.memread(OTHER_PAGE + 0x1000, 4096) == data
     assert vm.qt.memread(DMA_PAGE + 0x1000, 4096) == bytes(4096)
     assert s2_faults(vm) == []
 
     # Unmap at stage 2: the TCE still allows it, stage 2 refuses
-    vm.cmd("x-iommulab-unmap", iommu=S2, domain=1,
-           ranges=[{"iova": DMA_PAGE + 0x1000, "size": 0x1000}])
+    vm.cmd(
+        "x-iommulab-unmap", iommu=S2, domain=1, ranges=[{"iova": DMA_PAGE + 0x1000, "size": 0x1000}]
+    )
     vm.qt.memset(OTHER_PAGE + 0x1000, 0x1000, 0x22)
     vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)
     assert vm.qt.memread(OTHER_PAGE + 0x1000, 64) == b"\x22" * 64
     (f,) = s2_faults(vm)
     assert (f["iova"], f["access"], f["stage"], f["reason"]) == (
-        DMA_PAGE + 0x1000, "write", "stage2", "not-present")
+        DMA_PAGE + 0x1000,
+        "write",
+        "stage2",
+        "not-present",
+    )
 
     # No TCE: a TCE fault, stage 2 is never asked
     vm.edu_dma(bar, EDU_BUF, 0x13000, 64, to_memory=True)
@@ -644,23 +755,36 @@ def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
     assert s2_faults(vm) == []
 
     # Remap: I/O works again
-    vm.cmd("x-iommulab-map", iommu=S2, domain=1, mappings=[
-        {"iova": DMA_PAGE + 0x1000, "size": 0x1000, "addr": OTHER_PAGE + 0x1000,
-         "read": True, "write": True}])
+    vm.cmd(
+        "x-iommulab-map",
+        iommu=S2,
+        domain=1,
+        mappings=[
+            {
+                "iova": DMA_PAGE + 0x1000,
+                "size": 0x1000,
+                "addr": OTHER_PAGE + 0x1000,
+                "read": True,
+                "write": True,
+            }
+        ],
+    )
     vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)
     assert vm.qt.memread(OTHER_PAGE + 0x1000, 4096) == data
 
 
 def test_stage2_attach_errors(vm_s2: Pseries) -> None:
     vm = vm_s2
-    assert "not an iommulab-spapr-s2" in err(vm, "x-iommulab-spapr-stage2-attach",
-                                             stage2="nope", mode="bypass")
-    assert "needs 'domain'" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2,
-                                   mode="domain")
-    assert "only valid" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2,
-                               mode="bypass", domain=1)
-    assert "does not exist" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2,
-                                   mode="domain", domain=9)
+    assert "not an iommulab-spapr-s2" in err(
+        vm, "x-iommulab-spapr-stage2-attach", stage2="nope", mode="bypass"
+    )
+    assert "needs 'domain'" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain")
+    assert "only valid" in err(
+        vm, "x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass", domain=1
+    )
+    assert "does not exist" in err(
+        vm, "x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=9
+    )
     # an attached domain cannot be freed
     vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=2, type="paging")
     vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=2)

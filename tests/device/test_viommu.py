@@ -11,7 +11,7 @@ from conftest import Lab
 from qemu.qmp import ExecuteError
 
 PAGE = 4096
-SRC, DST = 0x100000, 0x200000       # guest physical pages used as DMA buffers
+SRC, DST = 0x100000, 0x200000  # guest physical pages used as DMA buffers
 S1_P, S1_R, S1_W, S1_PS = 1, 2, 4, 0x80
 
 
@@ -22,9 +22,13 @@ def pattern(seed: int, n: int = PAGE) -> bytes:
 def paging(lab: Lab, domain: int, *maps: tuple[int, int, int, bool, bool]) -> None:
     lab.cmd("x-iommulab-domain-alloc", domain=domain, type="paging")
     if maps:
-        lab.cmd("x-iommulab-map", domain=domain, mappings=[
-            {"iova": i, "size": s, "addr": a, "read": r, "write": w}
-            for i, s, a, r, w in maps])
+        lab.cmd(
+            "x-iommulab-map",
+            domain=domain,
+            mappings=[
+                {"iova": i, "size": s, "addr": a, "read": r, "write": w} for i, s, a, r, w in maps
+            ],
+        )
 
 
 def attach(lab: Lab, mode: str, domain: int | None = None) -> None:
@@ -52,10 +56,18 @@ def load_src(lab: Lab, data: bytes) -> None:
 def test_schema_lists_unstable_commands(lab: Lab) -> None:
     schema: list[dict[str, Any]] = lab.qmp.cmd("query-qmp-schema")  # type: ignore[assignment]
     cmds = {e["name"]: e for e in schema if e.get("meta-type") == "command"}
-    names = {"x-iommulab-domain-alloc", "x-iommulab-domain-free", "x-iommulab-map",
-             "x-iommulab-unmap", "x-iommulab-attach", "x-iommulab-invalidate",
-             "x-iommulab-query", "x-iommulab-query-counters", "x-iommulab-translate",
-             "x-iommulab-query-faults"}
+    names = {
+        "x-iommulab-domain-alloc",
+        "x-iommulab-domain-free",
+        "x-iommulab-map",
+        "x-iommulab-unmap",
+        "x-iommulab-attach",
+        "x-iommulab-invalidate",
+        "x-iommulab-query",
+        "x-iommulab-query-counters",
+        "x-iommulab-translate",
+        "x-iommulab-query-faults",
+    }
     assert names <= cmds.keys()
     assert all("unstable" in cmds[n].get("features", []) for n in names)
     events = {e["name"] for e in schema if e.get("meta-type") == "event"}
@@ -70,7 +82,9 @@ def test_blocked_by_default_then_bypass(lab: Lab) -> None:
     assert lab.qt.memread(DST, PAGE) == b"\x5a" * PAGE
     f = faults(lab)
     assert [(x["stage"], x["reason"], x["access"]) for x in f] == [
-        ("device", "blocked", "read"), ("device", "blocked", "write")]
+        ("device", "blocked", "read"),
+        ("device", "blocked", "write"),
+    ]
     assert f[0]["device"] == "/machine/peripheral/edu0"
     assert f[0]["iova"] == SRC and f[1]["iova"] == DST
     assert lab.events("X_IOMMULAB_FAULT")
@@ -82,8 +96,9 @@ def test_blocked_by_default_then_bypass(lab: Lab) -> None:
 
 
 def test_stage2_dma_lands_only_in_mapping(lab: Lab) -> None:
-    paging(lab, 1, (0x10000000, PAGE, SRC, True, False),
-           (0x7F0000000000, 2 * PAGE, DST, False, True))
+    paging(
+        lab, 1, (0x10000000, PAGE, SRC, True, False), (0x7F0000000000, 2 * PAGE, DST, False, True)
+    )
     attach(lab, "domain", 1)
     lab.qt.memwrite(SRC, pattern(2))
     lab.qt.memset(DST - 0x8000, 0x18000, 0x5A)
@@ -99,26 +114,25 @@ def test_stage2_dma_lands_only_in_mapping(lab: Lab) -> None:
 
 
 def test_stage2_faults_touch_no_memory(lab: Lab) -> None:
-    paging(lab, 1, (0x10000000, PAGE, SRC, True, False),
-           (0x20000000, PAGE, DST, True, False))
+    paging(lab, 1, (0x10000000, PAGE, SRC, True, False), (0x20000000, PAGE, DST, True, False))
     attach(lab, "domain", 1)
     lab.qt.memwrite(SRC, pattern(3))
     lab.qt.memset(DST, PAGE, 0x5A)
     lab.qt.memset(0x300000, PAGE, 0x5A)
     lab.dma_to_edu(0x10000000)
-    lab.dma_from_edu(0x20000000)            # read-only mapping
-    lab.dma_from_edu(0x300000)              # unmapped (RAM at that address)
-    lab.dma_from_edu(1 << 48)               # beyond the 48-bit input size
+    lab.dma_from_edu(0x20000000)  # read-only mapping
+    lab.dma_from_edu(0x300000)  # unmapped (RAM at that address)
+    lab.dma_from_edu(1 << 48)  # beyond the 48-bit input size
     assert lab.qt.memread(DST, PAGE) == b"\x5a" * PAGE
     assert lab.qt.memread(0x300000, PAGE) == b"\x5a" * PAGE
-    got = [(x["iova"], x["stage"], x["reason"], x["access"], x.get("domain"))
-           for x in faults(lab)]
-    assert got == [(0x20000000, "stage2", "permission", "write", 1),
-                   (0x300000, "stage2", "not-present", "write", 1),
-                   (1 << 48, "stage2", "address-size", "write", 1)]
+    got = [(x["iova"], x["stage"], x["reason"], x["access"], x.get("domain")) for x in faults(lab)]
+    assert got == [
+        (0x20000000, "stage2", "permission", "write", 1),
+        (0x300000, "stage2", "not-present", "write", 1),
+        (1 << 48, "stage2", "address-size", "write", 1),
+    ]
     ev = lab.events("X_IOMMULAB_FAULT")
-    assert [e["data"]["reason"] for e in ev] == ["permission", "not-present",
-                                                 "address-size"]
+    assert [e["data"]["reason"] for e in ev] == ["permission", "not-present", "address-size"]
     assert ev[0]["data"]["device"] == "/machine/peripheral/edu0"
 
 
@@ -127,11 +141,12 @@ def test_unmap_takes_effect_before_returning(lab: Lab) -> None:
     attach(lab, "domain", 1)
     lab.qt.memwrite(SRC, pattern(4))
     lab.dma_to_edu(0x10000000)
-    lab.dma_from_edu(0x20000000)            # fills the IOTLB for the page
+    lab.dma_from_edu(0x20000000)  # fills the IOTLB for the page
     assert lab.qt.memread(DST, PAGE) == pattern(4)
     lab.qt.memset(DST, PAGE, 0x5A)
-    assert lab.cmd("x-iommulab-unmap", domain=1,
-                   ranges=[{"iova": 0x20000000, "size": PAGE}]) == {"unmapped": PAGE}
+    assert lab.cmd("x-iommulab-unmap", domain=1, ranges=[{"iova": 0x20000000, "size": PAGE}]) == {
+        "unmapped": PAGE
+    }
     lab.dma_from_edu(0x20000000)
     assert lab.qt.memread(DST, PAGE) == b"\x5a" * PAGE
     assert [x["reason"] for x in faults(lab)] == ["not-present"]
@@ -147,7 +162,7 @@ class Nested:
 
     OFF = 0x1000000
     ROOT, L3, L2, L1 = 0x10000, 0x11000, 0x12000, 0x13000
-    IOVA = 0x7F0040201000                   # L4 254, L3 1, L2 1, L1 1
+    IOVA = 0x7F0040201000  # L4 254, L3 1, L2 1, L1 1
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -158,8 +173,7 @@ class Nested:
         s1_entry(lab, self.pa(self.ROOT) + 8 * ((i >> 39) & 511), self.L3 | rw)
         s1_entry(lab, self.pa(self.L3) + 8 * ((i >> 30) & 511), self.L2 | rw)
         s1_entry(lab, self.pa(self.L2) + 8 * ((i >> 21) & 511), self.L1 | rw)
-        lab.cmd("x-iommulab-domain-alloc", domain=2, type="nested", parent=1,
-                s1_root=self.ROOT)
+        lab.cmd("x-iommulab-domain-alloc", domain=2, type="nested", parent=1, s1_root=self.ROOT)
         attach(lab, "domain", 2)
 
     def pa(self, ipa: int) -> int:
@@ -171,7 +185,7 @@ class Nested:
 
 def test_nested_dma_walks_both_stages(lab: Lab) -> None:
     n = Nested(lab)
-    n.leaf(n.IOVA, SRC, S1_P | S1_R)                # read-only at stage 1
+    n.leaf(n.IOVA, SRC, S1_P | S1_R)  # read-only at stage 1
     n.leaf(n.IOVA + PAGE, DST, S1_P | S1_R | S1_W)
     lab.qt.memwrite(n.pa(SRC), pattern(5))
     lab.qt.memset(n.pa(DST) - PAGE, 3 * PAGE, 0x5A)
@@ -181,17 +195,19 @@ def test_nested_dma_walks_both_stages(lab: Lab) -> None:
     assert lab.qt.memread(n.pa(DST), PAGE) == pattern(5)
     assert lab.qt.memread(n.pa(DST) - PAGE, PAGE) == b"\x5a" * PAGE
     assert lab.qt.memread(n.pa(DST) + PAGE, PAGE) == b"\x5a" * PAGE
-    assert lab.qt.memread(DST, PAGE) == b"\x5a" * PAGE   # the IPA as a PA: untouched
-    lab.dma_from_edu(n.IOVA)                        # write to a stage-1 read-only page
-    lab.dma_from_edu(n.IOVA + 2 * PAGE)             # no stage-1 leaf
+    assert lab.qt.memread(DST, PAGE) == b"\x5a" * PAGE  # the IPA as a PA: untouched
+    lab.dma_from_edu(n.IOVA)  # write to a stage-1 read-only page
+    lab.dma_from_edu(n.IOVA + 2 * PAGE)  # no stage-1 leaf
     n.leaf(n.IOVA + 3 * PAGE, 9 << 20, S1_P | S1_R | S1_W)  # output outside stage 2
     lab.dma_from_edu(n.IOVA + 3 * PAGE)
     assert lab.qt.memread(n.pa(SRC), PAGE) == pattern(5)
     got = [(x["stage"], x["reason"], x["domain"]) for x in faults(lab)]
-    assert got == [("stage1", "permission", 2), ("stage1", "not-present", 2),
-                   ("stage2", "not-present", 2)]
-    t = lab.cmd("x-iommulab-translate", device="edu0", iova=n.IOVA + PAGE + 8,
-                access="write")
+    assert got == [
+        ("stage1", "permission", 2),
+        ("stage1", "not-present", 2),
+        ("stage2", "not-present", 2),
+    ]
+    t = lab.cmd("x-iommulab-translate", device="edu0", iova=n.IOVA + PAGE + 8, access="write")
     assert t == {"allowed": True, "addr": n.pa(DST) + 8, "read": True, "write": True}
 
 
@@ -235,7 +251,7 @@ def test_replace_while_mapped(lab: Lab) -> None:
     assert lab.qt.memread(DST, PAGE) == pattern(7)
     with pytest.raises(ExecuteError, match="in use"):
         lab.cmd("x-iommulab-domain-free", domain=1)
-    attach(lab, "domain", 3)                # replace, no detach in between
+    attach(lab, "domain", 3)  # replace, no detach in between
     lab.qt.memset(DST, PAGE, 0)
     lab.dma_from_edu(iova)
     assert lab.qt.memread(DST, PAGE) == bytes(PAGE)
@@ -249,24 +265,48 @@ def test_replace_while_mapped(lab: Lab) -> None:
 
 
 def test_query_reports_everything(lab: Lab) -> None:
-    paging(lab, 1, (0, 4 << 20, 0, True, True), (4 << 20, 4 << 20, 4 << 20, True, True),
-           (1 << 30, PAGE, 0x5000, True, False))
+    paging(
+        lab,
+        1,
+        (0, 4 << 20, 0, True, True),
+        (4 << 20, 4 << 20, 4 << 20, True, True),
+        (1 << 30, PAGE, 0x5000, True, False),
+    )
     lab.cmd("x-iommulab-domain-alloc", domain=7, type="nested", parent=1, s1_root=0x8000)
     attach(lab, "domain", 7)
     info = lab.cmd("x-iommulab-query")
     assert info["path"] == "/machine/peripheral/viommu0"
     assert info["default-mode"] == "blocked"
     d1, d7 = info["domains"]
-    assert d1 == {"domain": 1, "type": "paging", "ias": 48, "devices": 0, "children": 1,
-                  "mappings": [
-                      {"iova": 0, "size": 8 << 20, "addr": 0, "read": True, "write": True},
-                      {"iova": 1 << 30, "size": PAGE, "addr": 0x5000, "read": True,
-                       "write": False}]}
-    assert d7 == {"domain": 7, "type": "nested", "ias": 48, "parent": 1,
-                  "s1-root": 0x8000, "devices": 1, "children": 0, "mappings": []}
+    assert d1 == {
+        "domain": 1,
+        "type": "paging",
+        "ias": 48,
+        "devices": 0,
+        "children": 1,
+        "mappings": [
+            {"iova": 0, "size": 8 << 20, "addr": 0, "read": True, "write": True},
+            {"iova": 1 << 30, "size": PAGE, "addr": 0x5000, "read": True, "write": False},
+        ],
+    }
+    assert d7 == {
+        "domain": 7,
+        "type": "nested",
+        "ias": 48,
+        "parent": 1,
+        "s1-root": 0x8000,
+        "devices": 1,
+        "children": 0,
+        "mappings": [],
+    }
     edu = next(d for d in info["devices"] if d.get("id") == "edu0")
-    assert edu == {"device": "/machine/peripheral/edu0", "id": "edu0",
-                   "requester-id": 0x18, "mode": "domain", "domain": 7}
+    assert edu == {
+        "device": "/machine/peripheral/edu0",
+        "id": "edu0",
+        "requester-id": 0x18,
+        "mode": "domain",
+        "domain": 7,
+    }
 
 
 def test_default_mode_property(lab_factory: Any) -> None:
@@ -278,74 +318,160 @@ def test_default_mode_property(lab_factory: Any) -> None:
 
 
 BAD_INPUT: list[tuple[str, dict[str, Any], str]] = [
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 0x1000, "size": 0x1000, "addr": 0x1800, "read": True, "write": True}]},
-     "aligned"),
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True},
-        {"iova": 0x1000, "size": 0, "addr": 0, "read": True, "write": True}]}, "zero"),
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 0xFFFFFFFFFFFFF000, "size": 0x2000, "addr": 0, "read": True,
-         "write": True}]}, "wraps"),
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 1 << 48, "size": 0x1000, "addr": 0, "read": True, "write": True}]},
-     "input address size"),
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": False, "write": False}]},
-     "neither"),
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True},
-        {"iova": 0x20000000, "size": 0x1000, "addr": 0, "read": True, "write": True}]},
-     "existing"),
-    ("x-iommulab-map", {"domain": 1, "mappings": [
-        {"iova": 0x100000, "size": 0x2000, "addr": 0, "read": True, "write": True},
-        {"iova": 0x101000, "size": 0x1000, "addr": 0, "read": True, "write": True}]},
-     "same request"),
-    ("x-iommulab-map", {"domain": 2, "mappings": [
-        {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True}]},
-     "not a paging domain"),
-    ("x-iommulab-map", {"domain": 9, "mappings": [
-        {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True}]},
-     "does not exist"),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [
+                {"iova": 0x1000, "size": 0x1000, "addr": 0x1800, "read": True, "write": True}
+            ],
+        },
+        "aligned",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [
+                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True},
+                {"iova": 0x1000, "size": 0, "addr": 0, "read": True, "write": True},
+            ],
+        },
+        "zero",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [
+                {"iova": 0xFFFFFFFFFFFFF000, "size": 0x2000, "addr": 0, "read": True, "write": True}
+            ],
+        },
+        "wraps",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [{"iova": 1 << 48, "size": 0x1000, "addr": 0, "read": True, "write": True}],
+        },
+        "input address size",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [
+                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": False, "write": False}
+            ],
+        },
+        "neither",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [
+                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True},
+                {"iova": 0x20000000, "size": 0x1000, "addr": 0, "read": True, "write": True},
+            ],
+        },
+        "existing",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 1,
+            "mappings": [
+                {"iova": 0x100000, "size": 0x2000, "addr": 0, "read": True, "write": True},
+                {"iova": 0x101000, "size": 0x1000, "addr": 0, "read": True, "write": True},
+            ],
+        },
+        "same request",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 2,
+            "mappings": [
+                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True}
+            ],
+        },
+        "not a paging domain",
+    ),
+    (
+        "x-iommulab-map",
+        {
+            "domain": 9,
+            "mappings": [
+                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True}
+            ],
+        },
+        "does not exist",
+    ),
     ("x-iommulab-map", {"domain": 1, "mappings": []}, "empty"),
-    ("x-iommulab-unmap", {"domain": 1, "ranges": [
-        {"iova": 0x20000000, "size": 0x1000}, {"iova": 0x800, "size": 0x1000}]}, "aligned"),
-    ("x-iommulab-unmap", {"domain": 1, "ranges": [{"iova": 1 << 47, "size": 1 << 48}]},
-     "input address size"),
+    (
+        "x-iommulab-unmap",
+        {
+            "domain": 1,
+            "ranges": [{"iova": 0x20000000, "size": 0x1000}, {"iova": 0x800, "size": 0x1000}],
+        },
+        "aligned",
+    ),
+    (
+        "x-iommulab-unmap",
+        {"domain": 1, "ranges": [{"iova": 1 << 47, "size": 1 << 48}]},
+        "input address size",
+    ),
     ("x-iommulab-domain-alloc", {"domain": 1, "type": "paging"}, "already exists"),
     ("x-iommulab-domain-alloc", {"domain": 5, "type": "paging", "ias": 64}, "ias"),
     ("x-iommulab-domain-alloc", {"domain": 5, "type": "paging", "parent": 1}, "nested"),
     ("x-iommulab-domain-alloc", {"domain": 5, "type": "nested", "parent": 1}, "s1-root"),
-    ("x-iommulab-domain-alloc", {"domain": 5, "type": "nested", "parent": 2,
-                                 "s1-root": 0}, "not a paging"),
-    ("x-iommulab-domain-alloc", {"domain": 5, "type": "nested", "parent": 1,
-                                 "s1-root": 0x10}, "aligned"),
-    ("x-iommulab-domain-alloc", {"domain": 5, "type": "nested", "parent": 8,
-                                 "s1-root": 0}, "does not exist"),
+    (
+        "x-iommulab-domain-alloc",
+        {"domain": 5, "type": "nested", "parent": 2, "s1-root": 0},
+        "not a paging",
+    ),
+    (
+        "x-iommulab-domain-alloc",
+        {"domain": 5, "type": "nested", "parent": 1, "s1-root": 0x10},
+        "aligned",
+    ),
+    (
+        "x-iommulab-domain-alloc",
+        {"domain": 5, "type": "nested", "parent": 8, "s1-root": 0},
+        "does not exist",
+    ),
     ("x-iommulab-domain-free", {"domain": 1}, "in use"),
-    ("x-iommulab-unmap", {"domain": 2, "ranges": [{"iova": 0, "size": 0x1000}]},
-     "not a paging domain"),
+    (
+        "x-iommulab-unmap",
+        {"domain": 2, "ranges": [{"iova": 0, "size": 0x1000}]},
+        "not a paging domain",
+    ),
     ("x-iommulab-domain-free", {"domain": 9}, "no such domain"),
     ("x-iommulab-attach", {"device": "edu0", "mode": "domain"}, "needs"),
     ("x-iommulab-attach", {"device": "edu0", "mode": "blocked", "domain": 1}, "only valid"),
-    ("x-iommulab-attach", {"device": "edu0", "mode": "domain", "domain": 9},
-     "does not exist"),
+    ("x-iommulab-attach", {"device": "edu0", "mode": "domain", "domain": 9}, "does not exist"),
     ("x-iommulab-attach", {"device": "nosuch", "mode": "bypass"}, "not a PCI device"),
     ("x-iommulab-attach", {"device": "viommu0", "mode": "bypass"}, "itself"),
-    ("x-iommulab-attach", {"iommu": "edu0", "device": "edu0", "mode": "bypass"},
-     "not an iommulab-viommu"),
+    (
+        "x-iommulab-attach",
+        {"iommu": "edu0", "device": "edu0", "mode": "bypass"},
+        "not an iommulab-viommu",
+    ),
     ("x-iommulab-invalidate", {"iova": 0x1000}, "together"),
     ("x-iommulab-invalidate", {"iova": 0x1000, "size": 0x10}, "aligned"),
     ("x-iommulab-invalidate", {"domain": 9}, "does not exist"),
-    ("x-iommulab-translate", {"device": "nosuch", "iova": 0, "access": "read"},
-     "not a PCI device"),
+    ("x-iommulab-translate", {"device": "nosuch", "iova": 0, "access": "read"}, "not a PCI device"),
 ]
 
 
-@pytest.mark.parametrize(("cmd", "args", "message"), BAD_INPUT,
-                         ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BAD_INPUT)])
+@pytest.mark.parametrize(
+    ("cmd", "args", "message"), BAD_INPUT, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BAD_INPUT)]
+)
 def test_bad_input_is_refused_and_changes_nothing(
-        lab: Lab, cmd: str, args: dict[str, Any], message: str) -> None:
+    lab: Lab, cmd: str, args: dict[str, Any], message: str
+) -> None:
     paging(lab, 1, (0x20000000, PAGE, DST, True, True))
     lab.cmd("x-iommulab-domain-alloc", domain=2, type="nested", parent=1, s1_root=0)
     attach(lab, "domain", 1)
@@ -361,10 +487,10 @@ def test_bad_input_is_refused_and_changes_nothing(
 
 def test_fault_events_are_rate_limited_but_all_counted(lab: Lab) -> None:
     lab.qt.memset(0x400000, 40 * PAGE, 0x5A)
-    for i in range(40):                     # blocked: 40 faults on 40 pages
+    for i in range(40):  # blocked: 40 faults on 40 pages
         lab.dma_from_edu(0x400000 + i * PAGE, 16)
     assert lab.qt.memread(0x400000, 40 * PAGE) == b"\x5a" * (40 * PAGE)
-    c = lab.cmd("x-iommulab-query-counters")   # events are sent before replies
+    c = lab.cmd("x-iommulab-query-counters")  # events are sent before replies
     events = lab.events("X_IOMMULAB_FAULT")
     assert c["faults"] == 40
     # at most 10 per second are sent, the first 10 always; none is lost
@@ -373,8 +499,7 @@ def test_fault_events_are_rate_limited_but_all_counted(lab: Lab) -> None:
     assert len(events) + c["events-suppressed"] == 40
     sent_suppressed = sum(e["data"]["suppressed"] for e in events)
     assert sent_suppressed <= c["events-suppressed"]
-    assert [e["data"]["iova"] for e in events[:10]] == [0x400000 + i * PAGE
-                                                        for i in range(10)]
+    assert [e["data"]["iova"] for e in events[:10]] == [0x400000 + i * PAGE for i in range(10)]
     assert len(faults(lab)) == 40
 
 
@@ -382,14 +507,18 @@ def test_stage1_table_in_mmio_is_a_walk_error(lab: Lab) -> None:
     """A guest pointing a stage-1 table at MMIO (here edu's own BAR, through
     stage 2) gets a walk error; device code is never run from the walk."""
     n = Nested(lab)
-    lab.cmd("x-iommulab-map", domain=1, mappings=[
-        {"iova": 0x900000, "size": PAGE, "addr": 0xFE000000, "read": True,
-         "write": True}])
+    lab.cmd(
+        "x-iommulab-map",
+        domain=1,
+        mappings=[
+            {"iova": 0x900000, "size": PAGE, "addr": 0xFE000000, "read": True, "write": True}
+        ],
+    )
     s1_entry(lab, n.pa(n.L2) + 8 * ((n.IOVA >> 21) & 511), 0x900000 | S1_P | S1_R | S1_W)
     lab.qt.memset(DST, PAGE, 0x5A)
     lab.dma_from_edu(n.IOVA)
     assert [(x["stage"], x["reason"]) for x in faults(lab)] == [("stage1", "walk-error")]
-    assert lab.qt.readl(0xFE000000) == 0x010000ED       # edu still answers
+    assert lab.qt.readl(0xFE000000) == 0x010000ED  # edu still answers
 
 
 def test_migration_is_blocked_with_a_reason(lab: Lab) -> None:
