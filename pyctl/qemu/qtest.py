@@ -8,9 +8,16 @@ what the device tests need: memory and port I/O, and the virtual clock.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
+import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
 class QTestError(RuntimeError):
@@ -106,3 +113,55 @@ class QTest:
     def clock_step(self, ns: int) -> int:
         """Advance the virtual clock; returns the new time in ns."""
         return int(self.command(f"clock_step {ns}")[0])
+
+
+class QtestMachine:
+    """One QEMU process under ``-accel qtest``, with a qtest session and QMP.
+
+    ``args`` are the machine and device options; the accelerator,
+    ``-nodefaults -display none`` and the two sockets are added here.  Files
+    live in a private temporary directory; ``log`` is QEMU's output.
+    """
+
+    def __init__(self, binary: Path, args: Sequence[str], prefix: str = "iommulab-qtest-") -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
+        d = Path(self._dir.name)
+        qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
+        self.log = d / "qemu.log"
+        cmd = [
+            str(binary),
+            "-accel", "qtest", "-nodefaults", "-display", "none",
+            *args,
+            "-chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control",
+            "-chardev", f"socket,id=qt,path={qtest_path},server=on,wait=off",
+            "-qtest", "chardev:qt",
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.qt = QTest(qtest_path)
+            self.qmp = QEMUMonitorProtocol(qmp_path)
+            self.qmp.connect()
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+            self._dir.cleanup()
+            raise RuntimeError(f"QEMU did not start: {self.log.read_text()}") from None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """QMP quit, then kill if QEMU does not exit within 10 s; remove the files."""
+        with contextlib.suppress(Exception):
+            self.qmp.cmd("quit")
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.qmp.close()
+        self.qt.close()
+        self._dir.cleanup()

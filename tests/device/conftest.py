@@ -9,18 +9,14 @@ CI (``CI=true``) where that is a failure.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from pyctl.qemu.qtest import QTest
+from pyctl.qemu.qtest import QtestMachine
 
 EDU_DEVFN = 3 << 3  # 00:03.0
 EDU_BAR = 0xFE000000
@@ -41,61 +37,20 @@ def qemu_binary() -> Path:
     return path
 
 
-class Lab:
+class Lab(QtestMachine):
     """One QEMU process with the vIOMMU and an edu device."""
 
     def __init__(self, extra: list[str] | None = None) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="iommulab-dev-")
-        d = Path(self._dir.name)
-        qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
-        self.log = d / "qemu.log"
-        cmd = [
-            str(qemu_binary()),
-            "-machine",
-            "q35",
-            "-accel",
-            "qtest",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            str(RAM >> 20),
-            "-device",
-            f"iommulab-viommu,id={IOMMU}" + "".join(extra or []),
-            "-device",
-            "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
-            "-chardev",
-            f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-            "-mon",
-            "chardev=qmp,mode=control",
-            "-chardev",
-            f"socket,id=qt,path={qtest_path},server=on,wait=off",
-            "-qtest",
-            "chardev:qt",
-        ]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self.qt = QTest(qtest_path)
-            self.qmp = QEMUMonitorProtocol(qmp_path)
-            self.qmp.connect()
-        except Exception:
-            self.proc.kill()
-            raise RuntimeError(f"QEMU did not start: {self.log.read_text()}") from None
+        super().__init__(
+            qemu_binary(),
+            [
+                "-machine", "q35", "-m", str(RAM >> 20),
+                "-device", f"iommulab-viommu,id={IOMMU}" + "".join(extra or []),
+                "-device", "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
+            ],
+            prefix="iommulab-dev-",
+        )  # fmt: skip
         self._pci_setup()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.qmp.cmd("quit")
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        with contextlib.suppress(Exception):
-            self.qmp.close()
-        self.qt.close()
-        self._dir.cleanup()
 
     # --- QMP ---
     def cmd(self, name: str, **args: Any) -> Any:

@@ -25,7 +25,7 @@ import pytest
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from pyctl.qemu.qtest import QTest
+from pyctl.qemu.qtest import QtestMachine
 
 RAM = 512 << 20
 BUID0 = 0x800000020000000
@@ -64,65 +64,20 @@ def s64(v: int) -> int:
     return v - (1 << 64) if v & (1 << 63) else v
 
 
-class Pseries:
+class Pseries(QtestMachine):
     """One qemu-system-ppc64 pseries under qtest, with QMP."""
 
     def __init__(self, extra: list[str] | None = None) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="iommulab-spapr-")
-        d = Path(self._dir.name)
-        qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
-        self.log = d / "qemu.log"
-        cmd = [
-            str(qemu_binary()),
-            "-machine",
-            "pseries",
-            "-accel",
-            "qtest",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            str(RAM >> 20),
-            "-device",
-            "spapr-vscsi,reg=0x2000",
-            "-device",
-            "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
-            "-chardev",
-            f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-            "-mon",
-            "chardev=qmp,mode=control",
-            "-chardev",
-            f"socket,id=qt,path={qtest_path},server=on,wait=off",
-            "-qtest",
-            "chardev:qt",
-            *(extra or []),
-        ]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self.qt = QTest(qtest_path)
-            self.qmp = QEMUMonitorProtocol(qmp_path)
-            self.qmp.connect()
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"QEMU did not start: {self.log.read_text()}") from None
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.qmp.cmd("quit")
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        with contextlib.suppress(Exception):
-            self.qmp.close()
-        self.qt.close()
-        self._dir.cleanup()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        super().__init__(
+            qemu_binary(),
+            [
+                "-machine", "pseries", "-m", str(RAM >> 20),
+                "-device", "spapr-vscsi,reg=0x2000",
+                "-device", "edu,id=edu0,addr=03.0,dma_mask=0xffffffffffffffff",
+                *(extra or []),
+            ],
+            prefix="iommulab-spapr-",
+        )  # fmt: skip
 
     # --- QMP ---
     def cmd(self, name: str, **args: Any) -> Any:
