@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from pyctl.qemu.machines import qemu_build_dir
 
@@ -28,7 +30,56 @@ def has_viommu(binary: Path) -> bool:
     return f'"{VIOMMU}"' in out.stdout
 
 
-class ViommuVm:
+class _SocketVm(ABC):
+    """A QEMU process whose QMP (and other) unix sockets are ready after start()."""
+
+    binary: Path
+    _dir: Path
+    qmp_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+
+    @abstractmethod
+    def argv(self) -> list[str]:
+        """The machine's full command line."""
+
+    def sockets(self) -> list[Path]:
+        """The sockets start() waits for."""
+        return [self.qmp_path]
+
+    def start(self, timeout: float = 30.0) -> Self:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not all(p.exists() for p in self.sockets()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"QEMU exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("QEMU's sockets did not appear")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ViommuVm(_SocketVm):
     """``with ViommuVm(devices=2) as vm: QmpBackend(vm.qmp_path)``; edu devices ``edu0``..."""
 
     def __init__(
@@ -63,37 +114,6 @@ class ViommuVm:
         argv += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         return argv
 
-    def start(self, timeout: float = 30.0) -> ViommuVm:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not self.qmp_path.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"QEMU exited: {self.log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("QEMU's QMP socket did not appear")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> ViommuVm:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 def ppc64_binary() -> Path | None:
     """The project's qemu-system-ppc64 if it is built, else None."""
@@ -101,7 +121,7 @@ def ppc64_binary() -> Path | None:
     return path if path.is_file() else None
 
 
-class PseriesVm:
+class PseriesVm(_SocketVm):
     """A pseries under ``-accel qtest`` (no guest; RTAS and hypercalls through ``qtest_path``)
     with ``edu0`` on PHB 0 and, with ``second_phb``, ``edu1`` on PHB 1 (``phb1``)."""
 
@@ -117,6 +137,9 @@ class PseriesVm:
         self.qtest_path = self._dir / "qtest.sock"
         self.log_path = self._dir / "qemu.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def sockets(self) -> list[Path]:
+        return [self.qmp_path, self.qtest_path]
 
     def argv(self) -> list[str]:
         argv = [
@@ -135,34 +158,3 @@ class PseriesVm:
             "-qtest", "chardev:qt",
         ]  # fmt: skip
         return argv
-
-    def start(self, timeout: float = 30.0) -> PseriesVm:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not (self.qmp_path.exists() and self.qtest_path.exists()):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"QEMU exited: {self.log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("QEMU's sockets did not appear")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> PseriesVm:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
