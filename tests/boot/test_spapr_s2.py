@@ -44,6 +44,18 @@ PNV_S2 = (
 )
 
 
+def attach_identity_stage2(q: Any) -> None:
+    """Stage-2 domain 1 maps all guest RAM at IPA = PA; the PHB is attached to it."""
+    q.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
+    q.cmd(
+        "x-iommulab-map",
+        iommu=S2,
+        domain=1,
+        mappings=[{"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}],
+    )
+    q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
+
+
 class SpaprStage2(Test):  # type: ignore[misc]
     """Guests whose PHB DMA is translated by the TCE tables, then stage 2.
 
@@ -77,16 +89,7 @@ class SpaprStage2(Test):  # type: ignore[misc]
         try:
             inst.start()
             q = inst.qmp
-            q.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
-            q.cmd(
-                "x-iommulab-map",
-                iommu=S2,
-                domain=1,
-                mappings=[
-                    {"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}
-                ],
-            )
-            q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
+            attach_identity_stage2(q)
             q.cmd("cont")
             inst.wait_for(BOOT_PATTERN, BOOT_TIMEOUT)
             inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT)
@@ -185,16 +188,7 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
         try:
             inst.start()
             q = inst.qmp
-            q.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
-            q.cmd(
-                "x-iommulab-map",
-                iommu=S2,
-                domain=1,
-                mappings=[
-                    {"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}
-                ],
-            )
-            q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
+            attach_identity_stage2(q)
             q.cmd("cont")
             inst.wait_for(BOOT_PATTERN, BOOT_TIMEOUT)
             first = inst.wait_for(RESULT_RW, BOOT_TIMEOUT)
