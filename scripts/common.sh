@@ -11,3 +11,9 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
+
+# debian_fetch NAME ARCH VERSION DIR: a file pinned in scripts/debian.lock,
+# downloaded into DIR and checked (standard-library Python, no venv needed).
+debian_fetch() {
+    PYTHONPATH="$IOMMULAB_REPO" python3 -m pyctl.debian fetch "$@"
+}

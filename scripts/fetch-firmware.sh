@@ -8,7 +8,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
 source "$here/versions.env"
-source "$here/debian-apt.sh"
 
 key=$(printf '%s %s' "$QEMU_SYSTEM_DATA_VERSION" "$SEABIOS_VERSION" | tr ':~' '__' | tr ' ' '-')
 root="$IOMMULAB_CACHE/firmware/$key"
@@ -19,18 +18,18 @@ if [ -f "$root/.iommulab-extracted" ]; then
     echo "$root"
     exit 0
 fi
-iommulab_apt_update >&2
 dl="$IOMMULAB_CACHE/firmware/download"
-mkdir -p "$dl"
 step "firmware: downloading qemu-system-data=$QEMU_SYSTEM_DATA_VERSION seabios=$SEABIOS_VERSION"
-# apt checks each .deb against the hashes in the signed index.
-(cd "$dl" && iommulab_apt download "qemu-system-data=$QEMU_SYSTEM_DATA_VERSION" \
-    "seabios=$SEABIOS_VERSION" >&2) \
-    || die "could not download the firmware packages; if Debian dropped the pinned versions, update scripts/versions.env, else re-run"
+# Each .deb is checked against its hash pinned in scripts/debian.lock.
+debs=()
+for spec in "qemu-system-data=$QEMU_SYSTEM_DATA_VERSION" "seabios=$SEABIOS_VERSION"; do
+    deb=$(debian_fetch "${spec%%=*}" all "${spec#*=}" "$dl") \
+        || die "could not download $spec; if Debian dropped the pinned version, update scripts/versions.env and run 'python3 -m pyctl.debian lock', else re-run"
+    debs+=("$deb")
+done
 rm -rf "$root.tmp"
 mkdir -p "$root.tmp"
-for deb in "$dl"/qemu-system-data_*"${QEMU_SYSTEM_DATA_VERSION#*:}"_all.deb \
-           "$dl"/seabios_"${SEABIOS_VERSION#*:}"_all.deb; do
+for deb in "${debs[@]}"; do
     dpkg-deb -x "$deb" "$root.tmp" || die "could not extract $deb (remove it and re-run)"
 done
 for f in "${required[@]}"; do

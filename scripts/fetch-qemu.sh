@@ -7,7 +7,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
-source "$here/debian-apt.sh"
+source "$here/common.sh"
 
 upstream=${QEMU_DEB_VERSION#*:}          # 10.0.13+ds-0+deb13u1
 upstream=${upstream%%+*}                  # 10.0.13
@@ -19,20 +19,20 @@ if [ -f "$stamp" ]; then
     exit 0
 fi
 
-iommulab_apt_update >&2
 dl="$IOMMULAB_CACHE/qemu-src/download"
-mkdir -p "$dl"
 echo ">> qemu: downloading Debian source qemu=$QEMU_DEB_VERSION" >&2
-if ! (cd "$dl" && iommulab_apt source --download-only "qemu=$QEMU_DEB_VERSION" >&2); then
+# The .dsc is pinned by hash in scripts/debian.lock; the files it names are
+# checked against the .dsc's own hashes (pyctl/debian.py).
+dsc=$(debian_fetch qemu source "$QEMU_DEB_VERSION" "$dl") || {
     echo "error: could not download Debian source package qemu=$QEMU_DEB_VERSION." >&2
     echo "       If Debian no longer carries this version, update QEMU_DEB_VERSION in" >&2
-    echo "       scripts/versions.env; otherwise check the network and re-run." >&2
+    echo "       scripts/versions.env and run 'python3 -m pyctl.debian lock'; otherwise" >&2
+    echo "       check the network and re-run." >&2
     exit 1
-fi
-dsc=$(ls "$dl"/qemu_"${QEMU_DEB_VERSION#*:}".dsc)
+}
 
 # dpkg-source checks every file named in the .dsc against its size and
-# checksums (apt already checked the .dsc itself against the signed index).
+# checksums once more while unpacking.
 echo ">> qemu: verifying and unpacking $dsc" >&2
 rm -rf "$src_dir" "$src_dir.tmp"
 if ! dpkg-source --require-strong-checksums -x "$dsc" "$src_dir.tmp" >&2; then

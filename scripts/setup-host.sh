@@ -9,6 +9,7 @@ pkgs=(
     libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev  # QEMU libraries
     python3-venv git ca-certificates                      # Python env
     dpkg-dev xz-utils zstd cpio                           # sources, initramfs
+    gpgv debian-archive-keyring                           # pyctl.debian lock
     valgrind                                              # callgrind benchmarks
 )
 missing=()

@@ -1,40 +1,29 @@
-"""Download Debian packages by name through the project's private apt root and unpack them.
+"""The guest's Debian packages: downloaded by their pins in scripts/debian.lock, unpacked.
 
-Downloads go through ``scripts/debian-apt.sh`` (``apt-get download``), so apt
-checks every file against the signed indexes.  Unpacking uses ``dpkg-deb -x``
-into a directory that is only published once complete.
+Downloads go through :mod:`pyctl.debian`, which keeps a file only if its
+size and SHA-256 match the lock.  Unpacking uses ``dpkg-deb -x`` into a
+directory that is only published once complete.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyctl import debian
 from pyctl.guest import GuestBuildError
 
-REPO = Path(__file__).resolve().parents[2]
-APT_HELPER = REPO / "scripts" / "debian-apt.sh"
-VERSIONS_ENV = REPO / "scripts" / "versions.env"
-
-_ENV_LINE = re.compile(r'^([A-Z0-9_]+)="?([^"]*)"?\s*$')
+REPO = debian.REPO
 
 
-def read_versions(path: Path = VERSIONS_ENV) -> dict[str, str]:
+def read_versions(path: Path = debian.VERSIONS_ENV) -> dict[str, str]:
     """The KEY="VALUE" pins of versions.env."""
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _ENV_LINE.match(line)
-        if m is None:
-            raise GuestBuildError(f"{path}: cannot parse line {line!r}")
-        out[m.group(1)] = m.group(2)
-    return out
+    try:
+        return debian.read_versions(path)
+    except debian.DebianError as e:
+        raise GuestBuildError(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -47,36 +36,18 @@ class Package:
     def spec(self) -> str:
         return f"{self.name}:{self.arch}={self.version}"
 
-    @property
-    def filename(self) -> str:
-        """The file name apt-get download gives it (epoch colon URL-encoded)."""
-        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
-
-def download(packages: list[Package], dest: Path) -> list[Path]:
-    """The .deb files of ``packages`` in ``dest``, downloading the missing ones."""
-    dest.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in packages if not (dest / p.filename).exists()]
-    if missing:
-        specs = " ".join(shlex.quote(p.spec) for p in missing)
-        script = (
-            f"source {shlex.quote(str(APT_HELPER))} && iommulab_apt_update >&2 && "
-            f"cd {shlex.quote(str(dest))} && iommulab_apt download {specs}"
-        )
-        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "error"))]
-            detail = "; ".join(errors) or proc.stderr.strip()[-400:]
-            raise GuestBuildError(
-                f"cannot download {', '.join(p.spec for p in missing)} from Debian: {detail}. "
-                "If Debian dropped the pinned version, update scripts/versions.env "
-                "(see `iommulab_apt_cache policy PACKAGE`)"
-            )
-    paths = [dest / p.filename for p in packages]
-    for pkg, path in zip(packages, paths, strict=True):
-        if not path.exists():
-            raise GuestBuildError(f"apt reported success but {path} is missing ({pkg.spec})")
-    return paths
+def download(
+    packages: list[Package], dest: Path, lock: list[debian.Pin] | None = None
+) -> list[Path]:
+    """The .deb files of ``packages`` in ``dest``, downloading (and checking) the missing ones."""
+    try:
+        pins = debian.read_lock() if lock is None else lock
+        return [
+            debian.fetch(debian.find_pin(pins, p.name, p.arch, p.version), dest) for p in packages
+        ]
+    except debian.DebianError as e:
+        raise GuestBuildError(f"cannot download {', '.join(p.spec for p in packages)}: {e}") from e
 
 
 def extract(deb: Path, root: Path) -> Path:

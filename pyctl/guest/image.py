@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyctl.debian import Pin
 from pyctl.guest import GuestBuildError, cpio
 from pyctl.guest.arches import GuestArch, get_arch
 from pyctl.guest.debs import REPO, download, extract, read_versions
@@ -131,6 +132,7 @@ def build_image(
     versions: dict[str, str] | None = None,
     agent_dir: Path = AGENT_DIR,
     log: bool = False,
+    lock: list[Pin] | None = None,
 ) -> GuestImage:
     """The cached image for ``arch_name``, building it when an input changed."""
     arch = get_arch(arch_name)
@@ -158,7 +160,7 @@ def build_image(
 
     kernel_pkg, busybox_pkg = arch.packages(versions)
     say(f"packages {kernel_pkg.spec} {busybox_pkg.spec}")
-    kdeb, bdeb = download([kernel_pkg, busybox_pkg], cache / "guest" / "debs")
+    kdeb, bdeb = download([kernel_pkg, busybox_pkg], cache / "guest" / "debs", lock)
     kroot = extract(kdeb, cache / "guest" / "extract" / kdeb.stem)
     broot = extract(bdeb, cache / "guest" / "extract" / bdeb.stem)
 

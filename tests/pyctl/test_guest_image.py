@@ -7,11 +7,13 @@ import json
 import lzma
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_guest_cpio import read_newc
 from test_guest_elf import EM_X86_64, make_elf, module
 
+from pyctl import debian
 from pyctl.guest import GuestBuildError
 from pyctl.guest.arches import ARCHES, get_arch
 from pyctl.guest.debs import Package, download, read_versions
@@ -26,6 +28,7 @@ VERSIONS = {
 
 
 def fake_deb(root: Path, pkg: Package, files: dict[str, bytes], out: Path) -> None:
+    """A .deb in ``out`` whose pin goes into ``out/test.lock`` (read by :func:`build`)."""
     tree = root / f"{pkg.name}-{pkg.arch}"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN/control").write_text(
@@ -36,11 +39,25 @@ def fake_deb(root: Path, pkg: Package, files: dict[str, bytes], out: Path) -> No
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_bytes(data)
     out.mkdir(parents=True, exist_ok=True)
+    name = f"{pkg.name}_{pkg.version.split(':')[-1]}_{pkg.arch}.deb"
     subprocess.run(
-        ["dpkg-deb", "-Zgzip", "--build", str(tree), str(out / pkg.filename)],
+        ["dpkg-deb", "-Zgzip", "--build", str(tree), str(out / name)],
         check=True,
         capture_output=True,
     )
+    deb = out / name
+    pin = debian.Pin(
+        pkg.name, pkg.arch, pkg.version, deb.stat().st_size, debian.sha256_file(deb),
+        f"pool/main/f/fake/{name}",
+    )  # fmt: skip
+    with (out / "test.lock").open("a") as lock:
+        lock.write(pin.line() + "\n")
+
+
+def build(arch: str, cache: Path, **kw: Any) -> Any:
+    """build_image with the pins of the fake packages (no download: they are in the cache)."""
+    lock = debian.read_lock(cache / "guest/debs/test.lock")
+    return build_image(arch, cache=cache, versions=VERSIONS, lock=lock, **kw)
 
 
 def ppc_packages(cache: Path, tmp: Path, mod_release: str = REL) -> None:
@@ -71,7 +88,7 @@ def agent(tmp: Path, text: str = "#!/bin/sh\necho agent\n") -> Path:
 def test_image_is_built_checked_and_packed(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     ppc_packages(cache, tmp_path)
-    img = build_image("ppc64le", cache=cache, versions=VERSIONS, agent_dir=agent(tmp_path))
+    img = build("ppc64le", cache, agent_dir=agent(tmp_path))
     assert img.release == REL and img.modules == ("nvme_core", "nvme")
     assert img.banner.startswith(f"Linux version {REL}")
     assert img.kernel.read_bytes()[:4] == b"\x7fELF"
@@ -90,12 +107,12 @@ def test_unchanged_inputs_reuse_the_image_and_a_changed_agent_rebuilds(tmp_path:
     cache = tmp_path / "cache"
     ppc_packages(cache, tmp_path)
     a = agent(tmp_path)
-    first = build_image("ppc64le", cache=cache, versions=VERSIONS, agent_dir=a)
+    first = build("ppc64le", cache, agent_dir=a)
     mtime = first.initrd.stat().st_mtime_ns
-    again = build_image("ppc64le", cache=cache, versions=VERSIONS, agent_dir=a)
+    again = build("ppc64le", cache, agent_dir=a)
     assert again.directory == first.directory and again.initrd.stat().st_mtime_ns == mtime
     (a / "init").write_text("#!/bin/sh\necho changed\n")
-    changed = build_image("ppc64le", cache=cache, versions=VERSIONS, agent_dir=a)
+    changed = build("ppc64le", cache, agent_dir=a)
     assert changed.directory != first.directory
     members = {m[0]: m for m in read_newc(gzip.decompress(changed.initrd.read_bytes()))}
     assert members["init"][2] == b"#!/bin/sh\necho changed\n"
@@ -116,7 +133,7 @@ def test_vermagic_mismatch_stops_the_build_and_leaves_no_image(tmp_path: Path) -
     cache = tmp_path / "cache"
     ppc_packages(cache, tmp_path, mod_release="6.1.0-99-powerpc64le")
     with pytest.raises(GuestBuildError, match="vermagic mismatch"):
-        build_image("ppc64le", cache=cache, versions=VERSIONS, agent_dir=agent(tmp_path))
+        build("ppc64le", cache, agent_dir=agent(tmp_path))
     images = cache / "guest/images"
     assert not images.exists() or not any(images.iterdir())
 
@@ -136,7 +153,7 @@ def test_wrong_kernel_machine_stops_the_build(tmp_path: Path) -> None:
     )
     fake_deb(tmp_path, busybox, {"usr/bin/busybox": b"bb"}, cache / "guest/debs")
     with pytest.raises(GuestBuildError, match="EM_X86_64"):
-        build_image("ppc64le", cache=cache, versions=VERSIONS, agent_dir=agent(tmp_path))
+        build("ppc64le", cache, agent_dir=agent(tmp_path))
 
 
 def test_missing_agent_and_unknown_arch(tmp_path: Path) -> None:
@@ -149,7 +166,7 @@ def test_missing_agent_and_unknown_arch(tmp_path: Path) -> None:
 def test_package_names_and_files() -> None:
     kernel, busybox = ARCHES["x86_64"].packages(VERSIONS)
     assert kernel.spec == "linux-image-6.12.107+deb13-amd64-unsigned:amd64=6.12.107-1"
-    assert busybox.filename == "busybox-static_1%3a1.37.0-6+b9_amd64.deb"
+    assert busybox.spec == "busybox-static:amd64=1:1.37.0-6+b9"
     with pytest.raises(GuestBuildError, match="lacks LINUX_ABI"):
         ARCHES["ppc64le"].packages({})
 
@@ -163,11 +180,20 @@ def test_versions_env_is_read(tmp_path: Path) -> None:
         read_versions(bad)
 
 
-def test_missing_package_is_a_clear_error(tmp_path: Path) -> None:
-    apt_root = Path.home() / ".cache/iommulab/apt/state/lists"
-    if not any(apt_root.glob("*Packages*")):
-        pytest.skip("private apt root not initialised (scripts/debian-apt.sh)")
+def test_unpinned_package_is_a_clear_error(tmp_path: Path) -> None:
     pkg = Package("iommulab-no-such-package", "1.0", "amd64")
-    with pytest.raises(GuestBuildError, match="cannot download iommulab-no-such-package"):
+    with pytest.raises(
+        GuestBuildError, match=r"iommulab-no-such-package 1.0 \(amd64\) is not pinned"
+    ):
         download([pkg], tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_every_pinned_version_is_in_the_lock() -> None:
+    """versions.env and debian.lock agree (a version bump needs `pyctl.debian lock`)."""
+    pins = debian.read_lock()
+    for name, arch, version in debian.wanted(debian.read_versions()):
+        debian.find_pin(pins, name, arch, version)
+    for arch in get_arch("ppc64le"), get_arch("x86_64"):
+        for pkg in arch.packages(read_versions()):
+            debian.find_pin(pins, pkg.name, pkg.arch, pkg.version)
