@@ -584,7 +584,7 @@ static IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
                    name);
         return NULL;
     }
-    if (obj == OBJECT(s)) {
+    if (obj == OBJECT(s) && !s->keep_bus_iommu) {
         error_setg(errp, "'%s' is the vIOMMU itself", name);
         return NULL;
     }
@@ -592,7 +592,12 @@ static IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
     for (unsigned i = 0; i < s->devs->len; i++) {
         IOMMULabDev *dev = g_ptr_array_index(s->devs, i);
 
-        if (&dev->as == as) {
+        /*
+         * With keep_bus_iommu the vIOMMU's own requester stands for what
+         * it sits beneath (sPAPR: the PHB, whose devices share it).
+         */
+        if (&dev->as == as ||
+            (obj == OBJECT(s) && iommulab_dev_pci(dev) == PCI_DEVICE(s))) {
             return dev;
         }
     }
@@ -768,7 +773,7 @@ static IommulabInfo *iommulab_query(IOMMULabState *s, Error **errp)
         PCIDevice *pdev = iommulab_dev_pci(dev);
         IommulabDeviceInfo *vi;
 
-        if (!pdev || PCI_DEVICE(s) == pdev) {
+        if (!pdev || (PCI_DEVICE(s) == pdev && !s->keep_bus_iommu)) {
             continue;
         }
         vi = g_new0(IommulabDeviceInfo, 1);

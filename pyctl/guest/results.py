@@ -1,7 +1,9 @@
 """The agent's side of the console: scenario specs for the kernel command line, result lines back.
 
 The agent prints ``IOMMULAB-RESULT {json}`` per scenario and
-``IOMMULAB-DONE {json}`` at the end (see guest/agent/init).
+``IOMMULAB-DONE {json}`` at the end (see guest/agent/init).  The
+``wait-host`` scenario prints ``IOMMULAB-WAIT {"name": ...}`` and blocks until
+the host answers on the host channel (:meth:`QemuInstance.tell_guest`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from typing import Any
 
 RESULT_MARK = "IOMMULAB-RESULT"
 DONE_MARK = "IOMMULAB-DONE"
-KNOWN_SCENARIOS = ("boot", "nvme-probe", "nvme-rw", "dmesg-iommu")
+KNOWN_SCENARIOS = (
+    "boot", "nvme-probe", "nvme-rw", "dmesg-iommu", "wait-host", "mem-hotplug",
+)  # fmt: skip
+WAIT_MARK = "IOMMULAB-WAIT"
 _RESULT = re.compile(rf"^.*?{RESULT_MARK} (.*?)\s*$", re.MULTILINE)
 _DONE = re.compile(rf"^.*?{DONE_MARK} (\{{.*\}})\s*$", re.MULTILINE)
 DONE_PATTERN = rf"{DONE_MARK} \{{.*\}}\s*$"
-BOOT_PATTERN = rf'{RESULT_MARK} \{{"scenario": "boot"'
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+BOOT_PATTERN = rf'{RESULT_MARK} \{{"scenario": "boot"'
+
+
+def wait_pattern(name: str) -> str:
+    """The console pattern of a ``wait-host:name=NAME`` scenario waiting for the host."""
+    return rf'{WAIT_MARK} \{{"name": "{re.escape(name)}"\}}'
 
 
 class ScenarioError(ValueError):

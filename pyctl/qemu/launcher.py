@@ -13,6 +13,7 @@ import ctypes
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -68,7 +69,8 @@ class QemuInstance:
     """One QEMU process for ``cfg`` with its files in ``workdir``.
 
     Files: ``console.log`` (serial console), ``qmp.sock``, ``qemu.log``
-    (QEMU's own stdout/stderr), ``cmdline`` (the argv, one per line).
+    (QEMU's own stdout/stderr), ``cmdline`` (the argv, one per line) and,
+    with ``cfg.host_channel``, ``host.sock`` (:meth:`tell_guest`).
     """
 
     def __init__(
@@ -83,13 +85,22 @@ class QemuInstance:
         self.build_dir = build_dir or qemu_build_dir()
         self.console_path = workdir / "console.log"
         self.qmp_path = workdir / "qmp.sock"
+        self.host_path = workdir / "host.sock"
         self._qmp_tmpdir: Path | None = None
         if len(str(self.qmp_path)) > 100:
             # A UNIX socket path must fit in sun_path (108 bytes).
             self._qmp_tmpdir = Path(tempfile.mkdtemp(prefix="iommulab-qmp-"))
             self.qmp_path = self._qmp_tmpdir / "qmp.sock"
+            self.host_path = self._qmp_tmpdir / "host.sock"
         self.log_path = workdir / "qemu.log"
-        self.argv = build_command(cfg, self.build_dir, self.console_path, self.qmp_path)
+        self.argv = build_command(
+            cfg,
+            self.build_dir,
+            self.console_path,
+            self.qmp_path,
+            self.host_path if cfg.host_channel else None,
+        )
+        self._host: socket.socket | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self.started_at = 0.0
@@ -106,7 +117,7 @@ class QemuInstance:
                 "or point IOMMULAB_QEMU_BUILD at a build directory"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for p in (self.console_path, self.qmp_path):
+        for p in (self.console_path, self.qmp_path, self.host_path):
             p.unlink(missing_ok=True)
         self.console_path.touch()
         (self.workdir / "cmdline").write_text("\n".join(self.argv) + "\n")
@@ -166,6 +177,7 @@ class QemuInstance:
     def shutdown(self, timeout: float = 10.0) -> int | None:
         """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL.  Returns the exit status."""
         if self.proc is None:
+            self._close_qmp()
             return None
         if self.proc.poll() is None and self._qmp is not None:
             # QEMU may exit before it answers.
@@ -190,6 +202,9 @@ class QemuInstance:
         return status
 
     def _close_qmp(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None
         if self._qmp is not None:
             with contextlib.suppress(Exception):
                 self._qmp.close()
@@ -255,6 +270,26 @@ class QemuInstance:
                     self.console_path,
                 )
             time.sleep(0.05)
+
+    def tell_guest(self, line: str = "go") -> None:
+        """Answer the agent's ``wait-host`` scenario: one line on the host channel.
+
+        Send it after the scenario's ``IOMMULAB-WAIT`` line appeared (the agent
+        opens the channel before printing it, so nothing sent is lost).
+        """
+        if not self.cfg.host_channel:
+            raise LaunchError("this guest has no host channel (GuestConfig.host_channel)")
+        if "\n" in line:
+            raise ValueError("one line at a time")
+        if self._host is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.host_path))
+            except OSError as exc:
+                s.close()
+                raise LaunchError(f"cannot connect to the host channel: {exc}") from exc
+            self._host = s
+        self._host.sendall(line.encode() + b"\n")
 
     def _qemu_log_tail(self) -> str:
         try:

@@ -77,6 +77,10 @@ class NvmeDisk:
             raise ConfigError(f"NVMe serial {self.serial!r}: 1-20 characters, no comma")
 
 
+#: where the host channel appears in the guest, by machine
+HOST_CHANNEL_DEVICE = {"pseries": "/dev/hvc1", "q35": "/dev/ttyS1"}
+
+
 @dataclass(frozen=True)
 class GuestConfig:
     machine: str
@@ -89,6 +93,13 @@ class GuestConfig:
     ddw: bool = True  # pseries: dynamic DMA windows on the PHB
     pseries_firmware: str = "vof"
     paused: bool = False  # -S: stopped until QMP "cont"
+    #: memory hotplug: DIMM slots and the most memory the guest may grow to
+    #: (-m SIZE,slots=N,maxmem=MAX); 0 slots = no hotplug
+    memory_slots: int = 0
+    max_memory_mib: int = 0
+    #: a second console for the host to answer the agent's wait-host
+    #: scenario (pseries: a spapr-vty, hvc1; q35: a second UART, ttyS1)
+    host_channel: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -105,6 +116,19 @@ class GuestConfig:
             )
         if "\n" in self.append:
             raise ConfigError("kernel command line must be one line")
+        if not 0 <= self.memory_slots <= 32:
+            raise ConfigError(f"memory slots {self.memory_slots}: must be 0..32")
+        if bool(self.memory_slots) != bool(self.max_memory_mib):
+            raise ConfigError("memory hotplug needs both memory_slots and max_memory_mib")
+        if self.max_memory_mib and not self.memory_mib < self.max_memory_mib <= 1 << 20:
+            raise ConfigError(
+                f"max memory {self.max_memory_mib} MiB: must exceed memory "
+                f"({self.memory_mib} MiB) and be at most 1 TiB"
+            )
+        if self.host_channel and machine.name not in HOST_CHANNEL_DEVICE:
+            raise ConfigError(
+                f"a host channel needs {' or '.join(HOST_CHANNEL_DEVICE)}, not {machine.name}"
+            )
 
     @property
     def spec(self) -> Machine:
@@ -114,6 +138,8 @@ class GuestConfig:
 def kernel_cmdline(cfg: GuestConfig) -> str:
     """The console for the machine, reboot-on-panic (QEMU exits: -no-reboot), then the caller's."""
     parts = [f"console={cfg.spec.console}", "panic=-1"]
+    if cfg.host_channel:
+        parts.append(f"iommulab.host={HOST_CHANNEL_DEVICE[cfg.spec.name]}")
     if cfg.append:
         parts.append(cfg.append)
     return " ".join(parts)
@@ -157,10 +183,17 @@ def _nvme_bus(cfg: GuestConfig) -> str | None:
 
 
 def build_command(
-    cfg: GuestConfig, build_dir: Path, console_log: Path, qmp_socket: Path
+    cfg: GuestConfig,
+    build_dir: Path,
+    console_log: Path,
+    qmp_socket: Path,
+    host_socket: Path | None = None,
 ) -> list[str]:
-    """The full QEMU argv for ``cfg``."""
+    """The full QEMU argv for ``cfg`` (``host_socket``: the host channel's, if it has one)."""
     binary = build_dir / cfg.spec.binary
+    memory = f"{cfg.memory_mib}M"
+    if cfg.memory_slots:
+        memory += f",slots={cfg.memory_slots},maxmem={cfg.max_memory_mib}M"
     args = [
         str(binary),
         *_machine_args(cfg),
@@ -172,7 +205,7 @@ def build_command(
         "none",
         "-no-reboot",
         "-m",
-        f"{cfg.memory_mib}M",
+        memory,
         "-smp",
         str(cfg.smp),
         "-chardev",
@@ -190,6 +223,17 @@ def build_command(
     ]
     if cfg.initrd is not None:
         args += ["-initrd", str(cfg.initrd)]
+    if cfg.host_channel:
+        if host_socket is None:
+            raise ConfigError("this configuration has a host channel: give its socket path")
+        args += [
+            "-chardev",
+            f"socket,id=host0,path={_opt_value(str(host_socket))},server=on,wait=off",
+        ]
+        if cfg.spec.name == "pseries":
+            args += ["-device", "spapr-vty,chardev=host0"]
+        else:
+            args += ["-serial", "chardev:host0"]
     if cfg.nvme is not None:
         disk = cfg.nvme
         args += [

@@ -22,7 +22,14 @@ from typing import Any
 from avocado import Test
 
 from pyctl.guest.image import build_image
-from pyctl.guest.results import BOOT_PATTERN, DONE_PATTERN, Scenario, cmdline_arg, parse_results
+from pyctl.guest.results import (
+    BOOT_PATTERN,
+    DONE_PATTERN,
+    Scenario,
+    cmdline_arg,
+    parse_results,
+    wait_pattern,
+)
 from pyctl.qemu.launcher import LaunchError, QemuInstance, create_raw_disk
 from pyctl.qemu.machines import MACHINES, GuestConfig, NvmeDisk, qemu_build_dir
 
@@ -146,15 +153,19 @@ class SpaprStage2(Test):  # type: ignore[misc]
 FAULT_SCENARIOS = [
     Scenario("nvme-probe"),
     Scenario("nvme-rw", {"size": "4K"}),
+    Scenario("wait-host", {"name": "unmapped"}),
     Scenario("nvme-rw", {"size": "64M"}),
+    Scenario("wait-host", {"name": "remapped"}),
     Scenario("nvme-rw", {"size": "64M"}),
 ]
-RESULT_RW = r'IOMMULAB-RESULT \{"scenario": "nvme-rw".*$'
-# The guest's DMA buffers for dd (user pages) come from anywhere in RAM;
-# the kernel, its early allocations and the NVMe queues sit low.  Stage 2
-# keeps the low FAULT_KEEP bytes mapped and loses the rest while the
-# second nvme-rw runs.
+# The guest's kernel allocations (its NVMe queues and PRP lists among them)
+# must stay mapped and dd's DMA buffers (user pages) must not: with
+# movablecore= the top MOVABLE_MIB of RAM is ZONE_MOVABLE, which user
+# pages take first and kernel allocations never use.  Stage 2 keeps the
+# low FAULT_KEEP bytes mapped and loses the rest for the second nvme-rw;
+# the guest waits for the host (wait-host) before and after it.
 FAULT_KEEP = 256 << 20
+MOVABLE_MIB = MEMORY_MIB - (FAULT_KEEP >> 20)
 
 
 class SpaprStage2Fault(Test):  # type: ignore[misc]
@@ -166,7 +177,7 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
     timeout = BOOT_TIMEOUT * 2 + 120
 
     def test_pseries_unmap_under_io(self) -> None:
-        """Unmap RAM above FAULT_KEEP after the first nvme-rw, remap after the second."""
+        """Unmap RAM above FAULT_KEEP before the second nvme-rw, remap before the third."""
         build = qemu_build_dir()
         image = build_image(MACHINES["pseries"].arch)
         disk = create_raw_disk(Path(self.workdir) / "nvme.raw", DISK_BYTES)
@@ -174,10 +185,11 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
             machine="pseries",
             kernel=image.kernel,
             initrd=image.initrd,
-            append=cmdline_arg(FAULT_SCENARIOS),
+            append=f"{cmdline_arg(FAULT_SCENARIOS)} movablecore={MOVABLE_MIB}M",
             nvme=NvmeDisk(disk, serial=SERIAL),
             memory_mib=MEMORY_MIB,
             paused=True,
+            host_channel=True,
             extra_args=("-device", f"iommulab-spapr-s2,id={S2}", "-action", "shutdown=pause"),
         )
         hole = {"iova": FAULT_KEEP, "size": (MEMORY_MIB << 20) - FAULT_KEEP}
@@ -191,11 +203,10 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
             attach_identity_stage2(q)
             q.cmd("cont")
             inst.wait_for(BOOT_PATTERN, BOOT_TIMEOUT)
-            first = inst.wait_for(RESULT_RW, BOOT_TIMEOUT)
-            # the 4K nvme-rw is done; the next one generates its pattern first
+            at = inst.wait_for(wait_pattern("unmapped"), BOOT_TIMEOUT).end()
             unmapped = q.cmd("x-iommulab-unmap", iommu=S2, domain=1, ranges=[hole])
-            second = inst.wait_for(RESULT_RW, BOOT_TIMEOUT, start=first.end())
-            q.cmd("stop")
+            inst.tell_guest("go")
+            at = inst.wait_for(wait_pattern("remapped"), BOOT_TIMEOUT, start=at).end()
             faults = q.cmd("x-iommulab-query-faults", iommu=S2, clear=True)
             q.cmd(
                 "x-iommulab-map",
@@ -203,8 +214,8 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
                 domain=1,
                 mappings=[{**hole, "addr": hole["iova"], "read": True, "write": True}],
             )
-            q.cmd("cont")
-            inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT, start=second.end())
+            inst.tell_guest("go")
+            inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT, start=at)
             after = q.cmd("x-iommulab-query-faults", iommu=S2)
         except LaunchError as exc:
             self.fail(f"guest run failed: {exc} (console: {inst.console_path})")

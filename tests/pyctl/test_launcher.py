@@ -108,6 +108,11 @@ def test_paused_extra_args_and_comma_escaping() -> None:
         ({"machine": "pseries", "smp": 0}, "smp"),
         ({"machine": "pseries", "pseries_firmware": "uefi"}, "firmware"),
         ({"machine": "pseries", "append": "a\nb"}, "one line"),
+        ({"machine": "pseries", "memory_slots": 2}, "both memory_slots and max_memory_mib"),
+        ({"machine": "pseries", "max_memory_mib": 4096}, "both memory_slots"),
+        ({"machine": "pseries", "memory_slots": 2, "max_memory_mib": 512}, "must exceed"),
+        ({"machine": "pseries", "memory_slots": 33, "max_memory_mib": 4096}, "0..32"),
+        ({"machine": "powernv9", "host_channel": True}, "host channel needs pseries or q35"),
     ],
 )
 def test_bad_configs_are_refused(kw: dict[str, object], msg: str) -> None:
@@ -227,3 +232,55 @@ def test_long_workdir_gets_a_short_qmp_socket(tmp_path: Path) -> None:
     assert len(str(inst.qmp_path)) < 108
     assert inst.console_path.parent == deep
     assert f"path={inst.qmp_path},server=on" in " ".join(inst.argv)
+
+
+def test_memory_hotplug_slots() -> None:
+    a = argv(machine="pseries", memory_slots=2, max_memory_mib=2048)
+    assert opt(a, "-m") == ["1024M,slots=2,maxmem=2048M"]
+
+
+@pytest.mark.parametrize(
+    ("machine", "device", "guest_dev"),
+    [
+        ("pseries", ["-device", "spapr-vty,chardev=host0"], "/dev/hvc1"),
+        ("q35", ["-serial", "chardev:host0"], "/dev/ttyS1"),
+    ],
+)
+def test_host_channel(machine: str, device: list[str], guest_dev: str) -> None:
+    cfg = GuestConfig(machine, K, host_channel=True)
+    a = build_command(cfg, BUILD, Path("/w/c.log"), Path("/w/q.sock"), Path("/w/h.sock"))
+    assert "socket,id=host0,path=/w/h.sock,server=on,wait=off" in opt(a, "-chardev")
+    i = a.index(device[1])
+    assert a[i - 1 : i + 1] == device
+    assert f"iommulab.host={guest_dev}" in kernel_cmdline(cfg).split()
+    with pytest.raises(ConfigError, match="give its socket path"):
+        build_command(cfg, BUILD, Path("/w/c.log"), Path("/w/q.sock"))
+    assert "iommulab.host" not in kernel_cmdline(GuestConfig(machine, K))
+
+
+def test_tell_guest_writes_a_line_on_the_host_socket(tmp_path: Path) -> None:
+    import socket
+
+    inst = QemuInstance(GuestConfig("q35", K, host_channel=True), tmp_path)
+    with pytest.raises(LaunchError, match="cannot connect to the host channel"):
+        inst.tell_guest("go")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(inst.host_path))
+    srv.listen(1)
+    try:
+        inst.tell_guest("go")
+        inst.tell_guest("again")
+        conn, _ = srv.accept()
+        conn.settimeout(5)
+        got = b""
+        while got.count(b"\n") < 2:
+            got += conn.recv(100)
+        assert got == b"go\nagain\n"
+        conn.close()
+        with pytest.raises(ValueError, match="one line"):
+            inst.tell_guest("a\nb")
+    finally:
+        inst.shutdown()
+        srv.close()
+    with pytest.raises(LaunchError, match="no host channel"):
+        QemuInstance(GuestConfig("q35", K), tmp_path).tell_guest()
