@@ -7,6 +7,7 @@ changed input gives a new image and an unchanged one is reused.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -125,6 +126,22 @@ def build_initramfs(
     return arc
 
 
+def _load(out: Path, arch: GuestArch) -> GuestImage | None:
+    manifest = out / "manifest.json"
+    if not manifest.exists():
+        return None
+    data = json.loads(manifest.read_text())
+    return GuestImage(
+        arch.name,
+        data["release"],
+        Path(data["kernel"]),
+        Path(data["initrd"]),
+        data["banner"],
+        tuple(data["modules"]),
+        out,
+    )
+
+
 def build_image(
     arch_name: str,
     modules: tuple[str, ...] = DEFAULT_MODULES,
@@ -134,26 +151,39 @@ def build_image(
     log: bool = False,
     lock: list[Pin] | None = None,
 ) -> GuestImage:
-    """The cached image for ``arch_name``, building it when an input changed."""
+    """The cached image for ``arch_name``, building it when an input changed.
+
+    Safe to call from several processes at once (parallel boot tests): one
+    builds under a lock in the cache, the others wait and take its image.
+    """
     arch = get_arch(arch_name)
     cache = cache or cache_root()
     versions = versions if versions is not None else read_versions()
     agent = agent_files(agent_dir)
     key = image_key(arch, versions, modules, agent)
     out = cache / "guest" / "images" / f"{arch.name}-{key}"
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text())
-        return GuestImage(
-            arch.name,
-            data["release"],
-            Path(data["kernel"]),
-            Path(data["initrd"]),
-            data["banner"],
-            tuple(data["modules"]),
-            out,
-        )
+    image = _load(out, arch)
+    if image is not None:
+        return image
+    (cache / "guest").mkdir(parents=True, exist_ok=True)
+    with (cache / "guest" / "build.lock").open("w") as lockfile:
+        fcntl.flock(lockfile, fcntl.LOCK_EX)
+        image = _load(out, arch)  # built while we waited
+        if image is not None:
+            return image
+        return _build(arch, modules, cache, versions, agent, out, log, lock)
 
+
+def _build(
+    arch: GuestArch,
+    modules: tuple[str, ...],
+    cache: Path,
+    versions: dict[str, str],
+    agent: dict[str, bytes],
+    out: Path,
+    log: bool,
+    lock: list[Pin] | None,
+) -> GuestImage:
     def say(msg: str) -> None:
         if log:
             print(f">> guest {arch.name}: {msg}", file=sys.stderr, flush=True)
@@ -200,8 +230,6 @@ def build_image(
     kernel_dst = tmp / Path(arch.kernel_file).name.format(release=release)
     shutil.copyfile(kernel_src, kernel_dst)
     (tmp / "initrd.cpio.gz").write_bytes(archive.to_gzip())
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     image = GuestImage(
         arch.name,
         release,
@@ -211,6 +239,10 @@ def build_image(
         tuple(m.info.name for m in resolved),
         out,
     )
-    manifest.write_text(json.dumps(image.to_json(), indent=2) + "\n")
+    # the manifest goes in before the directory is published: a reader
+    # never sees an image without one
+    (tmp / "manifest.json").write_text(json.dumps(image.to_json(), indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     say(f"image {out}")
     return image

@@ -22,7 +22,14 @@ from typing import Any
 from avocado import Test
 
 from pyctl.guest.image import GuestImage, build_image
-from pyctl.guest.results import DONE_PATTERN, DdwWindow, DefaultWindow, Scenario, parse_results
+from pyctl.guest.results import (
+    DONE_PATTERN,
+    DdwWindow,
+    DefaultWindow,
+    Scenario,
+    parse_results,
+    wait_pattern,
+)
 from pyctl.guest.runner import AgentRun, guest_config, run_agent
 from pyctl.qemu.launcher import QemuInstance, create_raw_disk
 from pyctl.qemu.machines import MACHINES, NvmeDisk, qemu_build_dir
@@ -254,6 +261,36 @@ class Q35(GuestBoot):
         self.assertIs(probe["ok"], True)
         self.assertEqual(probe["controllers"][0]["serial"], SERIAL)
 
+    def test_host_channel(self) -> None:
+        """wait-host: the agent blocks until the host answers on ttyS1; a silent host times out.
+
+        :avocado: tags=host-channel
+        """
+        image = build_image("x86_64")
+        scenarios = [
+            Scenario("wait-host", {"name": "first"}),
+            Scenario("wait-host", {"name": "silent", "timeout": "2"}),
+            Scenario("wait-host", {"name": "second"}),
+        ]
+        cfg = guest_config("q35", image, scenarios, None, host_channel=True)
+        inst = QemuInstance(cfg, Path(self.outputdir) / "qemu")
+        inst.start()
+        try:
+            at = inst.wait_for(wait_pattern("first"), BOOT_TIMEOUT).end()
+            inst.tell_guest("hello from the host")
+            at = inst.wait_for(wait_pattern("second"), BOOT_TIMEOUT, start=at).end()
+            inst.tell_guest("bye")
+            inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT, start=at)
+        finally:
+            inst.shutdown()
+        first, silent, second = [
+            r for r in parse_results(inst.console_text()) if r["scenario"] == "wait-host"
+        ]
+        self.assertEqual((first["ok"], first["said"]), (True, "hello from the host"))
+        self.assertIs(silent["ok"], False)
+        self.assertIn("no word from the host on /dev/ttyS1 within 2s", silent["error"])
+        self.assertEqual((second["ok"], second["said"]), (True, "bye"))
+
 
 class FailurePaths(GuestBoot):
     """Bad input and broken guests end in a clear failure, within a bounded time.
@@ -273,6 +310,12 @@ class FailurePaths(GuestBoot):
         self.assertIn("unknown scenario 'no-such-scenario'", bad["error"])
         self.assertIs(run.result("nvme-probe")["ok"], True)
         self.assertFalse(run.ok)
+
+    def test_wait_host_without_a_channel(self) -> None:
+        """wait-host on a guest started without a host channel fails at once, clearly."""
+        run, _ = self.boot("q35", [Scenario("wait-host")])
+        self.assertIsNone(run.error)
+        self.assertIn("no iommulab.host=", run.result("wait-host")["error"])
 
     def test_bad_scenario_argument(self) -> None:
         """An nvme-rw size outside 4K..256M is refused by the agent."""

@@ -759,3 +759,39 @@ def test_stage2_bypass(vm_s2: Pseries) -> None:
     vm.qt.memset(DMA_PAGE, 4096, 0)
     vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)
     assert vm.qt.memread(DMA_PAGE, 4096) == data
+
+
+def test_stage2_requester_is_a_device_of_the_engine(vm_s2: Pseries) -> None:
+    """The PHB's requester is listed as the s2 device and attached by naming it,
+    so the iommufd model (x-iommulab-query / x-iommulab-attach) can bind it."""
+    vm = vm_s2
+    (dev,) = vm.cmd("x-iommulab-query", iommu=S2)["devices"]
+    assert (dev["device"], dev["id"], dev["mode"]) == (f"/machine/peripheral/{S2}", S2, "blocked")
+    vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=3, type="paging")
+    vm.cmd("x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=3)
+    (dev,) = vm.cmd("x-iommulab-query", iommu=S2)["devices"]
+    assert (dev["mode"], dev["domain"]) == ("domain", 3)
+    # one requester: stage2-attach changes the same attachment
+    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass")
+    (dev,) = vm.cmd("x-iommulab-query", iommu=S2)["devices"]
+    assert dev["mode"] == "bypass" and "domain" not in dev
+    # the DMA follows: bypass lets edu's write through the TCE land
+    bar = vm.edu_setup()
+    assert vm.hcall(H_PUT_TCE, LIOBN0, 0x11000, DMA_PAGE | 3)[0] == H_SUCCESS
+    vm.qt.memwrite(DMA_PAGE, b"\x5a" * 64)
+    vm.edu_dma(bar, 0x11000, EDU_BUF, 64, to_memory=False)  # into edu's buffer
+    vm.qt.memset(DMA_PAGE, 64, 0)
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)  # and back
+    assert vm.qt.memread(DMA_PAGE, 64) == b"\x5a" * 64
+    assert s2_faults(vm) == []
+    vm.cmd("x-iommulab-attach", iommu=S2, device=S2, mode="blocked")
+    vm.qt.memset(DMA_PAGE, 64, 0)
+    vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)
+    assert vm.qt.memread(DMA_PAGE, 64) == bytes(64)
+    (f,) = s2_faults(vm)
+    assert (f["device"], f["reason"]) == (f"/machine/peripheral/{S2}", "blocked")
+    # an unknown domain is refused and changes nothing
+    assert "does not exist" in err(
+        vm, "x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=99
+    )
+    assert vm.cmd("x-iommulab-query", iommu=S2)["devices"][0]["mode"] == "blocked"

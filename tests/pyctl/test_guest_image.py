@@ -197,3 +197,22 @@ def test_every_pinned_version_is_in_the_lock() -> None:
     for arch in get_arch("ppc64le"), get_arch("x86_64"):
         for pkg in arch.packages(read_versions()):
             debian.find_pin(pins, pkg.name, pkg.arch, pkg.version)
+
+
+def test_parallel_builds_share_one_image(tmp_path: Path) -> None:
+    """Boot tests run in parallel: concurrent builders of one image must all get it whole."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cache = tmp_path / "cache"
+    ppc_packages(cache, tmp_path)
+    a = agent(tmp_path)
+    with ProcessPoolExecutor(4) as pool:
+        images = list(pool.map(_build_in_child, [(cache, a)] * 4))
+    assert len({img.initrd for img in images}) == 1
+    assert all(img.initrd.exists() and img.kernel.exists() for img in images)
+    assert [p.name for p in (cache / "guest/images").iterdir()] == [images[0].initrd.parent.name]
+
+
+def _build_in_child(args: tuple[Path, Path]) -> Any:
+    cache, agent_dir = args
+    return build("ppc64le", cache, agent_dir=agent_dir)
