@@ -121,14 +121,25 @@ class QtestMachine:
     ``args`` are the machine and device options; the accelerator,
     ``-nodefaults -display none`` and the two sockets are added here.  Files
     live in a private temporary directory; ``log`` is QEMU's output.
+    ``wrapper`` goes before the binary (``valgrind --tool=callgrind ...``);
+    ``timeout`` bounds the wait for the sockets and each qtest reply.
     """
 
-    def __init__(self, binary: Path, args: Sequence[str], prefix: str = "iommulab-qtest-") -> None:
+    def __init__(
+        self,
+        binary: Path,
+        args: Sequence[str],
+        prefix: str = "iommulab-qtest-",
+        wrapper: Sequence[str] = (),
+        timeout: float = 30.0,
+    ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix=prefix)
         d = Path(self._dir.name)
         qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
         self.log = d / "qemu.log"
+        self.timeout = timeout
         cmd = [
+            *wrapper,
             str(binary),
             "-accel", "qtest", "-nodefaults", "-display", "none",
             *args,
@@ -140,7 +151,7 @@ class QtestMachine:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            self.qt = QTest(qtest_path)
+            self.qt = QTest(qtest_path, timeout)
             self.qmp = QEMUMonitorProtocol(qmp_path)
             self.qmp.connect()
         except Exception:
@@ -153,11 +164,11 @@ class QtestMachine:
         return self.proc.poll() is None
 
     def close(self) -> None:
-        """QMP quit, then kill if QEMU does not exit within 10 s; remove the files."""
+        """QMP quit, then kill if QEMU does not exit within ``timeout``; remove the files."""
         with contextlib.suppress(Exception):
             self.qmp.cmd("quit")
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=max(10.0, self.timeout))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
