@@ -279,9 +279,16 @@ static IOMMUTLBEntry iommulab_translate(IOMMUMemoryRegion *iommu_mr,
         entry.translated_addr = r.addr & ~mask;
         entry.addr_mask = mask;
         entry.perm = perm_to_iommu(r.perm);
-        trace_iommulab_translate(iommulab_dev_rid(dev), addr, flag, r.addr,
-                                 r.perm);
-    } else if (access) {
+        /*
+         * The requester id costs a QOM class lookup (pci_bus_num()): only
+         * compute it when the event is on.  This is every DMA's path.
+         */
+        if (trace_event_get_state_backends(TRACE_IOMMULAB_TRANSLATE)) {
+            trace_iommulab_translate(iommulab_dev_rid(dev), addr, flag,
+                                     r.addr, r.perm);
+        }
+    } else if (access &&
+               trace_event_get_state_backends(TRACE_IOMMULAB_FAULT)) {
         trace_iommulab_fault(iommulab_dev_rid(dev), addr, access, r.stage,
                              r.reason);
     }
