@@ -11,20 +11,26 @@ Two measurements, each a ratio of two configurations taken in the same run:
    with O_DIRECT (the agent's nvme-rw) through its DDW, with the identity
    stage 2 vs without; MiB/s as the agent reports them.
 
-Usage: .venv/bin/python scripts/bench-spapr.py [--size 256M] [--calls 2000]
+With --callgrind, also instruction counts under valgrind (repeatable, unlike
+wall-clock on a loaded machine): H_PUT_TCE_INDIRECT, and one 4 KiB edu DMA
+through a TCE (and stage 2).
+
+Usage: .venv/bin/python scripts/bench-spapr.py [--size 256M] [--runs 2]
+       [--per-boot 3] [--calls 2000] [--callgrind] [--skip-nvme]
 Prints a table and the ratios (stage 2 / stock).  Not a test: no pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import re
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +48,17 @@ from pyctl.guest.results import (
 )
 from pyctl.qemu.launcher import QemuInstance, create_raw_disk
 from pyctl.qemu.machines import GuestConfig, NvmeDisk, qemu_build_dir
-from pyctl.qemu.qtest import QTest
+from pyctl.qemu.pseries_qtest import (
+    DMA_PAGE,
+    EDU_BUF,
+    H_GET_TCE,
+    H_PUT_TCE,
+    H_PUT_TCE_INDIRECT,
+    LIOBN0,
+    TCE_LIST,
+    PseriesQtest,
+)
 
-LIOBN0 = 0x80000000
-H_GET_TCE, H_PUT_TCE_INDIRECT = 0x1C, 0x13C
-TCE_LIST = 0x4002000
 RAM_MIB = 1024
 
 
@@ -61,67 +73,94 @@ def s2_setup(qmp: QEMUMonitorProtocol, ram: int) -> None:
     qmp.cmd("x-iommulab-spapr-stage2-attach", stage2="s2", mode="domain", domain=1)
 
 
-def hcall_time(binary: Path, stage2: bool, calls: int) -> tuple[float, float]:
+def pseries(stage2: bool, wrapper: Sequence[str] = (), timeout: float = 30.0) -> PseriesQtest:
+    """A qtest pseries with edu on PHB 0; with stage2, an identity stage 2 under its TCEs."""
+    vm = PseriesQtest(
+        qemu_build_dir() / "qemu-system-ppc64",
+        ["-device", "iommulab-spapr-s2,id=s2"] if stage2 else [],
+        ram=RAM_MIB << 20,
+        wrapper=wrapper,
+        timeout=timeout,
+    )
+    if stage2:
+        s2_setup(vm.qmp, RAM_MIB << 20)
+    return vm
+
+
+def put_indirect(vm: PseriesQtest, i: int) -> None:
+    """H_PUT_TCE_INDIRECT of the 512 TCEs at TCE_LIST, call ``i`` of a sweep of the window."""
+    ioba = ((i * 512) % ((1 << 30) >> 12)) << 12
+    vm.qt.command(f"hcall 0x{H_PUT_TCE_INDIRECT:x} 0x{LIOBN0:x} 0x{ioba:x} 0x{TCE_LIST:x} 512")
+
+
+def write_tce_list(vm: PseriesQtest) -> None:
+    tces = [(0x100000 + i * 4096) | 3 for i in range(512)]
+    vm.qt.memwrite(TCE_LIST, struct.pack(">512Q", *tces))
+
+
+def hcall_time(stage2: bool, calls: int) -> tuple[float, float]:
     """Seconds per H_PUT_TCE_INDIRECT(512) and per H_GET_TCE (the round trip)."""
-    with tempfile.TemporaryDirectory() as d:
-        qmp_path, qt_path = f"{d}/qmp.sock", f"{d}/qt.sock"
-        cmd = [
-            str(binary),
-            "-M",
-            "pseries",
-            "-accel",
-            "qtest",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-m",
-            str(RAM_MIB),
-            "-chardev",
-            f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-            "-mon",
-            "chardev=qmp,mode=control",
-            "-chardev",
-            f"socket,id=qt,path={qt_path},server=on,wait=off",
-            "-qtest",
-            "chardev:qt",
-        ]
-        if stage2:
-            cmd += ["-device", "iommulab-spapr-s2,id=s2"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            qt = QTest(qt_path)
-            qmp = QEMUMonitorProtocol(qmp_path)
-            qmp.connect()
-            if stage2:
-                s2_setup(qmp, RAM_MIB << 20)
-            tces = [(0x100000 + i * 4096) | 3 for i in range(512)]
-            qt.memwrite(TCE_LIST, struct.pack(">512Q", *tces))
-            window_pages = (1 << 30) >> 12
-            t0 = time.perf_counter()
-            for i in range(calls):
-                ioba = ((i * 512) % window_pages) << 12
-                qt.command(
-                    f"hcall 0x{H_PUT_TCE_INDIRECT:x} 0x{LIOBN0:x} 0x{ioba:x} 0x{TCE_LIST:x} 512"
-                )
-            put = (time.perf_counter() - t0) / calls
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                qt.command(f"hcall 0x{H_GET_TCE:x} 0x{LIOBN0:x} 0x1000")
-            get = (time.perf_counter() - t0) / calls
-            qmp.cmd("quit")
-            with contextlib.suppress(Exception):
-                qmp.close()
-            qt.close()
-        finally:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    vm = pseries(stage2)
+    try:
+        write_tce_list(vm)
+        t0 = time.perf_counter()
+        for i in range(calls):
+            put_indirect(vm, i)
+        put = (time.perf_counter() - t0) / calls
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            vm.qt.command(f"hcall 0x{H_GET_TCE:x} 0x{LIOBN0:x} 0x1000")
+        get = (time.perf_counter() - t0) / calls
+    finally:
+        vm.close()
     return put, get
 
 
-def nvme_run(stage2: bool, size: str, workdir: Path) -> dict[str, Any]:
+CALLGRIND_FUNCS = ("h_put_tce_indirect", "edu_dma_timer")
+
+
+def callgrind_counts(stage2: bool, calls: int, dmas: int) -> dict[str, int]:
+    """Instructions inside each of CALLGRIND_FUNCS (inclusive), per call, under callgrind.
+
+    Collection is on only inside those functions (--toggle-collect), so QEMU's
+    start-up, qtest and QMP cost nothing; the counts repeat exactly run to run.
+    edu_dma_timer is one 4 KiB edu DMA into guest memory: TCE translation,
+    stage-2 translation (with stage2) and the copy.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-spapr-cg-") as d:
+        out = Path(d) / "callgrind.out"
+        wrapper = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+            "--collect-atstart=no", *(f"--toggle-collect={f}" for f in CALLGRIND_FUNCS),
+        ]  # fmt: skip
+        vm = pseries(stage2, wrapper, timeout=600.0)
+        try:
+            write_tce_list(vm)
+            for i in range(calls):
+                put_indirect(vm, i)
+            bar = vm.edu_setup()
+            # TCE 0: IOBA 0 -> DMA_PAGE, read/write
+            vm.hcall(H_PUT_TCE, LIOBN0, 0, DMA_PAGE | 3)
+            for _ in range(dmas):
+                vm.edu_dma(bar, EDU_BUF, 0, 4096, to_memory=True)
+        finally:
+            vm.close()
+        text = subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", str(out)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    counts = {}
+    for func, n in zip(CALLGRIND_FUNCS, (calls, dmas), strict=True):
+        m = re.search(rf"^\s*([\d,]+) \([^)]*\)\s+\S*:{func}\b", text, re.MULTILINE)
+        if m is None:
+            raise RuntimeError(f"{func} not in the callgrind profile")
+        counts[func] = int(m.group(1).replace(",", "")) // n
+    return counts
+
+
+def nvme_run(stage2: bool, size: str, per_boot: int, workdir: Path) -> list[dict[str, Any]]:
+    """``per_boot`` nvme-rw results of one guest boot, after one more that is dropped
+    (its writes allocate the sparse disk file's blocks on the host)."""
     image = build_image("ppc64le")
     disk = create_raw_disk(workdir / "nvme.raw", 512 << 20)
     extra: tuple[str, ...] = ("-action", "shutdown=pause")
@@ -131,7 +170,7 @@ def nvme_run(stage2: bool, size: str, workdir: Path) -> dict[str, Any]:
         machine="pseries",
         kernel=image.kernel,
         initrd=image.initrd,
-        append=cmdline_arg([Scenario("nvme-rw", {"size": size})]),
+        append=cmdline_arg([Scenario("nvme-rw", {"size": size})] * (per_boot + 1)),
         nvme=NvmeDisk(disk, serial="bench"),
         memory_mib=RAM_MIB * 2,
         paused=True,
@@ -147,31 +186,44 @@ def nvme_run(stage2: bool, size: str, workdir: Path) -> dict[str, Any]:
         inst.wait_for(DONE_PATTERN, 240)
     finally:
         inst.shutdown()
-    (rw,) = [r for r in parse_results(inst.console_text()) if r["scenario"] == "nvme-rw"]
-    if rw["sha256_read"] != rw["sha256_written"]:
-        raise RuntimeError(f"nvme-rw read back other bytes ({workdir})")
-    return rw
+    rws = [r for r in parse_results(inst.console_text()) if r["scenario"] == "nvme-rw"]
+    if len(rws) != per_boot + 1 or any(r["sha256_read"] != r["sha256_written"] for r in rws):
+        raise RuntimeError(f"nvme-rw failed or read back other bytes ({workdir})")
+    return rws[1:]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--size", default="256M", help="nvme-rw pattern size")
-    ap.add_argument("--runs", type=int, default=2, help="guest runs per configuration")
+    ap.add_argument("--runs", type=int, default=2, help="guest boots per configuration")
+    ap.add_argument("--per-boot", type=int, default=3, help="nvme-rw runs per boot")
     ap.add_argument("--rounds", type=int, default=5, help="hypercall rounds per configuration")
     ap.add_argument("--skip-nvme", action="store_true")
+    ap.add_argument("--skip-hcall", action="store_true", help="no wall-clock hypercall timing")
+    ap.add_argument(
+        "--callgrind", action="store_true", help="also count instructions under valgrind"
+    )
     args = ap.parse_args()
-    binary = qemu_build_dir() / "qemu-system-ppc64"
+    if args.callgrind:
+        cg = {stage2: callgrind_counts(stage2, 50, 50) for stage2 in (False, True)}
+        print("callgrind, instructions per call (inclusive; repeatable):")
+        for func in CALLGRIND_FUNCS:
+            a, b = cg[False][func], cg[True][func]
+            print(f"  {func:20s} stock {a:9d}  stage 2 {b:9d}  ratio {b / a:.3f}")
 
     res: dict[bool, tuple[float, float]] = {}
-    for stage2 in (False, True) * args.rounds:  # interleaved, min of rounds
-        put, get = hcall_time(binary, stage2, args.calls)
+    for stage2 in (False, True) * (
+        0 if args.skip_hcall else args.rounds
+    ):  # interleaved, min of rounds
+        put, get = hcall_time(stage2, args.calls)
         old = res.get(stage2)
         res[stage2] = (min(put, old[0]), min(get, old[1])) if old else (put, get)
-    print(
-        f"H_PUT_TCE_INDIRECT (512 TCEs), qtest round trip subtracted, "
-        f"best of {args.rounds} rounds of {args.calls} calls:"
-    )
+    if res:
+        print(
+            f"H_PUT_TCE_INDIRECT (512 TCEs), qtest round trip subtracted, "
+            f"best of {args.rounds} rounds of {args.calls} calls:"
+        )
     net = {}
     for stage2, (put, get) in res.items():
         net[stage2] = put - get
@@ -179,7 +231,8 @@ def main() -> int:
             f"  {'stage 2' if stage2 else 'stock  '}: {put * 1e6:8.1f} us/call, "
             f"round trip {get * 1e6:6.1f} us, hypercall {net[stage2] * 1e6:7.1f} us"
         )
-    print(f"  ratio stage 2 / stock (hypercall): {net[True] / net[False]:.3f}")
+    if net:
+        print(f"  ratio stage 2 / stock (hypercall): {net[True] / net[False]:.3f}")
 
     if args.skip_nvme:
         return 0
@@ -188,17 +241,22 @@ def main() -> int:
         for i in range(args.runs):
             for stage2 in (False, True):
                 w = Path(d) / f"{'s2' if stage2 else 'stock'}-{i}"
-                rw = nvme_run(stage2, args.size, w)
-                tp[stage2].append((float(rw["write_mibs"]), float(rw["read_mibs"])))
+                for rw in nvme_run(stage2, args.size, args.per_boot, w):
+                    tp[stage2].append((float(rw["write_mibs"]), float(rw["read_mibs"])))
     print(
-        f"NVMe O_DIRECT {args.size} through the DDW (pseries, TCG), MiB/s, median of {args.runs}:"
+        f"NVMe O_DIRECT {args.size} through the DDW (pseries, TCG), MiB/s, median of "
+        f"{args.runs} boots x {args.per_boot} runs:"
     )
     med = {}
     for stage2 in (False, True):
-        wr = statistics.median(x[0] for x in tp[stage2])
-        rd = statistics.median(x[1] for x in tp[stage2])
+        ws = sorted(x[0] for x in tp[stage2])
+        rs = sorted(x[1] for x in tp[stage2])
+        wr, rd = statistics.median(ws), statistics.median(rs)
         med[stage2] = (wr, rd)
-        print(f"  {'stage 2' if stage2 else 'stock  '}: write {wr:7.1f}  read {rd:7.1f}")
+        print(
+            f"  {'stage 2' if stage2 else 'stock  '}: write {wr:7.1f} ({ws[0]:.0f}-{ws[-1]:.0f})"
+            f"  read {rd:7.1f} ({rs[0]:.0f}-{rs[-1]:.0f})  [median (min-max)]"
+        )
     print(
         f"  ratio stage 2 / stock: write {med[True][0] / med[False][0]:.3f}, "
         f"read {med[True][1] / med[False][1]:.3f}"
