@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from avocado import Test
+from stage2_guest import BOOT_TIMEOUT, MEMORY_MIB, S2, stage2_guest
 
-from pyctl.guest.image import build_image
 from pyctl.guest.results import (
     BOOT_PATTERN,
     DONE_PATTERN,
     DdwWindow,
     Scenario,
-    cmdline_arg,
     parse_results,
     wait_pattern,
 )
@@ -44,16 +42,12 @@ from pyctl.iommufd import IommufdContext
 from pyctl.iommufd.guestmap import GuestRamMap
 from pyctl.iommufd.spapr_qmp import SpaprQmpBackend
 from pyctl.qemu.guestram import guest_ram
-from pyctl.qemu.launcher import LaunchError, QemuInstance, create_raw_disk
-from pyctl.qemu.machines import MACHINES, GuestConfig, NvmeDisk, qemu_build_dir
+from pyctl.qemu.launcher import LaunchError, QemuInstance
+from pyctl.qemu.machines import qemu_build_dir
 
 MIB = 1 << 20
-MEMORY_MIB = 1024
 DIMM = 512 * MIB
 MAX_MEMORY_MIB = MEMORY_MIB + 2 * DIMM // MIB
-DISK_BYTES = 256 * MIB
-S2 = "s2"
-BOOT_TIMEOUT = float(os.environ.get("IOMMULAB_BOOT_TIMEOUT", "240"))
 SCENARIOS = [
     Scenario("nvme-probe"),
     Scenario("nvme-rw", {"size": "4K"}),
@@ -79,28 +73,21 @@ class SpaprMemoryHotplug(Test):  # type: ignore[misc]
 
     def test_pseries_dimm_hotplug(self) -> None:
         build = qemu_build_dir()
-        image = build_image(MACHINES["pseries"].arch)
-        work = Path(self.workdir)
-        disk = create_raw_disk(work / "nvme.raw", DISK_BYTES)
         # the control plane's own QMP monitor (a short path: sun_path has 108 bytes)
         control = Path(tempfile.mkdtemp(prefix="iommulab-ctl-")) / "control.sock"
-        cfg = GuestConfig(
-            machine="pseries",
-            kernel=image.kernel,
-            initrd=image.initrd,
-            append=cmdline_arg(SCENARIOS) + " movable_node",
-            nvme=NvmeDisk(disk, serial="iommulab-hotplug"),
-            memory_mib=MEMORY_MIB,
+        cfg, disk = stage2_guest(
+            Path(self.workdir),
+            "pseries",
+            SCENARIOS,
+            "iommulab-hotplug",
+            append="movable_node",
+            extra_args=(
+                "-chardev", f"socket,id=ctl0,path={control},server=on,wait=off",
+                "-mon", "chardev=ctl0,mode=control",
+            ),
             memory_slots=2,
             max_memory_mib=MAX_MEMORY_MIB,
             host_channel=True,
-            paused=True,
-            extra_args=(
-                "-device", f"iommulab-spapr-s2,id={S2}",
-                "-chardev", f"socket,id=ctl0,path={control},server=on,wait=off",
-                "-mon", "chardev=ctl0,mode=control",
-                "-action", "shutdown=pause",
-            ),
         )  # fmt: skip
         inst = QemuInstance(cfg, Path(self.outputdir) / "qemu", build)
         seen: dict[str, Any] = {}

@@ -15,52 +15,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from avocado import Test
+from stage2_guest import BOOT_TIMEOUT, MEMORY_MIB, S2, attach_identity_stage2, stage2_guest
 
-from pyctl.guest.image import build_image
 from pyctl.guest.results import (
     BOOT_PATTERN,
     DONE_PATTERN,
     Scenario,
-    cmdline_arg,
     parse_results,
     wait_pattern,
 )
-from pyctl.qemu.launcher import LaunchError, QemuInstance, create_raw_disk
-from pyctl.qemu.machines import MACHINES, GuestConfig, NvmeDisk, qemu_build_dir
+from pyctl.qemu.launcher import LaunchError, QemuInstance
+from pyctl.qemu.machines import qemu_build_dir
 
-DISK_BYTES = 256 << 20
-MEMORY_MIB = 1024
 SERIAL = "iommulab-s2"
-BOOT_TIMEOUT = float(os.environ.get("IOMMULAB_BOOT_TIMEOUT", "240"))
 SCENARIOS = [
     Scenario("nvme-probe"),
     Scenario("nvme-rw", {"size": "4K"}),
     Scenario("nvme-rw", {"size": "64M"}),
 ]
-S2 = "s2"
 # A PHB4/5 root bus holds only its root port: the stage-2 device sits on a
 # second PHB's root bus and names the NVMe's PHB (pcie.0) with "phb".
 PNV_S2 = (
     f"pnv-phb,chip-id=0,index=1,id=pcie.1 -device "
     f"iommulab-spapr-s2,id={S2},bus=pcie.1,addr=0.0,phb=pcie.0"
 )
-
-
-def attach_identity_stage2(q: Any) -> None:
-    """Stage-2 domain 1 maps all guest RAM at IPA = PA; the PHB is attached to it."""
-    q.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
-    q.cmd(
-        "x-iommulab-map",
-        iommu=S2,
-        domain=1,
-        mappings=[{"iova": 0, "size": MEMORY_MIB << 20, "addr": 0, "read": True, "write": True}],
-    )
-    q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
 
 
 class SpaprStage2(Test):  # type: ignore[misc]
@@ -74,21 +56,8 @@ class SpaprStage2(Test):  # type: ignore[misc]
     def run_guest(self, machine: str, s2_device: str) -> dict[str, Any]:
         """Boot with ``-device s2_device`` (more devices: " -device " between)."""
         build = qemu_build_dir()
-        image = build_image(MACHINES[machine].arch)
-        disk = create_raw_disk(Path(self.workdir) / "nvme.raw", DISK_BYTES)
-        cfg = GuestConfig(
-            machine=machine,
-            kernel=image.kernel,
-            initrd=image.initrd,
-            append=cmdline_arg(SCENARIOS),
-            nvme=NvmeDisk(disk, serial=SERIAL),
-            memory_mib=MEMORY_MIB,
-            paused=True,
-            extra_args=(
-                *[a for d in s2_device.split(" -device ") for a in ("-device", d)],
-                "-action",
-                "shutdown=pause",
-            ),
+        cfg, disk = stage2_guest(
+            Path(self.workdir), machine, SCENARIOS, SERIAL, devices=s2_device.split(" -device ")
         )
         inst = QemuInstance(cfg, Path(self.outputdir) / "qemu", build)
         counters: Any = None
@@ -179,18 +148,13 @@ class SpaprStage2Fault(Test):  # type: ignore[misc]
     def test_pseries_unmap_under_io(self) -> None:
         """Unmap RAM above FAULT_KEEP before the second nvme-rw, remap before the third."""
         build = qemu_build_dir()
-        image = build_image(MACHINES["pseries"].arch)
-        disk = create_raw_disk(Path(self.workdir) / "nvme.raw", DISK_BYTES)
-        cfg = GuestConfig(
-            machine="pseries",
-            kernel=image.kernel,
-            initrd=image.initrd,
-            append=f"{cmdline_arg(FAULT_SCENARIOS)} movablecore={MOVABLE_MIB}M",
-            nvme=NvmeDisk(disk, serial=SERIAL),
-            memory_mib=MEMORY_MIB,
-            paused=True,
+        cfg, disk = stage2_guest(
+            Path(self.workdir),
+            "pseries",
+            FAULT_SCENARIOS,
+            SERIAL,
+            append=f"movablecore={MOVABLE_MIB}M",
             host_channel=True,
-            extra_args=("-device", f"iommulab-spapr-s2,id={S2}", "-action", "shutdown=pause"),
         )
         hole = {"iova": FAULT_KEEP, "size": (MEMORY_MIB << 20) - FAULT_KEEP}
         inst = QemuInstance(cfg, Path(self.outputdir) / "qemu", build)
