@@ -26,9 +26,11 @@ RAM = 256 << 20
 IOMMU = "viommu0"
 
 
-def qemu_binary() -> Path:
-    env = os.environ.get("IOMMULAB_QEMU")
-    path = Path(env) if env else (Path.home() / ".cache/iommulab/qemu-build/qemu-system-x86_64")
+def qemu_binary(target: str = "x86_64") -> Path:
+    """The project's qemu-system-TARGET (IOMMULAB_QEMU / IOMMULAB_QEMU_PPC64 override it);
+    a skip when it is not built, a failure in CI."""
+    env = os.environ.get("IOMMULAB_QEMU_PPC64" if target == "ppc64" else "IOMMULAB_QEMU")
+    path = Path(env) if env else (Path.home() / f".cache/iommulab/qemu-build/qemu-system-{target}")
     if not path.is_file():
         msg = f"QEMU binary {path} not built (scripts/build-qemu.sh)"
         if os.environ.get("CI") == "true":

@@ -10,16 +10,15 @@ changed (TCEs read back in bulk, window list).
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import qemu_binary
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -49,22 +48,11 @@ VIO_LIOBN = 0x2000  # spapr-vscsi at reg 0x2000
 GiB = 1 << 30
 
 
-def qemu_binary(target: str = "ppc64") -> Path:
-    env = os.environ.get("IOMMULAB_QEMU_PPC64" if target == "ppc64" else "IOMMULAB_QEMU")
-    path = Path(env) if env else (Path.home() / f".cache/iommulab/qemu-build/qemu-system-{target}")
-    if not path.is_file():
-        msg = f"QEMU binary {path} not built (scripts/build-qemu.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
 class Pseries(PseriesQtest):
     """The project's qemu-system-ppc64 as a :class:`PseriesQtest` (skips if not built)."""
 
     def __init__(self, extra: list[str] | None = None) -> None:
-        super().__init__(qemu_binary(), extra or [], ram=RAM)
+        super().__init__(qemu_binary("ppc64"), extra or [], ram=RAM)
 
 
 @pytest.fixture
