@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from pyctl.qemu.machines import GuestConfig, build_command, qemu_build_dir
@@ -147,8 +148,11 @@ class QemuInstance:
                     qmp.connect(negotiate=True)
                     self._qmp = qmp
                     return
-                except OSError:
-                    pass
+                except (OSError, ConnectError):
+                    # not listening yet, or (rarely) an event before the
+                    # greeting: a fresh connection gets a fresh greeting
+                    with contextlib.suppress(Exception):
+                        qmp.close()
             if time.monotonic() > deadline:
                 self.kill()
                 raise LaunchError(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
@@ -152,13 +153,33 @@ class QtestMachine:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             self.qt = QTest(qtest_path, timeout)
-            self.qmp = QEMUMonitorProtocol(qmp_path)
-            self.qmp.connect()
-        except Exception:
+            self.qmp = self._connect_qmp(qmp_path)
+        except Exception as exc:
             self.proc.kill()
-            self.proc.wait()
+            status = self.proc.wait()
+            output = self.log.read_text(errors="replace")[-2000:]
             self._dir.cleanup()
-            raise RuntimeError(f"QEMU did not start: {self.log.read_text()}") from None
+            raise RuntimeError(
+                f"QEMU did not start ({type(exc).__name__}: {exc}; exit status {status}): "
+                f"{output or 'no output'}"
+            ) from exc
+
+    @staticmethod
+    def _connect_qmp(path: str, attempts: int = 3) -> QEMUMonitorProtocol:
+        """QMP, negotiated.  About one start in a thousand, QEMU sent something other
+        than the greeting first (an event, as QEMU may; the legacy client refuses
+        that): a fresh connection gets a fresh greeting."""
+        for attempt in range(1, attempts + 1):
+            qmp = QEMUMonitorProtocol(path)
+            try:
+                qmp.connect()
+                return qmp
+            except ConnectError:
+                with contextlib.suppress(Exception):
+                    qmp.close()
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def alive(self) -> bool:
         return self.proc.poll() is None
