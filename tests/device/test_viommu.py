@@ -317,98 +317,51 @@ def test_default_mode_property(lab_factory: Any) -> None:
     assert lab.cmd("x-iommulab-query")["default-mode"] == "bypass"
 
 
+def mapping(
+    iova: int, size: int, addr: int, read: bool = True, write: bool = True
+) -> dict[str, Any]:
+    """One entry of x-iommulab-map's mappings."""
+    return {"iova": iova, "size": size, "addr": addr, "read": read, "write": write}
+
+
 BAD_INPUT: list[tuple[str, dict[str, Any], str]] = [
+    ("x-iommulab-map", {"domain": 1, "mappings": [mapping(0x1000, 0x1000, 0x1800)]}, "aligned"),
     (
         "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [
-                {"iova": 0x1000, "size": 0x1000, "addr": 0x1800, "read": True, "write": True}
-            ],
-        },
-        "aligned",
-    ),
-    (
-        "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [
-                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True},
-                {"iova": 0x1000, "size": 0, "addr": 0, "read": True, "write": True},
-            ],
-        },
+        {"domain": 1, "mappings": [mapping(0x100000, 0x1000, 0), mapping(0x1000, 0, 0)]},
         "zero",
     ),
     (
         "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [
-                {"iova": 0xFFFFFFFFFFFFF000, "size": 0x2000, "addr": 0, "read": True, "write": True}
-            ],
-        },
+        {"domain": 1, "mappings": [mapping(0xFFFFFFFFFFFFF000, 0x2000, 0)]},
         "wraps",
     ),
     (
         "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [{"iova": 1 << 48, "size": 0x1000, "addr": 0, "read": True, "write": True}],
-        },
+        {"domain": 1, "mappings": [mapping(1 << 48, 0x1000, 0)]},
         "input address size",
     ),
     (
         "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [
-                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": False, "write": False}
-            ],
-        },
+        {"domain": 1, "mappings": [mapping(0x100000, 0x1000, 0, read=False, write=False)]},
         "neither",
     ),
     (
         "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [
-                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True},
-                {"iova": 0x20000000, "size": 0x1000, "addr": 0, "read": True, "write": True},
-            ],
-        },
+        {"domain": 1, "mappings": [mapping(0x100000, 0x1000, 0), mapping(0x20000000, 0x1000, 0)]},
         "existing",
     ),
     (
         "x-iommulab-map",
-        {
-            "domain": 1,
-            "mappings": [
-                {"iova": 0x100000, "size": 0x2000, "addr": 0, "read": True, "write": True},
-                {"iova": 0x101000, "size": 0x1000, "addr": 0, "read": True, "write": True},
-            ],
-        },
+        {"domain": 1, "mappings": [mapping(0x100000, 0x2000, 0), mapping(0x101000, 0x1000, 0)]},
         "same request",
     ),
     (
         "x-iommulab-map",
-        {
-            "domain": 2,
-            "mappings": [
-                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True}
-            ],
-        },
+        {"domain": 2, "mappings": [mapping(0x100000, 0x1000, 0)]},
         "not a paging domain",
     ),
-    (
-        "x-iommulab-map",
-        {
-            "domain": 9,
-            "mappings": [
-                {"iova": 0x100000, "size": 0x1000, "addr": 0, "read": True, "write": True}
-            ],
-        },
-        "does not exist",
-    ),
+    ("x-iommulab-map", {"domain": 9, "mappings": [mapping(0x100000, 0x1000, 0)]}, "does not exist"),
     ("x-iommulab-map", {"domain": 1, "mappings": []}, "empty"),
     (
         "x-iommulab-unmap",
