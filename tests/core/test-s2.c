@@ -37,6 +37,7 @@ static void test_blocks_and_split(void)
     ILMapping m = { .iova = GiB, .size = GiB + 2 * MiB + 4 * KiB,
                     .addr = 3 * GiB, .perm = IL_PERM_RW };
     unsigned perm, shift;
+    uint64_t bytes;
     size_t bad;
     ILLookup lk;
     ILFaultReason reason;
@@ -63,7 +64,9 @@ static void test_blocks_and_split(void)
     CHECK_EQ(s2.tables, 4);
 
     /* Unmapping one page in the middle of the 1 GiB block splits it. */
-    CHECK_EQ(il_s2_unmap(&s2, GiB + 4 * MiB + 4 * KiB, 4 * KiB), 4 * KiB);
+    CHECK_EQ(il_s2_unmap(&s2, GiB + 4 * MiB + 4 * KiB, 4 * KiB, &bytes),
+             IL_OK);
+    CHECK_EQ(bytes, 4 * KiB);
     CHECK(!il_s2_lookup(&s2, GiB + 4 * MiB + 4 * KiB, &lk, &reason));
     CHECK_EQ(lookup(&s2, GiB + 4 * MiB, &perm, &shift), 3 * GiB + 4 * MiB);
     CHECK_EQ(shift, 12);
@@ -81,7 +84,8 @@ static void test_blocks_and_split(void)
     CHECK_EQ(c.m[0].size + c.m[1].size, s2.mapped);
 
     /* Unmapping a large range with holes counts only mapped bytes. */
-    CHECK_EQ(il_s2_unmap(&s2, 0, 1ULL << 40), m.size - 4 * KiB);
+    CHECK_EQ(il_s2_unmap(&s2, 0, 1ULL << 40, &bytes), IL_OK);
+    CHECK_EQ(bytes, m.size - 4 * KiB);
     CHECK_EQ(s2.mapped, 0);
     CHECK_EQ(s2.tables, 1);     /* empty tables are freed */
     il_s2_destroy(&s2);
@@ -202,11 +206,79 @@ static void test_table_budget(void)
     il_s2_destroy(&s2);
 }
 
+/*
+ * Unmapping part of a block splits it, which needs tables.  Over the budget
+ * the unmap fails with IL_ERR_NOMEM before changing anything (it used to
+ * dereference the NULL table); with room for exactly the tables it needs it
+ * succeeds, and ranges of one batch inside one block share its split table.
+ */
+static void test_split_budget(void)
+{
+    ILS2 s2;
+    ILMapping g = { .iova = GiB, .size = GiB, .addr = 0,
+                    .perm = IL_PERM_RW };
+    ILMapping two[2] = {
+        { .iova = GiB + 4 * MiB + 4 * KiB, .size = 4 * KiB },
+        { .iova = GiB + 4 * MiB + 12 * KiB, .size = 4 * KiB },
+    };
+    ILS2Reserve res;
+    uint64_t tables, bytes = 99;
+    unsigned perm, shift;
+    size_t bad;
+
+    CHECK_EQ(il_s2_init(&s2, 48), IL_OK);
+    CHECK_EQ(il_s2_map_batch(&s2, &g, 1, &bad), IL_OK);
+    tables = s2.tables;
+    CHECK_EQ(tables, 2);                    /* root, L3 with a 1 GiB leaf */
+    /* 4 KiB out of the 1 GiB block: a table of 2 MiB and one of 4 KiB. */
+    s2.max_tables = tables + 1;
+    CHECK_EQ(il_s2_unmap(&s2, GiB + 2 * MiB, 4 * KiB, &bytes),
+             IL_ERR_NOMEM);
+    CHECK_EQ(bytes, 0);
+    CHECK_EQ(s2.tables, tables);
+    CHECK_EQ(s2.mapped, GiB);
+    CHECK_EQ(lookup(&s2, GiB + 2 * MiB, &perm, &shift), 2 * MiB);
+    CHECK_EQ(shift, 30);
+    /* A 2 MiB piece needs one table only. */
+    CHECK_EQ(il_s2_unmap(&s2, GiB, 2 * MiB, &bytes), IL_OK);
+    CHECK_EQ(bytes, 2 * MiB);
+    CHECK_EQ(s2.tables, tables + 1);
+    CHECK_EQ(lookup(&s2, GiB + 2 * MiB, &perm, &shift), 2 * MiB);
+    CHECK_EQ(shift, 21);
+    /* Two pages of one 2 MiB block in one batch: one table. */
+    tables = s2.tables;
+    s2.max_tables = tables + 1;
+    CHECK_EQ(il_s2_unmap_reserve(&s2, two, 2, &res), IL_OK);
+    CHECK_EQ(res.count, 1);
+    CHECK_EQ(s2.tables, tables + 1);
+    CHECK_EQ(il_s2_unmap_reserved(&s2, two[0].iova, two[0].size, &res),
+             4 * KiB);
+    CHECK_EQ(il_s2_unmap_reserved(&s2, two[1].iova, two[1].size, &res),
+             4 * KiB);
+    il_s2_unmap_release(&s2, &res);
+    CHECK_EQ(s2.tables, tables + 1);
+    CHECK_EQ(lookup(&s2, GiB + 4 * MiB + 8 * KiB, &perm, &shift),
+             4 * MiB + 8 * KiB);
+    CHECK_EQ(shift, 12);
+    CHECK_EQ(s2.mapped, GiB - 2 * MiB - 8 * KiB);
+    /* A reservation released unused gives its tables back. */
+    s2.max_tables = IL_S2_MAX_TABLES;
+    two[0].iova = GiB + 8 * MiB;
+    CHECK_EQ(il_s2_unmap_reserve(&s2, two, 1, &res), IL_OK);
+    CHECK_EQ(res.count, 1);
+    il_s2_unmap_release(&s2, &res);
+    CHECK_EQ(s2.tables, tables + 1);
+    CHECK_EQ(s2.mapped, GiB - 2 * MiB - 8 * KiB);
+    il_s2_destroy(&s2);
+    CHECK_EQ(s2.tables, 0);
+}
+
 int main(void)
 {
     test_blocks_and_split();
     test_validation();
     test_table_budget();
+    test_split_budget();
     printf("ok\n");
     return 0;
 }

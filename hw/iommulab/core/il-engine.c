@@ -8,19 +8,26 @@
 #include "il-engine.h"
 #include "il-alloc.h"
 
-void il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
-                    ILReadFn *read, void *read_opaque)
+ILError il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
+                       ILReadFn *read, void *read_opaque)
 {
     memset(e, 0, sizeof(*e));
     if (tlb_entries == 0 || (tlb_entries & (tlb_entries - 1))) {
         tlb_entries = 4096;
     }
-    e->tlb = il_zalloc(tlb_entries * sizeof(*e->tlb));
-    e->tlb_mask = tlb_entries - 1;
     e->fq_cap = fq_cap ? fq_cap : 1;
-    e->fq = il_zalloc(e->fq_cap * sizeof(*e->fq));
+    e->tlb = il_zalloc_array(tlb_entries, sizeof(*e->tlb));
+    e->fq = il_zalloc_array(e->fq_cap, sizeof(*e->fq));
+    if (!e->tlb || !e->fq) {
+        il_free(e->tlb);
+        il_free(e->fq);
+        memset(e, 0, sizeof(*e));
+        return IL_ERR_NOMEM;
+    }
+    e->tlb_mask = tlb_entries - 1;
     e->read = read;
     e->read_opaque = read_opaque;
+    return IL_OK;
 }
 
 static void domain_destroy(ILDomain *d)
@@ -28,7 +35,7 @@ static void domain_destroy(ILDomain *d)
     if (d->type == IL_DOMAIN_PAGING) {
         il_s2_destroy(&d->s2);
     }
-    free(d);
+    il_free(d);
 }
 
 void il_engine_reset(ILEngine *e)
@@ -37,7 +44,9 @@ void il_engine_reset(ILEngine *e)
         domain_destroy(e->domains[i]);
     }
     e->ndomains = 0;
-    memset(e->tlb, 0, (e->tlb_mask + 1) * sizeof(*e->tlb));
+    if (e->tlb) {
+        memset(e->tlb, 0, (e->tlb_mask + 1) * sizeof(*e->tlb));
+    }
     e->tlb_valid = 0;
     il_faults_clear(e);
     memset(&e->c, 0, sizeof(e->c));
@@ -46,9 +55,9 @@ void il_engine_reset(ILEngine *e)
 void il_engine_destroy(ILEngine *e)
 {
     il_engine_reset(e);
-    free(e->domains);
-    free(e->tlb);
-    free(e->fq);
+    il_free(e->domains);
+    il_free(e->tlb);
+    il_free(e->fq);
     memset(e, 0, sizeof(*e));
 }
 
@@ -77,21 +86,33 @@ ILDomain *il_domain_find(const ILEngine *e, uint32_t id)
            e->domains[pos] : NULL;
 }
 
+/* Room for one more domain in the array, before anything is allocated. */
+static bool domain_room(ILEngine *e)
+{
+    size_t cap = e->cap ? e->cap * 2 : 16;
+    ILDomain **nd;
+
+    if (e->ndomains < e->cap) {
+        return true;
+    }
+    nd = il_zalloc_array(cap, sizeof(*nd));
+    if (!nd) {
+        return false;
+    }
+    if (e->ndomains) {
+        memcpy(nd, e->domains, e->ndomains * sizeof(*nd));
+    }
+    il_free(e->domains);
+    e->domains = nd;
+    e->cap = cap;
+    return true;
+}
+
+/* Cannot fail: domain_room() made room. */
 static void domain_insert(ILEngine *e, ILDomain *d)
 {
     size_t pos = domain_pos(e, d->id);
 
-    if (e->ndomains == e->cap) {
-        size_t cap = e->cap ? e->cap * 2 : 16;
-        ILDomain **nd = il_zalloc(cap * sizeof(*nd));
-
-        if (e->ndomains) {
-            memcpy(nd, e->domains, e->ndomains * sizeof(*nd));
-        }
-        free(e->domains);
-        e->domains = nd;
-        e->cap = cap;
-    }
     memmove(&e->domains[pos + 1], &e->domains[pos],
             (e->ndomains - pos) * sizeof(*e->domains));
     e->domains[pos] = d;
@@ -112,12 +133,18 @@ ILError il_domain_alloc_paging(ILEngine *e, uint32_t id, unsigned ias)
     if (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX) {
         return IL_ERR_INVAL;
     }
+    if (!domain_room(e)) {
+        return IL_ERR_NOMEM;
+    }
     d = il_zalloc(sizeof(*d));
+    if (!d) {
+        return IL_ERR_NOMEM;
+    }
     d->id = id;
     d->type = IL_DOMAIN_PAGING;
     err = il_s2_init(&d->s2, ias);
     if (err != IL_OK) {
-        free(d);
+        il_free(d);
         return err;
     }
     domain_insert(e, d);
@@ -145,7 +172,13 @@ ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
     if (e->ndomains >= IL_MAX_DOMAINS) {
         return IL_ERR_NOSPC;
     }
+    if (!domain_room(e)) {
+        return IL_ERR_NOMEM;
+    }
     d = il_zalloc(sizeof(*d));
+    if (!d) {
+        return IL_ERR_NOMEM;
+    }
     d->id = id;
     d->type = IL_DOMAIN_NESTED;
     d->parent = p;
@@ -269,6 +302,8 @@ ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,
 {
     ILDomain *d = il_domain_find(e, id);
     uint64_t bytes = 0;
+    ILS2Reserve res;
+    ILError err;
 
     *bad_index = 0;
     *unmapped = 0;
@@ -279,20 +314,24 @@ ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,
         return IL_ERR_TYPE;
     }
     for (size_t i = 0; i < n; i++) {
-        ILError err = il_check_range(ranges[i].iova, ranges[i].size,
-                                     d->s2.ias);
-
+        err = il_check_range(ranges[i].iova, ranges[i].size, d->s2.ias);
         if (err != IL_OK) {
             *bad_index = i;
             return err;
         }
+    }
+    /* The tables that splitting blocks needs, before anything changes. */
+    err = il_s2_unmap_reserve(&d->s2, ranges, n, &res);
+    if (err != IL_OK) {
+        return err;
     }
     for (size_t i = 0; i < n; i++) {
         RangeArg ra = {
             .d = d, .first = ranges[i].iova,
             .last = ranges[i].iova + (ranges[i].size - 1),
         };
-        uint64_t b = il_s2_unmap(&d->s2, ranges[i].iova, ranges[i].size);
+        uint64_t b = il_s2_unmap_reserved(&d->s2, ranges[i].iova,
+                                          ranges[i].size, &res);
 
         if (b) {
             /*
@@ -305,6 +344,7 @@ ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,
         }
         bytes += b;
     }
+    il_s2_unmap_release(&d->s2, &res);
     *unmapped = bytes;
     return IL_OK;
 }

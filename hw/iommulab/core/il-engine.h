@@ -108,9 +108,13 @@ typedef struct ILResult {
 #define IL_TR_DEBUG     (IL_TR_NOCACHE | IL_TR_NOCOUNT | IL_TR_NORECORD)
 #define IL_TR_MISSED_   8u  /* internal: the IOTLB lookup already missed */
 
-/* tlb_entries: a power of two; fq_cap: fault queue capacity (> 0). */
-void il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
-                    ILReadFn *read, void *read_opaque);
+/*
+ * tlb_entries: a power of two; fq_cap: fault queue capacity (> 0).
+ * IL_ERR_NOMEM if the IOTLB or the queue cannot be allocated; the engine is
+ * then left zeroed (il_engine_destroy() on it is a no-op).
+ */
+ILError il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
+                       ILReadFn *read, void *read_opaque);
 void il_engine_destroy(ILEngine *e);
 /* Drop all domains (none may be referenced), faults, IOTLB, counters. */
 void il_engine_reset(ILEngine *e);
@@ -124,8 +128,11 @@ ILError il_domain_free(ILEngine *e, uint32_t id);
 ILError il_domain_map(ILEngine *e, uint32_t id, const ILMapping *maps,
                       size_t n, size_t *bad_index);
 /*
- * Unmap ranges (maps[i].addr and .perm ignored), all validated first.  The
- * IOTLB entries of the domain in the ranges and all entries of its nested
+ * Unmap ranges (maps[i].addr and .perm ignored), all validated first.  All
+ * or nothing: IL_ERR_NOMEM (with *bad_index 0) when the tables to split
+ * partly unmapped 2 MiB / 1 GiB blocks cannot be reserved (host memory or
+ * the table budget), and then nothing changed.  The IOTLB entries of the
+ * domain in the ranges and all entries of its nested
  * children are invalidated before this returns.
  */
 ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,

@@ -23,7 +23,7 @@ typedef struct ILS2 {
     uint8_t top_shift;    /* address bit indexed by the root table */
     uint64_t mapped;      /* bytes mapped */
     uint64_t tables;      /* tables allocated, including the root */
-    uint64_t max_tables;  /* budget: a map needing more fails, changing nothing */
+    uint64_t max_tables;  /* budget: what needs more fails, changing nothing */
 } ILS2;
 
 typedef struct ILMapping {
@@ -76,8 +76,32 @@ bool il_s2_any_mapped(const ILS2 *s2, uint64_t first, uint64_t last);
 ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
                         size_t *bad_index);
 
+/*
+ * Unmapping part of a 2 MiB or 1 GiB block splits it into a table of
+ * smaller leaves, and a table is an allocation that can fail (host memory,
+ * or the domain's budget max_tables).  So an unmap first reserves every
+ * table its splits may need, before it changes anything: either all are
+ * reserved, or it fails with IL_ERR_NOMEM and nothing changed.  Reserved
+ * tables count against the budget until used or released.
+ *
+ *   il_s2_unmap_reserve(s2, ranges, n, &res);     may fail, changes nothing
+ *   il_s2_unmap_reserved(s2, iova, size, &res);   per range, cannot fail
+ *   il_s2_unmap_release(s2, &res);                frees what was not used
+ */
+typedef struct ILS2Reserve {
+    ILS2Table *pool;
+    uint64_t count;
+} ILS2Reserve;
+
+ILError il_s2_unmap_reserve(ILS2 *s2, const ILMapping *ranges, size_t n,
+                            ILS2Reserve *res);
 /* Unmap [iova, iova + size) (already validated); returns bytes unmapped. */
-uint64_t il_s2_unmap(ILS2 *s2, uint64_t iova, uint64_t size);
+uint64_t il_s2_unmap_reserved(ILS2 *s2, uint64_t iova, uint64_t size,
+                              ILS2Reserve *res);
+void il_s2_unmap_release(ILS2 *s2, ILS2Reserve *res);
+/* One range: reserve, unmap, release.  IL_ERR_NOMEM: nothing changed. */
+ILError il_s2_unmap(ILS2 *s2, uint64_t iova, uint64_t size,
+                    uint64_t *unmapped);
 
 /*
  * Call fn for every leaf in iova order; contiguous leaves with contiguous
