@@ -751,7 +751,7 @@ static IommulabInfo *iommulab_query(IOMMULabState *s, Error **errp)
     info->path = object_get_canonical_path(OBJECT(s));
     info->default_mode = mode_to_qapi(s->default_mode);
     info->iotlb_size = s->engine.tlb_mask + 1;
-    info->fault_queue_size = s->engine.fq_cap;
+    info->fault_queue_size = il_faults_capacity(&s->engine);
     qemu_mutex_lock(&s->lock);
     for (size_t i = 0; i < s->engine.ndomains; i++) {
         const ILDomain *d = s->engine.domains[i];
@@ -874,7 +874,7 @@ static IommulabFaults *iommulab_query_faults(IOMMULabState *s, bool clear,
         qf->domain = f->domain;
         QAPI_LIST_APPEND(tail, qf);
     }
-    res->dropped = s->engine.fq_dropped;
+    res->dropped = il_faults_dropped(&s->engine);
     if (clear) {
         il_faults_clear(&s->engine);
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "check.h"
 #include "il-engine.h"
+#include "il-alloc.h"
 
 #define MiB (1024 * 1024ULL)
 #define MEM_SIZE (16 * MiB)
@@ -116,7 +117,7 @@ static void test_paging(void)
         CHECK_EQ(r.reason, IL_REASON_BLOCKED);
     }
     CHECK_EQ(il_faults_count(&e), 4);
-    CHECK_EQ(e.fq_dropped, 3);
+    CHECK_EQ(il_faults_dropped(&e), 3);
     CHECK_EQ(e.c.faults_dropped, 3);
     CHECK_EQ(e.c.faults, 7);
     CHECK(il_faults_get(&e, 1)->has_domain);
@@ -126,7 +127,7 @@ static void test_paging(void)
     CHECK_EQ(e.c.faults, 7);
     il_faults_clear(&e);
     CHECK_EQ(il_faults_count(&e), 0);
-    CHECK_EQ(e.fq_dropped, 0);
+    CHECK_EQ(il_faults_dropped(&e), 0);
 
     /* repeats of one fault (same page and cause) are coalesced */
     for (int i = 0; i < 3; i++) {
@@ -292,11 +293,109 @@ static void test_domain_limit(void)
     il_engine_destroy(&e);
 }
 
+typedef struct Seen {
+    uint32_t dev[8];
+    uint32_t dom[8];
+    unsigned n;
+} Seen;
+
+static void seen_dev(void *opaque, uint32_t dev, const ILDomain *dom)
+{
+    Seen *s = opaque;
+
+    CHECK(s->n < 8);
+    s->dev[s->n] = dev;
+    s->dom[s->n++] = il_domain_id(dom);
+}
+
+/* Seen devices, as a bitmap of ids below 32 (the order is not defined). */
+static uint32_t seen_devs(const ILDomain *d, bool children)
+{
+    Seen s = { .n = 0 };
+    uint32_t bits = 0;
+
+    il_domain_for_each_dev(d, children, seen_dev, &s);
+    for (unsigned i = 0; i < s.n; i++) {
+        CHECK(s.dev[i] < 32 && !(bits & (1u << s.dev[i])));
+        bits |= 1u << s.dev[i];
+    }
+    return bits;
+}
+
+/* Domains know their devices and their nested children. */
+static void test_devices(void)
+{
+    ILEngine e;
+    ILDomain *p, *n1, *n2, *c;
+    unsigned nc = 0;
+
+    CHECK_EQ(il_engine_init(&e, 64, 4, mem_read, NULL), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
+    CHECK_EQ(il_domain_alloc_nested(&e, 2, 1, 0), IL_OK);
+    CHECK_EQ(il_domain_alloc_nested(&e, 3, 1, 0x1000), IL_OK);
+    p = il_domain_find(&e, 1);
+    n1 = il_domain_find(&e, 2);
+    n2 = il_domain_find(&e, 3);
+    CHECK_EQ(il_domain_count(&e), 3);
+    CHECK(il_domain_at(&e, 2) == n2);
+    CHECK(il_domain_at(&e, 3) == NULL);
+    CHECK(il_domain_parent(n1) == p);
+    CHECK_EQ(il_domain_ias(n1), 48);
+    CHECK_EQ(il_domain_s1_root(n2), 0x1000);
+    for (c = il_domain_first_child(p); c; c = il_domain_next_child(c)) {
+        CHECK(c == n1 || c == n2);
+        nc++;
+    }
+    CHECK_EQ(nc, 2);
+    CHECK_EQ(il_domain_children(p), 2);
+
+    /* many devices: the list grows; sorted, no duplicates */
+    for (uint32_t dev = 9; dev >= 4; dev--) {
+        CHECK_EQ(il_domain_attach_dev(&e, p, dev), IL_OK);
+    }
+    CHECK_EQ(il_domain_attach_dev(&e, p, 5), IL_ERR_EXISTS);
+    CHECK_EQ(il_domain_devices(p), 6);
+    CHECK_EQ(seen_devs(p, false), 0x3f0);
+    CHECK_EQ(il_domain_free(&e, 1), IL_ERR_BUSY);
+    CHECK_EQ(il_dev_switch_domain(&e, 1, NULL, n1), IL_OK);
+    CHECK_EQ(il_dev_switch_domain(&e, 9, p, n2), IL_OK);
+    CHECK_EQ(il_dev_switch_domain(&e, 9, n2, n2), IL_OK);
+    CHECK(il_domain_has_dev(n2, 9));
+    CHECK(!il_domain_has_dev(p, 9));
+    CHECK_EQ(seen_devs(p, false), 0x1f0);
+    CHECK_EQ(seen_devs(p, true), 0x3f2);
+    CHECK_EQ(seen_devs(n1, true), 0x2);
+    il_domain_detach_dev(&e, p, 31);            /* not attached: no-op */
+    CHECK_EQ(il_domain_devices(p), 5);
+    for (uint32_t dev = 4; dev <= 8; dev++) {
+        il_domain_detach_dev(&e, p, dev);
+    }
+    CHECK_EQ(seen_devs(p, false), 0);
+    CHECK_EQ(il_domain_devices(p), 0);
+    il_domain_detach_dev(&e, n1, 1);
+    CHECK_EQ(il_domain_free(&e, 2), IL_OK);
+    CHECK_EQ(il_domain_children(p), 1);
+    CHECK(il_domain_first_child(p) == n2);
+    CHECK(il_domain_next_child(n2) == NULL);
+    CHECK_EQ(il_domain_free(&e, 3), IL_ERR_BUSY);
+    il_domain_detach_dev(&e, n2, 9);
+    CHECK_EQ(il_domain_free(&e, 3), IL_OK);
+    CHECK(il_domain_first_child(p) == NULL);
+    CHECK_EQ(il_domain_free(&e, 1), IL_OK);
+    /* attachments kept by a domain are freed with the engine */
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 39), IL_OK);
+    CHECK_EQ(il_domain_attach_dev(&e, il_domain_find(&e, 1), 3), IL_OK);
+    il_domain_detach_dev(&e, il_domain_find(&e, 1), 3);
+    il_engine_destroy(&e);
+    CHECK_EQ(il_fail_nth_live(), 0);
+}
+
 int main(void)
 {
     test_paging();
     test_nested();
     test_domain_limit();
+    test_devices();
     printf("ok\n");
     return 0;
 }

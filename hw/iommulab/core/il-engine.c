@@ -15,12 +15,12 @@ ILError il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
     if (tlb_entries == 0 || (tlb_entries & (tlb_entries - 1))) {
         tlb_entries = 4096;
     }
-    e->fq_cap = fq_cap ? fq_cap : 1;
     e->tlb = il_zalloc_array(tlb_entries, sizeof(*e->tlb));
-    e->fq = il_zalloc_array(e->fq_cap, sizeof(*e->fq));
-    if (!e->tlb || !e->fq) {
+    if (!e->tlb) {
+        return IL_ERR_NOMEM;
+    }
+    if (il_fault_queue_init(&e->faults, fq_cap) != IL_OK) {
         il_free(e->tlb);
-        il_free(e->fq);
         memset(e, 0, sizeof(*e));
         return IL_ERR_NOMEM;
     }
@@ -35,6 +35,7 @@ static void domain_destroy(ILDomain *d)
     if (d->type == IL_DOMAIN_PAGING) {
         il_s2_destroy(&d->s2);
     }
+    il_free(d->devs);
     il_free(d);
 }
 
@@ -57,7 +58,7 @@ void il_engine_destroy(ILEngine *e)
     il_engine_reset(e);
     il_free(e->domains);
     il_free(e->tlb);
-    il_free(e->fq);
+    il_fault_queue_destroy(&e->faults);
     memset(e, 0, sizeof(*e));
 }
 
@@ -184,6 +185,8 @@ ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
     d->parent = p;
     d->s1_root = s1_root;
     p->children++;
+    d->next_sibling = p->first_child;
+    p->first_child = d;
     domain_insert(e, d);
     return IL_OK;
 }
@@ -254,7 +257,7 @@ void il_invalidate_range(ILEngine *e, const ILDomain *d, uint64_t iova,
 {
     RangeArg ra = { .d = d, .first = iova, .last = iova + (size - 1) };
 
-    tlb_drop(e, match_range, &ra);
+    tlb_drop(e, d && d->children ? match_range_or_child : match_range, &ra);
     e->c.invalidations++;
 }
 
@@ -272,6 +275,12 @@ ILError il_domain_free(ILEngine *e, uint32_t id)
     }
     tlb_drop(e, match_domain, d);
     if (d->parent) {
+        ILDomain **pp = &d->parent->first_child;
+
+        while (*pp != d) {
+            pp = &(*pp)->next_sibling;
+        }
+        *pp = d->next_sibling;
         d->parent->children--;
     }
     memmove(&e->domains[pos], &e->domains[pos + 1],
@@ -363,6 +372,119 @@ void il_domain_unref(ILDomain *d)
     }
 }
 
+/* Index of the first listed device >= dev. */
+static uint32_t dev_pos(const ILDomain *d, uint32_t dev)
+{
+    uint32_t lo = 0, hi = d->ndevs;
+
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+
+        if (d->devs[mid] < dev) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+bool il_domain_has_dev(const ILDomain *d, uint32_t dev)
+{
+    uint32_t pos = dev_pos(d, dev);
+
+    return pos < d->ndevs && d->devs[pos] == dev;
+}
+
+ILError il_domain_attach_dev(ILEngine *e, ILDomain *d, uint32_t dev)
+{
+    uint32_t pos = dev_pos(d, dev);
+
+    (void)e;
+    if (pos < d->ndevs && d->devs[pos] == dev) {
+        return IL_ERR_EXISTS;
+    }
+    if (d->ndevs == d->devs_cap) {
+        uint32_t cap = d->devs_cap ? d->devs_cap * 2 : 4;
+        uint32_t *nd = il_zalloc_array(cap, sizeof(*nd));
+
+        if (!nd) {
+            return IL_ERR_NOMEM;
+        }
+        if (d->ndevs) {
+            memcpy(nd, d->devs, d->ndevs * sizeof(*nd));
+        }
+        il_free(d->devs);
+        d->devs = nd;
+        d->devs_cap = cap;
+    }
+    memmove(&d->devs[pos + 1], &d->devs[pos],
+            (d->ndevs - pos) * sizeof(*d->devs));
+    d->devs[pos] = dev;
+    d->ndevs++;
+    d->devices++;
+    return IL_OK;
+}
+
+void il_domain_detach_dev(ILEngine *e, ILDomain *d, uint32_t dev)
+{
+    uint32_t pos = dev_pos(d, dev);
+
+    (void)e;
+    if (pos == d->ndevs || d->devs[pos] != dev) {
+        return;
+    }
+    memmove(&d->devs[pos], &d->devs[pos + 1],
+            (d->ndevs - pos - 1) * sizeof(*d->devs));
+    d->ndevs--;
+    d->devices--;
+}
+
+ILError il_dev_switch_domain(ILEngine *e, uint32_t dev, ILDomain *old,
+                             ILDomain *new_domain)
+{
+    if (old == new_domain) {
+        return IL_OK;
+    }
+    if (new_domain) {
+        ILError err = il_domain_attach_dev(e, new_domain, dev);
+
+        if (err != IL_OK) {
+            return err;
+        }
+    }
+    if (old) {
+        il_domain_detach_dev(e, old, dev);
+    }
+    return IL_OK;
+}
+
+static void domain_devs(const ILDomain *d, ILDevFn *fn, void *opaque)
+{
+    for (uint32_t i = 0; i < d->ndevs; i++) {
+        fn(opaque, d->devs[i], d);
+    }
+}
+
+void il_domain_for_each_dev(const ILDomain *d, bool children, ILDevFn *fn,
+                            void *opaque)
+{
+    domain_devs(d, fn, opaque);
+    if (children) {
+        for (const ILDomain *c = d->first_child; c; c = c->next_sibling) {
+            domain_devs(c, fn, opaque);
+        }
+    }
+}
+
+void il_domain_for_each_mapping(const ILDomain *d, ILS2WalkFn *fn,
+                                void *opaque)
+{
+    if (d->type == IL_DOMAIN_PAGING) {
+        il_s2_for_each(&d->s2, fn, opaque);
+    }
+}
+
 static void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
                          uint64_t iova, unsigned access, unsigned flags,
                          ILResult *r, bool *recorded)
@@ -372,7 +494,7 @@ static void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
         .access = access, .stage = r->stage, .reason = r->reason,
         .iova = iova,
     };
-    const ILFault *lf = &e->last_fault;
+    uint64_t dropped = e->faults.dropped;
 
     if (flags & IL_TR_NORECORD) {
         if (!(flags & IL_TR_NOCOUNT)) {
@@ -380,28 +502,16 @@ static void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
         }
         return;
     }
-    if (e->has_last_fault && lf->dev == nf.dev &&
-        lf->has_domain == nf.has_domain && lf->domain == nf.domain &&
-        lf->access == nf.access && lf->stage == nf.stage &&
-        lf->reason == nf.reason &&
-        (lf->iova >> IL_PAGE_SHIFT) == (iova >> IL_PAGE_SHIFT)) {
-        return;
+    if (!il_fault_record(&e->faults, &nf)) {
+        return;                 /* a repeat, coalesced */
     }
-    e->last_fault = nf;
-    e->has_last_fault = true;
     if (!(flags & IL_TR_NOCOUNT)) {
         e->c.faults++;
     }
     if (recorded) {
         *recorded = true;
     }
-    if (e->fq_len == e->fq_cap) {
-        e->fq_dropped++;
-        e->c.faults_dropped++;
-        return;
-    }
-    e->fq[(e->fq_head + e->fq_len) % e->fq_cap] = nf;
-    e->fq_len++;
+    e->c.faults_dropped += e->faults.dropped - dropped;
 }
 
 static inline bool fail(ILResult *r, ILFaultStage stage, ILFaultReason reason)
@@ -553,18 +663,15 @@ bool il_translate_slow(ILEngine *e, ILMode mode, const ILDomain *d,
 
 uint32_t il_faults_count(const ILEngine *e)
 {
-    return e->fq_len;
+    return il_fault_count(&e->faults);
 }
 
 const ILFault *il_faults_get(const ILEngine *e, uint32_t i)
 {
-    return i < e->fq_len ? &e->fq[(e->fq_head + i) % e->fq_cap] : NULL;
+    return il_fault_get(&e->faults, i);
 }
 
 void il_faults_clear(ILEngine *e)
 {
-    e->fq_head = 0;
-    e->fq_len = 0;
-    e->fq_dropped = 0;
-    e->has_last_fault = false;
+    il_fault_clear(&e->faults);
 }

@@ -13,6 +13,7 @@
 #include "il-types.h"
 #include "il-s1.h"
 #include "il-s2.h"
+#include "il-fault.h"
 
 typedef enum ILDomainType {
     IL_DOMAIN_PAGING = 0,
@@ -32,8 +33,13 @@ struct ILDomain {
     ILS2 s2;                /* paging */
     ILDomain *parent;       /* nested */
     uint64_t s1_root;       /* nested: IPA of the level-4 table */
-    uint32_t devices;       /* attached devices (il_domain_ref/unref) */
+    uint32_t devices;       /* attachments: devs below + il_domain_ref() */
     uint32_t children;      /* nested domains with this parent */
+    uint32_t *devs;         /* attached device ids, sorted */
+    uint32_t ndevs;
+    uint32_t devs_cap;
+    ILDomain *first_child;  /* paging: its nested domains */
+    ILDomain *next_sibling; /* nested: the parent's next child */
 };
 
 /*
@@ -51,16 +57,6 @@ typedef struct ILTlbEntry {
     uint8_t shift;
 } ILTlbEntry;
 
-typedef struct ILFault {
-    uint32_t dev;
-    uint32_t domain;
-    bool has_domain;
-    uint8_t access;         /* ILAccess */
-    uint8_t stage;          /* ILFaultStage */
-    uint8_t reason;         /* ILFaultReason */
-    uint64_t iova;
-} ILFault;
-
 typedef struct ILCounters {
     uint64_t hits;
     uint64_t misses;
@@ -77,14 +73,8 @@ typedef struct ILEngine {
     ILTlbEntry *tlb;
     uint32_t tlb_mask;
     uint32_t tlb_valid;
-    ILFault *fq;
-    uint32_t fq_cap;
-    uint32_t fq_head;
-    uint32_t fq_len;
-    uint64_t fq_dropped;    /* since the last il_faults_clear() */
-    ILFault last_fault;     /* for coalescing repeats, see il_translate() */
-    bool has_last_fault;
     ILCounters c;
+    ILFaultQueue faults;    /* what il_translate() refused */
     ILReadFn *read;
     void *read_opaque;
 } ILEngine;
@@ -138,14 +128,129 @@ ILError il_domain_map(ILEngine *e, uint32_t id, const ILMapping *maps,
 ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,
                         size_t n, size_t *bad_index, uint64_t *unmapped);
 
-/* Attachment bookkeeping (device counts), NULL allowed. */
+/*
+ * Attachment bookkeeping, anonymous (a count only), NULL allowed.
+ * Superseded by il_domain_attach_dev()/il_domain_detach_dev(), which also
+ * tell the domain which devices use it.
+ */
 void il_domain_ref(ILDomain *d);
 void il_domain_unref(ILDomain *d);
+
+/*
+ * The devices (caller-chosen ids, as in il_translate()) attached to a
+ * domain, as virtio-iommu's endpoint lists: so that an unmap or an
+ * invalidation notifies only the users of the domain.
+ *
+ * il_domain_attach_dev(): IL_ERR_EXISTS if dev is already attached to d,
+ * IL_ERR_NOMEM (nothing changed) if the list cannot grow.
+ * il_domain_detach_dev(): cannot fail; no-op if dev is not attached.
+ * il_dev_switch_domain(): detach dev from old and attach it to new (either
+ * may be NULL; old == new is a no-op), all or nothing.
+ */
+ILError il_domain_attach_dev(ILEngine *e, ILDomain *d, uint32_t dev);
+void il_domain_detach_dev(ILEngine *e, ILDomain *d, uint32_t dev);
+ILError il_dev_switch_domain(ILEngine *e, uint32_t dev, ILDomain *old,
+                             ILDomain *new_domain);
+bool il_domain_has_dev(const ILDomain *d, uint32_t dev);
+
+/*
+ * Call fn for each device attached to d and, with children (a paging
+ * domain), to each of its nested domains; dom is the domain the device is
+ * attached to.  fn must not attach or detach.
+ */
+typedef void ILDevFn(void *opaque, uint32_t dev, const ILDomain *dom);
+void il_domain_for_each_dev(const ILDomain *d, bool children, ILDevFn *fn,
+                            void *opaque);
+
+/* The nested children of a paging domain, in no particular order. */
+static inline ILDomain *il_domain_first_child(const ILDomain *d)
+{
+    return d->first_child;
+}
+
+static inline ILDomain *il_domain_next_child(const ILDomain *child)
+{
+    return child->next_sibling;
+}
+
+/* Read-only accessors, so that devices need not know the structures. */
+static inline uint32_t il_domain_id(const ILDomain *d)
+{
+    return d->id;
+}
+
+static inline ILDomainType il_domain_type(const ILDomain *d)
+{
+    return d->type;
+}
+
+/* Input address bits: the stage-2 ias, or the stage-1 format's. */
+static inline unsigned il_domain_ias(const ILDomain *d)
+{
+    return d->type == IL_DOMAIN_PAGING ? d->s2.ias : IL_S1_IAS;
+}
+
+/* Nested: the paging parent; paging: NULL. */
+static inline const ILDomain *il_domain_parent(const ILDomain *d)
+{
+    return d->parent;
+}
+
+static inline uint64_t il_domain_s1_root(const ILDomain *d)
+{
+    return d->s1_root;
+}
+
+/* Attachments (listed devices and il_domain_ref()s). */
+static inline uint32_t il_domain_devices(const ILDomain *d)
+{
+    return d->devices;
+}
+
+static inline uint32_t il_domain_children(const ILDomain *d)
+{
+    return d->children;
+}
+
+/* Paging: the mappings, merged as il_s2_for_each(); nested: none. */
+void il_domain_for_each_mapping(const ILDomain *d, ILS2WalkFn *fn,
+                                void *opaque);
+
+/* The domains in id order: i < il_domain_count(). */
+static inline size_t il_domain_count(const ILEngine *e)
+{
+    return e->ndomains;
+}
+
+static inline ILDomain *il_domain_at(const ILEngine *e, size_t i)
+{
+    return i < e->ndomains ? e->domains[i] : NULL;
+}
+
+static inline uint32_t il_iotlb_size(const ILEngine *e)
+{
+    return e->tlb_mask + 1;
+}
+
+/* IOTLB entries in use. */
+static inline uint32_t il_iotlb_valid(const ILEngine *e)
+{
+    return e->tlb_valid;
+}
+
+static inline const ILCounters *il_engine_counters(const ILEngine *e)
+{
+    return &e->c;
+}
 
 void il_invalidate_all(ILEngine *e);
 /* A paging domain's children are invalidated with it. */
 void il_invalidate_domain(ILEngine *e, const ILDomain *d);
-/* d == NULL: every domain.  [iova, iova + size) must be valid. */
+/*
+ * d == NULL: every domain.  [iova, iova + size) must be valid.  A paging
+ * domain's nested children lose all their entries with it (their stage-1
+ * tables and outputs may be anywhere in the range).
+ */
 void il_invalidate_range(ILEngine *e, const ILDomain *d, uint64_t iova,
                          uint64_t size);
 
@@ -195,9 +300,42 @@ static inline bool il_translate(ILEngine *e, ILMode mode, const ILDomain *d,
                              recorded);
 }
 
-/* Fault queue: oldest first. */
+/* The engine's fault queue (il-fault.h), oldest first. */
+static inline ILFaultQueue *il_engine_faults(ILEngine *e)
+{
+    return &e->faults;
+}
+
 uint32_t il_faults_count(const ILEngine *e);
 const ILFault *il_faults_get(const ILEngine *e, uint32_t i);
 void il_faults_clear(ILEngine *e);
+
+static inline uint32_t il_faults_capacity(const ILEngine *e)
+{
+    return il_fault_capacity(&e->faults);
+}
+
+/* Dropped (queue full) since the last il_faults_clear(). */
+static inline uint64_t il_faults_dropped(const ILEngine *e)
+{
+    return il_fault_dropped(&e->faults);
+}
+
+/*
+ * After il_translate() set *recorded: true if an event is to be sent now
+ * (with *suppressed the events held back since the last one), false if the
+ * rate limit suppresses it.  now_ms: any monotonic clock.
+ */
+static inline bool il_faults_event(ILEngine *e, int64_t now_ms,
+                                   uint64_t *suppressed)
+{
+    return il_fault_event(&e->faults, now_ms, suppressed);
+}
+
+/* Events suppressed by the rate limit, ever. */
+static inline uint64_t il_faults_suppressed(const ILEngine *e)
+{
+    return il_fault_suppressed(&e->faults);
+}
 
 #endif

@@ -51,9 +51,10 @@ typedef enum ILError {
 const char *il_strerror(ILError err);
 
 typedef enum ILFaultStage {
-    IL_STAGE_DEVICE = 0,
+    IL_STAGE_DEVICE = 0,    /* the requester is blocked (its mode) */
     IL_STAGE_1,
     IL_STAGE_2,
+    IL_STAGE_TCE,           /* an sPAPR TCE window */
 } ILFaultStage;
 
 typedef enum ILFaultReason {
