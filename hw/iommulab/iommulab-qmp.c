@@ -11,7 +11,8 @@
 #include "qom/object.h"
 #include "iommulab-viommu.h"
 
-static IOMMULabState *iommulab_find(const char *name, Error **errp)
+Object *iommulab_resolve(const char *name, const char *type,
+                         const char *what, Error **errp)
 {
     Object *obj = NULL;
 
@@ -19,17 +20,24 @@ static IOMMULabState *iommulab_find(const char *name, Error **errp)
         g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
                                                 name);
 
-        obj = object_resolve_path_type(path, TYPE_IOMMULAB_VIOMMU, NULL);
+        obj = object_resolve_path_type(path, type, NULL);
     }
     if (!obj) {
-        obj = object_resolve_path_type(name, TYPE_IOMMULAB_VIOMMU, NULL);
+        obj = object_resolve_path_type(name, type, NULL);
     }
     if (!obj) {
-        error_setg(errp, "'%s' is not an %s (give its id or QOM path)",
-                   name, TYPE_IOMMULAB_VIOMMU);
-        return NULL;
+        error_setg(errp, "'%s' is not %s (give its id or QOM path)", name,
+                   what);
     }
-    return IOMMULAB_VIOMMU(obj);
+    return obj;
+}
+
+static IOMMULabState *iommulab_find(const char *name, Error **errp)
+{
+    Object *obj = iommulab_resolve(name, TYPE_IOMMULAB_VIOMMU,
+                                   "an " TYPE_IOMMULAB_VIOMMU, errp);
+
+    return obj ? IOMMULAB_VIOMMU(obj) : NULL;
 }
 
 #define IOMMULAB_CALL(iommu, method, ...) \

@@ -64,7 +64,16 @@ struct IOMMULabState {
      * subclass asks for with iommulab_viommu_requester().
      */
     bool keep_bus_iommu;
+    /*
+     * Set by a subclass before realize: nested domains are refused (and
+     * x-iommulab-query-hw-info reports no stage 1), e.g. beneath a PHB
+     * whose TCE tables are the guest's own first stage.
+     */
+    bool no_nesting;
 };
+
+/* Input address size of a paging domain allocated without 'ias' */
+#define IOMMULAB_DEFAULT_IAS 48
 
 /*
  * The QMP commands (iommulab-qmp.c, compiled into every system emulator)
@@ -96,6 +105,11 @@ struct IOMMULabClass {
                                       Error **errp);
     IommulabFaults *(*query_faults)(IOMMULabState *s, bool clear,
                                     Error **errp);
+    /*
+     * Optional, for subclasses: complete the facts the engine's device
+     * filled in for x-iommulab-query-hw-info (type, the PHB beneath, ...).
+     */
+    void (*hw_info)(IOMMULabState *s, IommulabHwInfo *info);
 };
 
 /*
@@ -113,5 +127,14 @@ void iommulab_viommu_attach_requester(IOMMULabDev *dev,
                                       IommulabAttachMode mode,
                                       bool has_domain, uint32_t domain,
                                       Error **errp);
+
+/*
+ * The one lookup of the lab's QMP commands: @name is a qdev id (of a
+ * device under /machine/peripheral) or a QOM path (full or partial) of an
+ * object of @type.  Fails with "'NAME' is not WHAT (give its id or QOM
+ * path)".
+ */
+Object *iommulab_resolve(const char *name, const char *type,
+                         const char *what, Error **errp);
 
 #endif

@@ -51,6 +51,7 @@ typedef struct IOMMULabSpaprS2 {
     IOMMULabState parent_obj;
     char *phb_name;             /* property "phb": PHB by id, else our bus */
     uint32_t phb;               /* PHB index (pseries) or id (PowerNV) */
+    SpaprPhbState *sphb;        /* pseries: the PHB; NULL on PowerNV */
     IOMMULabDev *req;           /* the PHB's stage-2 requester */
 } IOMMULabSpaprS2;
 
@@ -140,6 +141,7 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
     s2->req = iommulab_viommu_requester(IOMMULAB_VIOMMU(pdev), bus,
                                         pdev->devfn);
     as = &s2->req->as;
+    s2->sphb = sphb;
     for (i = 0; sphb && i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
         s2->phb = sphb->index;
         tcet = sphb->dma_liobn[i] ?
@@ -211,6 +213,18 @@ static void il_s2_instance_init(Object *obj)
 
     s->msi_size = 0;
     s->keep_bus_iommu = true;
+    /* The guest's first stage is the PHB's TCE tables, not the engine's */
+    s->no_nesting = true;
+}
+
+static void il_s2_hw_info(IOMMULabState *s, IommulabHwInfo *info)
+{
+    IOMMULabSpaprS2 *s2 = IOMMULAB_SPAPR_S2(s);
+
+    info->type = IOMMULAB_HW_TYPE_SPAPR_STAGE2;
+    if (s2->sphb) {
+        info->spapr_pe = iommulab_spapr_pe_info(OBJECT(s2->sphb));
+    }
 }
 
 static const Property il_s2_properties[] = {
@@ -221,7 +235,9 @@ static void il_s2_class_init(ObjectClass *klass, void *data)
 {
     PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
     DeviceClass *dc = DEVICE_CLASS(klass);
+    IOMMULabClass *ic = IOMMULAB_VIOMMU_CLASS(klass);
 
+    ic->hw_info = il_s2_hw_info;
     il_s2_parent_realize = k->realize;
     k->realize = il_s2_realize;
     dc->desc = "iommulab stage 2 beneath a pseries PHB's TCE windows";

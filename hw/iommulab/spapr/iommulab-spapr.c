@@ -20,6 +20,7 @@
 #include "hw/ppc/spapr.h"
 #include "hw/pci-host/spapr.h"
 #include "system/system.h"
+#include "hw/iommulab/iommulab-viommu.h"
 #include "iommulab-spapr.h"
 #include "trace.h"
 
@@ -177,19 +178,26 @@ static bool il_spapr_refuses_create(SpaprPhbState *sphb)
     return r;
 }
 
-static IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb)
+static uint8List *il_spapr_page_shift_list(uint64_t mask)
 {
-    IommulabSpaprDdwPolicy *p = g_new0(IommulabSpaprDdwPolicy, 1);
-    uint8List **tail = &p->page_shifts;
+    uint8List *head = NULL, **tail = &head;
     int i;
 
-    p->ddw = sphb->ddw_enabled;
-    p->windows = sphb->ddw_max_windows;
     for (i = 0; i < 64; i++) {
-        if (sphb->page_size_mask & (1ULL << i)) {
+        if (mask & (1ULL << i)) {
             QAPI_LIST_APPEND(tail, i);
         }
     }
+    return head;
+}
+
+static IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb)
+{
+    IommulabSpaprDdwPolicy *p = g_new0(IommulabSpaprDdwPolicy, 1);
+
+    p->ddw = sphb->ddw_enabled;
+    p->windows = sphb->ddw_max_windows;
+    p->page_shifts = il_spapr_page_shift_list(sphb->page_size_mask);
     p->max_tces = sphb->ddw_max_tces;
     p->dma64_offset = sphb->dma64_win_addr;
     p->default_window_size = sphb->dma_win_size;
@@ -681,6 +689,83 @@ static IommulabSpaprTceFaults *il_spapr_query_faults(bool has_clear,
     }
     qemu_mutex_unlock(&ils.lock);
     return r;
+}
+
+/* Hardware facts (x-iommulab-query-hw-info) */
+
+/* The iommulab vIOMMU whose address space the PHB's TCEs output into */
+static IOMMULabState *il_spapr_stage2(SpaprPhbState *sphb)
+{
+    SpaprTceTable *tcet;
+    int i;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet && tcet->output_as) {
+            return (IOMMULabState *)object_dynamic_cast(
+                memory_region_owner(tcet->output_as->root),
+                TYPE_IOMMULAB_VIOMMU);
+        }
+    }
+    return NULL;
+}
+
+IommulabHwSpaprPe *iommulab_spapr_pe_info(Object *phb)
+{
+    SpaprPhbState *sphb = SPAPR_PCI_HOST_BRIDGE(phb);
+    IommulabHwSpaprPe *pe = g_new0(IommulabHwSpaprPe, 1);
+    uint32List **ltail = &pe->liobns;
+    IOMMULabState *s2 = il_spapr_stage2(sphb);
+    SpaprTceTable *tcet;
+    int i;
+
+    pe->phb = sphb->index;
+    pe->buid = sphb->buid;
+    pe->path = object_get_canonical_path(phb);
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = il_spapr_table(sphb, i);
+        if (tcet) {
+            QAPI_LIST_APPEND(ltail, tcet->liobn);
+        }
+    }
+    pe->ddw = sphb->ddw_enabled;
+    pe->default_window = g_new0(IommulabHwRange, 1);
+    pe->default_window->start = sphb->dma_win_addr;
+    pe->default_window->size = sphb->dma_win_size;
+    pe->page_shifts = il_spapr_page_shift_list(sphb->page_size_mask);
+    pe->max_windows = sphb->ddw_max_windows;
+    pe->max_tces = sphb->ddw_max_tces;
+    /* SpaprTceTable::table is one flat array of TCEs */
+    pe->levels = 1;
+    pe->dma64_offset = sphb->dma64_win_addr;
+    if (s2) {
+        pe->stage2 = object_get_canonical_path(OBJECT(s2));
+    }
+    return pe;
+}
+
+IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev)
+{
+    PCIBus *root = pci_device_root_bus(pdev);
+    Object *phb = OBJECT(BUS(root)->parent);
+    IommulabHwInfo *info;
+
+    if (!object_dynamic_cast(phb, TYPE_SPAPR_PCI_HOST_BRIDGE)) {
+        return NULL;
+    }
+    info = g_new0(IommulabHwInfo, 1);
+    info->type = IOMMULAB_HW_TYPE_SPAPR_TCE;
+    info->iommu = object_get_canonical_path(phb);
+    info->device = object_get_canonical_path(OBJECT(pdev));
+    info->has_requester_id = true;
+    info->requester_id = PCI_BUILD_BDF(pci_bus_num(pci_get_bus(pdev)),
+                                       pdev->devfn);
+    info->page_sizes = SPAPR_PCI_HOST_BRIDGE(phb)->page_size_mask;
+    info->nesting = false;
+    info->dirty_tracking = false;
+    info->fault_queue_size = IL_SPAPR_FAULTS_MAX;
+    info->spapr_pe = iommulab_spapr_pe_info(phb);
+    return info;
 }
 
 static const IommulabSpaprBackend il_spapr_backend = {

@@ -13,6 +13,7 @@
 #ifndef HW_IOMMULAB_SPAPR_H
 #define HW_IOMMULAB_SPAPR_H
 
+#include "qapi/qapi-types-iommulab.h"
 #include "qapi/qapi-types-iommulab-spapr.h"
 
 typedef struct IommulabSpaprBackend {
@@ -47,5 +48,15 @@ typedef void IommulabSpaprS2AttachFn(const char *stage2,
                                      bool has_domain, uint32_t domain,
                                      Error **errp);
 void iommulab_spapr_set_stage2_attach(IommulabSpaprS2AttachFn *fn);
+
+/*
+ * x-iommulab-query-hw-info for a PCI device on a pseries PHB: the facts of
+ * its PE (the PHB's TCE tables).  NULL when @pdev is on no pseries PHB;
+ * always NULL in a QEMU without pseries (iommulab-spapr-stub.c).
+ */
+IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev);
+
+/* The PE facts of pseries PHB @phb (a spapr-pci-host-bridge); pseries only */
+IommulabHwSpaprPe *iommulab_spapr_pe_info(Object *phb);
 
 #endif
