@@ -1,6 +1,7 @@
 /* Unit test: the stage-2 radix table (blocks, splits, validation, memory). */
 #include "check.h"
 #include "il-s2.h"
+#include "il-alloc.h"
 
 #define KiB 1024ULL
 #define MiB (1024 * KiB)
@@ -101,6 +102,7 @@ static void test_validation(void)
 
     CHECK_EQ(il_s2_init(&s2, 39), IL_OK);
     CHECK_EQ(s2.levels, 3);
+    il_s2_destroy(&s2);
     CHECK_EQ(il_s2_init(&s2, 20), IL_ERR_INVAL);
     CHECK_EQ(il_s2_init(&s2, 58), IL_ERR_INVAL);
     CHECK_EQ(il_s2_init(&s2, 39), IL_OK);
@@ -271,6 +273,7 @@ static void test_split_budget(void)
     CHECK_EQ(s2.mapped, GiB - 2 * MiB - 8 * KiB);
     il_s2_destroy(&s2);
     CHECK_EQ(s2.tables, 0);
+    CHECK_EQ(il_fail_nth_live(), 0);
 }
 
 int main(void)

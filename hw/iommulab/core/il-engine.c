@@ -87,7 +87,7 @@ ILDomain *il_domain_find(const ILEngine *e, uint32_t id)
            e->domains[pos] : NULL;
 }
 
-/* Room for one more domain in the array, before anything is allocated. */
+/* Room for one more domain in the array, so that inserting cannot fail. */
 static bool domain_room(ILEngine *e)
 {
     size_t cap = e->cap ? e->cap * 2 : 16;
@@ -134,9 +134,6 @@ ILError il_domain_alloc_paging(ILEngine *e, uint32_t id, unsigned ias)
     if (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX) {
         return IL_ERR_INVAL;
     }
-    if (!domain_room(e)) {
-        return IL_ERR_NOMEM;
-    }
     d = il_zalloc(sizeof(*d));
     if (!d) {
         return IL_ERR_NOMEM;
@@ -147,6 +144,11 @@ ILError il_domain_alloc_paging(ILEngine *e, uint32_t id, unsigned ias)
     if (err != IL_OK) {
         il_free(d);
         return err;
+    }
+    /* Last, so that a failure leaves no allocation behind. */
+    if (!domain_room(e)) {
+        domain_destroy(d);
+        return IL_ERR_NOMEM;
     }
     domain_insert(e, d);
     return IL_OK;
@@ -173,11 +175,12 @@ ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
     if (e->ndomains >= IL_MAX_DOMAINS) {
         return IL_ERR_NOSPC;
     }
-    if (!domain_room(e)) {
-        return IL_ERR_NOMEM;
-    }
     d = il_zalloc(sizeof(*d));
     if (!d) {
+        return IL_ERR_NOMEM;
+    }
+    if (!domain_room(e)) {
+        il_free(d);
         return IL_ERR_NOMEM;
     }
     d->id = id;
