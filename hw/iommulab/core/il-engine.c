@@ -488,7 +488,12 @@ void il_domain_for_each_mapping(const ILDomain *d, ILS2WalkFn *fn,
     }
 }
 
-static void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
+/*
+ * Out of the walk's way (faults are rare, walks are not): inlined, it cost
+ * the nested walk registers.  GCC and Clang, as QEMU requires.
+ */
+static __attribute__((cold, noinline))
+void record_fault(ILEngine *e, const ILDomain *d, uint32_t dev,
                          uint64_t iova, unsigned access, unsigned flags,
                          ILResult *r, bool *recorded)
 {
