@@ -78,7 +78,9 @@ static void snap_take(const ILEngine *e, Snap *s)
         sd->children = il_domain_children(d);
         sd->ndevs = d->ndevs;
         CHECK(d->ndevs <= SNAP_DEVS);
-        memcpy(sd->devs, d->devs, d->ndevs * sizeof(*d->devs));
+        if (d->ndevs) {
+            memcpy(sd->devs, d->devs, d->ndevs * sizeof(*d->devs));
+        }
         for (const ILDomain *c = il_domain_first_child(d); c;
              c = il_domain_next_child(c)) {
             sd->child_ids |= 1u << (il_domain_id(c) & 31);
