@@ -1,10 +1,13 @@
 """The Linux iommufd object model (IOAS, HWPT, DEVICE) programming a vIOMMU backend."""
 
 from .backend import (
+    X86_MSI_WINDOW,
     DeviceHwInfo,
     HardwareBackend,
     HwState,
     MapEntry,
+    ResvRegion,
+    SpaprPeInfo,
     Translation,
     Window,
     WindowBackend,
@@ -12,11 +15,11 @@ from .backend import (
 )
 from .context import (
     IOMMULAB_INV_ALL,
-    X86_MSI_WINDOW,
     IommufdContext,
     IommulabHwptData,
     IommulabInvalidateEntry,
     IovaRanges,
+    ModelOptions,
     WindowChange,
 )
 from .errors import BackendError, IommufdError
@@ -43,7 +46,10 @@ __all__ = [
     "IommulabInvalidateEntry",
     "IovaRanges",
     "MapEntry",
+    "ModelOptions",
     "RebuildError",
+    "ResvRegion",
+    "SpaprPeInfo",
     "Translation",
     "Window",
     "WindowBackend",

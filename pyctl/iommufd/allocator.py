@@ -2,7 +2,9 @@
 
 It reproduces the kernel's ``iopt_alloc_iova()`` choice (the lowest free
 IOVA, aligned to ``roundup_pow_of_two(length)`` or to the lowest set bit of
-the user address if smaller, OR-ed with the in-page offset, never 0) without
+the user address if smaller, capped at ``max_alignment`` (HPAGE_SIZE with
+transparent huge pages, else PAGE_SIZE), OR-ed with the in-page offset, never
+0, never starting on the last byte of a hole) without
 walking every hole: holes live in a sorted map (start -> last) and in one
 sorted list per size class ``floor(log2(size))``.  A class whose smallest
 member is large enough for any alignment contributes just its lowest hole
@@ -31,11 +33,23 @@ def lowest_bit(n: int) -> int:
     return n & -n
 
 
-def alloc_alignment(length: int, uptr: int) -> int:
-    """The alignment the kernel wants for an allocated IOVA of ``length`` bytes."""
+#: HPAGE_SIZE of x86-64 (and of ppc64 radix): iopt_alloc_iova's cap with THP
+HPAGE_SIZE = 2 << 20
+
+
+def alloc_alignment(length: int, uptr: int, max_alignment: int | None = None) -> int:
+    """The alignment the kernel wants for an allocated IOVA of ``length`` bytes.
+
+    ``iopt_alloc_iova()``: roundup_pow_of_two(length), or the lowest set bit of
+    the address if smaller, then at most ``max_alignment`` (the kernel's
+    ``max_alignment``: HPAGE_SIZE with CONFIG_TRANSPARENT_HUGEPAGE, else
+    PAGE_SIZE; None = no cap).
+    """
     align = roundup_pow_of_two(length)
     if uptr:
         align = min(align, lowest_bit(uptr))
+    if max_alignment is not None and align >= max_alignment:
+        align = max_alignment
     return align
 
 
@@ -48,7 +62,8 @@ def hole_fit(start: int, last: int, length: int, align: int, page_offset: int) -
     if last - start < length - 1:
         return None
     pos = _align_up(start, align) | page_offset
-    if pos > last or last - pos < length - 1:
+    # __alloc_iova_check_range(): an aligned start on the hole's last byte is refused
+    if pos >= last or last - pos < length - 1:
         return None
     return pos
 
@@ -131,6 +146,8 @@ class HoleSet:
         if length <= 0:
             return None
         need = length + align - 1 + page_offset
+        if length == 1:
+            need += 1  # hole_fit never starts on a hole's last byte
         best: int | None = None
         first_cls = max(0, length.bit_length() - 1 - 1)
         for k in range(first_cls, _CLASSES):

@@ -24,6 +24,9 @@ class Area:
     read: bool
     write: bool
     pages_writable: bool
+    #: identity of the kernel's ``iopt_pages`` behind the area: a new one per MAP,
+    #: shared by the areas a COPY makes from it (used by per-``iopt_pages`` accounting)
+    pages: int = 0
 
     @property
     def last(self) -> int:

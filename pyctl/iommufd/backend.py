@@ -11,13 +11,22 @@ or succeeds completely.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 DomainType = Literal["paging", "nested"]
 AttachMode = Literal["blocked", "bypass", "domain"]
 Access = Literal["read", "write"]
 Platform = Literal["x86", "spapr"]
+#: the kernel's enum iommu_resv_type, as the device names them
+ResvKind = Literal["direct", "direct-relaxable", "reserved", "msi", "sw-msi"]
+Range = tuple[int, int]
+
+#: The interrupt window of x86 (the LAPIC's MSI address range), which x86 IOMMUs
+#: report as an IOMMU_RESV_MSI region.  A fact of that hardware: the in-memory
+#: backend gives it to its x86 devices; the model never assumes it.
+X86_MSI_WINDOW: Range = (0xFEE00000, 0xFEEFFFFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +63,76 @@ class HwState:
     devices: tuple[HwDevice, ...]
 
 
+class ResvRegion(NamedTuple):
+    """One reserved region of a device (``iommu_get_resv_regions``): IOVA DMA cannot use."""
+
+    start: int
+    last: int
+    kind: ResvKind = "reserved"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaprPeInfo:
+    """What an sPAPR PE reports (``ibm,query-pe-dma-window`` and VFIO's TCE_GET_INFO)."""
+
+    #: the default 32-bit window every PE starts with
+    dma32_start: int = 0
+    dma32_size: int = 1 << 30
+    #: TCE page shifts the PE implements
+    page_shifts: tuple[int, ...] = (12, 16, 21, 24)
+    max_windows: int = 2
+    #: TCEs one window may hold, if limited
+    max_tces: int | None = None
+    #: TCE table levels
+    levels: int = 1
+
+
+#: 4 KiB, 2 MiB and 1 GiB pages (bit n set = 2**n bytes)
+DEFAULT_PGSIZE_BITMAP = (1 << 12) | (1 << 21) | (1 << 30)
+
+#: Marks a DeviceHwInfo built without ``msi_window`` (see ``DeviceHwInfo.msi_window``).
+_MSI_UNREPORTED: Range = (-1, -1)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceHwInfo:
-    """What the hardware tells about a device behind it (the kernel's GET_HW_INFO)."""
+    """What the hardware tells about a device behind it (the kernel's GET_HW_INFO
+    plus the reserved regions ``iommu_get_resv_regions`` reports).
+
+    The model reserves exactly ``resv_regions()`` in every IOAS the device is
+    attached to (``iopt_table_enforce_dev_resv_regions``) and takes page sizes,
+    address width and nesting from here; it knows no hardware constant.
+    """
 
     device: str
     platform: Platform
     #: input address bits of its paging domains (aperture 0 .. 2**ias - 1)
     ias: int = 48
     #: supported page sizes, bit n set = 2**n bytes
-    pgsize_bitmap: int = (1 << 12) | (1 << 21) | (1 << 30)
+    pgsize_bitmap: int = DEFAULT_PGSIZE_BITMAP
     nesting: bool = True
+    #: reserved regions other than the MSI window, as (start, last, kind)
+    reserved: tuple[ResvRegion, ...] = ()
+    #: the MSI window (an IOMMU_RESV_MSI region), None when the device has none.
+    #: Left out, an "x86" device gets X86_MSI_WINDOW: backends that do not yet
+    #: read the device's own report (QmpBackend before x-iommulab-query-hw-info)
+    #: keep their old behaviour; every other caller passes what the device says.
+    msi_window: Range | None = _MSI_UNREPORTED
+    #: sPAPR PE facts (None for a paging IOMMU's requester)
+    spapr: SpaprPeInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.msi_window is _MSI_UNREPORTED:
+            msi = X86_MSI_WINDOW if self.platform == "x86" else None
+            object.__setattr__(self, "msi_window", msi)
+        object.__setattr__(self, "reserved", tuple(ResvRegion(*r) for r in self.reserved))
+
+    def resv_regions(self) -> list[ResvRegion]:
+        """Every reserved region, the MSI window included, in address order."""
+        out = list(self.reserved)
+        if self.msi_window is not None:
+            out.append(ResvRegion(self.msi_window[0], self.msi_window[1], "msi"))
+        return sorted(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +186,24 @@ class WindowEvent:
     device: str
     kind: Literal["created", "removed", "reset"]
     window: Window
+
+
+def merged(maps: Iterable[MapEntry]) -> list[MapEntry]:
+    """Mappings as the device reports them: touching runs with contiguous output and
+    equal permissions joined (``x-iommulab-query``).  ``maps`` is in IOVA order."""
+    out: list[MapEntry] = []
+    for m in maps:
+        if out:
+            p = out[-1]
+            if (
+                p.iova + p.size == m.iova
+                and p.addr + p.size == m.addr
+                and (p.read, p.write) == (m.read, m.write)
+            ):
+                out[-1] = MapEntry(p.iova, p.size + m.size, p.addr, p.read, p.write)
+                continue
+        out.append(m)
+    return out
 
 
 @runtime_checkable

@@ -9,11 +9,12 @@ to test the model's rollback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sortedcontainers import SortedDict
 
 from .backend import (
+    X86_MSI_WINDOW,
     Access,
     AttachMode,
     DeviceHwInfo,
@@ -23,10 +24,12 @@ from .backend import (
     HwDomain,
     HwState,
     MapEntry,
+    SpaprPeInfo,
     Translation,
     Window,
     WindowCaps,
     WindowEvent,
+    merged,
 )
 from .errors import BackendError
 
@@ -95,6 +98,22 @@ class InMemoryBackend:
 
     # -- set-up (not part of the Protocol) ---------------------------------
     def add_device(self, info: DeviceHwInfo) -> None:
+        """Put a device behind this IOMMU; the facts it reports are ``info``'s.
+
+        This is the hardware: an sPAPR device reports its PE (default window,
+        page shifts, TCE limit) from ``spapr_caps`` unless ``info`` already does;
+        an x86 device reports the x86 MSI window unless built with another.
+        """
+        if info.platform == "spapr" and info.spapr is None:
+            caps = self.spapr_caps
+            pe = SpaprPeInfo(
+                DEFAULT_SPAPR_WINDOW.start,
+                DEFAULT_SPAPR_WINDOW.size,
+                caps.page_shifts,
+                caps.windows_supported,
+                caps.max_tces,
+            )
+            info = replace(info, spapr=pe)
         self._devinfo[info.device] = info
         self._attach[info.device] = (getattr(self, "_default_mode", "blocked"), None)
         if info.platform == "spapr":
@@ -296,7 +315,7 @@ class InMemoryBackend:
                     s1_root=d.s1_root,
                     devices=devs,
                     children=kids,
-                    mappings=tuple(_merged(list(d.maps.values()))),
+                    mappings=tuple(merged(d.maps.values())),
                 )
             )
         devices = tuple(HwDevice(n, m, dom) for n, (m, dom) in sorted(self._attach.items()))
@@ -448,18 +467,4 @@ class InMemoryBackend:
             self._events.append(WindowEvent(device, "removed", win))
 
 
-def _merged(maps: list[MapEntry]) -> list[MapEntry]:
-    """Adjacent mappings with contiguous output and equal permissions, joined (as QMP does)."""
-    out: list[MapEntry] = []
-    for m in maps:
-        if out:
-            p = out[-1]
-            if (
-                p.iova + p.size == m.iova
-                and p.addr + p.size == m.addr
-                and (p.read, p.write) == (m.read, m.write)
-            ):
-                out[-1] = MapEntry(p.iova, p.size + m.size, p.addr, p.read, p.write)
-                continue
-        out.append(m)
-    return out
+__all__ = ["DEFAULT_SPAPR_CAPS", "DEFAULT_SPAPR_WINDOW", "X86_MSI_WINDOW", "InMemoryBackend"]

@@ -1,50 +1,65 @@
-"""The objects of an iommufd context (IOAS, HWPT_PAGING, HWPT_NESTED, DEVICE)."""
+"""The objects of an iommufd context (IOAS, HWPT_PAGING, HWPT_NESTED, DEVICE).
+
+Each type says who holds a reference to it (``holders``): the kernel's
+``obj->users`` beyond the object table's own.  IOMMU_DESTROY refuses with
+EBUSY while there is any (``iommufd_object_remove``); see objtable.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .allocator import HoleSet, allocatable_base
+from .allocator import HoleSet
 from .areas import AreaTree
 from .backend import DeviceHwInfo
-from .ranges import Range, complement, normalize
+from .io_pagetable import IoPagetable, Reserved
+from .ranges import Range
 from .uapi import ObjType
 
 
 @dataclass
-class Reserved:
-    start: int
-    last: int
-    #: ("device", dev_id) for a device's reserved regions, ("hwpt", id) for an aperture
-    owner: tuple[str, int]
-
-
-@dataclass
 class Ioas:
+    """``struct iommufd_ioas``: an id around an :class:`IoPagetable`."""
+
     id: int
-    areas: AreaTree = field(default_factory=AreaTree)
-    allowed: list[Range] = field(default_factory=list)
-    reserved: list[Reserved] = field(default_factory=list)
-    #: paging HWPTs (domains) of this IOAS, in the order they were added
-    hwpts: list[int] = field(default_factory=list)
-    huge_pages: bool = True
-    holes: HoleSet = field(default_factory=lambda: HoleSet(allocatable_base([], [])))
+    iopt: IoPagetable
     type: ObjType = ObjType.IOAS
 
+    # views of the page table, as the kernel reaches them through ioas->iopt
+    @property
+    def areas(self) -> AreaTree:
+        return self.iopt.areas
+
+    @property
+    def allowed(self) -> list[Range]:
+        return self.iopt.allowed
+
+    @property
+    def reserved(self) -> list[Reserved]:
+        return self.iopt.reserved
+
+    @property
+    def hwpts(self) -> list[int]:
+        """Paging HWPTs (domains) of this IOAS, in the order they were added."""
+        return self.iopt.domain_ids
+
+    @property
+    def huge_pages(self) -> bool:
+        return not self.iopt.disable_large_pages
+
+    @property
+    def holes(self) -> HoleSet:
+        return self.iopt.holes
+
     def reserved_ranges(self) -> list[Range]:
-        return normalize((r.start, r.last) for r in self.reserved)
+        return self.iopt.reserved_ranges()
 
     def iova_ranges(self) -> list[Range]:
-        return complement(self.reserved_ranges())
+        return self.iopt.iova_ranges()
 
-    def rebuild_holes(self) -> None:
-        base = allocatable_base(self.allowed, self.reserved_ranges())
-        if base == self.holes.base:
-            return
-        holes = HoleSet(base)
-        for a in self.areas:
-            holes.take(a.iova, a.last)
-        self.holes = holes
+    def holders(self) -> list[str]:
+        # each HWPT_PAGING holds its IOAS (iommufd_hwpt_paging_alloc)
+        return [f"HWPT {h}" for h in self.iopt.domain_ids]
 
 
 @dataclass
@@ -57,7 +72,15 @@ class HwptPaging:
     auto: bool
     devices: set[int] = field(default_factory=set)
     children: set[int] = field(default_factory=set)
+    pgsize_bitmap: int = 1 << 12
     type: ObjType = ObjType.HWPT_PAGING
+
+    def holders(self) -> list[str]:
+        # attached devices and nested children hold it (iommufd_hw_pagetable_attach,
+        # iommufd_hwpt_nested_alloc)
+        return [f"DEVICE {d}" for d in sorted(self.devices)] + [
+            f"nested HWPT {c}" for c in sorted(self.children)
+        ]
 
 
 @dataclass
@@ -69,6 +92,9 @@ class HwptNested:
     devices: set[int] = field(default_factory=set)
     type: ObjType = ObjType.HWPT_NESTED
 
+    def holders(self) -> list[str]:
+        return [f"DEVICE {d}" for d in sorted(self.devices)]
+
 
 @dataclass
 class Device:
@@ -79,5 +105,11 @@ class Device:
     hwpt_id: int | None = None
     type: ObjType = ObjType.DEVICE
 
+    def holders(self) -> list[str]:
+        # the binding driver is a user until unbind (iommufd_device_bind)
+        return ["its VFIO binding (unbind it)"]
+
 
 Object = Ioas | HwptPaging | HwptNested | Device
+
+__all__ = ["Device", "HwptNested", "HwptPaging", "Ioas", "Object", "Reserved"]

@@ -9,7 +9,9 @@ costs O(log n + pieces touched) whatever its length.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
+from typing import Protocol
 
 from sortedcontainers import SortedDict
 
@@ -139,3 +141,62 @@ class PinAccount:
 
     def unpin(self, ranges: Iterable[tuple[int, int]]) -> None:
         self._apply_many(list(ranges), -1)
+
+
+class _Mapped(Protocol):
+    @property
+    def phys(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def pages(self) -> int: ...
+
+
+#: frames of different contexts (VMs), or of different iopt_pages, are different memory:
+#: each gets its own 2^52-frame slice of an account
+_SLICE_SHIFT = 52
+_SLICES = itertools.count(1)
+
+
+def new_slice() -> int:
+    """A fresh slice of frame numbers (a context's memory, or one ``iopt_pages``)."""
+    return next(_SLICES)
+
+
+class Pins:
+    """The pinning of one context: which account is charged, and per what unit.
+
+    ``per_guest_page`` (the model's default) charges a guest-physical page once
+    however many MAPs, areas, domains or IOAS of the context reference it.  The
+    kernel charges per ``iopt_pages`` (``iopt_pages_fill``/``incr_user_locked_vm``
+    on ``pages->npinned``): two MAPs of the same memory are two charges, a COPY
+    shares its source's; ``per_guest_page=False`` does that.
+    """
+
+    def __init__(
+        self, user_account: PinAccount, mm_account: PinAccount, per_guest_page: bool = True
+    ) -> None:
+        self.user_account = user_account
+        self.mm_account = mm_account
+        self.mode = ACCOUNT_USER
+        self.per_guest_page = per_guest_page
+        self.space = new_slice()
+
+    @property
+    def account(self) -> PinAccount:
+        return self.mm_account if self.mode == ACCOUNT_MM else self.user_account
+
+    def pfns(self, areas: Iterable[_Mapped]) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        for a in areas:
+            base = (self.space if self.per_guest_page else a.pages) << _SLICE_SHIFT
+            first, last = pfn_range(a.phys, a.length)
+            out.append((first + base, last + base))
+        return out
+
+    def pin(self, areas: Iterable[_Mapped]) -> None:
+        """All or nothing; ENOMEM over the account's limit."""
+        self.account.pin(self.pfns(areas))
+
+    def unpin(self, areas: Iterable[_Mapped]) -> None:
+        self.account.unpin(self.pfns(areas))

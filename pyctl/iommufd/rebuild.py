@@ -30,15 +30,11 @@ nothing is guessed and the hardware is not touched.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-from .areas import Area
-from .backend import DeviceHwInfo, HardwareBackend, HwDomain
+from .backend import DEFAULT_PGSIZE_BITMAP, DeviceHwInfo, HardwareBackend, HwDomain
 from .errors import BackendError, IommufdError
-from .objects import Device, HwptNested, HwptPaging, Ioas, Reserved
-
-if TYPE_CHECKING:
-    from .context import IommufdContext
+from .hwstate import HwStateSeam, PlannedDevice, PlannedNested, PlannedPaging, RestorePlan
+from .objtable import MAX_ID
 
 
 class RebuildError(IommufdError):
@@ -87,15 +83,13 @@ def _groups(
 
 
 def rebuild(
-    ctx: IommufdContext,
+    seam: HwStateSeam,
     backend: HardwareBackend,
     shared: Iterable[Iterable[int]] = (),
     blocked: Iterable[str] = (),
     nest_parents: Iterable[int] = (),
 ) -> None:
-    """Fill the empty ``ctx`` with objects reproducing ``backend``'s state."""
-    from .context import _MAX_ID
-
+    """Fill the empty context behind ``seam`` with objects reproducing ``backend``'s state."""
     try:
         state = backend.query()
     except BackendError as e:
@@ -104,7 +98,7 @@ def rebuild(
     doms = {d.domain: d for d in state.domains}
     paging = {i: d for i, d in doms.items() if d.type == "paging"}
     for i in doms:
-        if not 1 <= i <= _MAX_ID:
+        if not 1 <= i <= MAX_ID:
             problems.append(f"domain {i} is not a valid iommufd object id")
 
     # who uses which paging domain: nested children and devices
@@ -157,114 +151,43 @@ def rebuild(
         if i not in paging:
             problems.append(f"NEST_PARENT {i} is not a paging domain in the hardware")
     groups = _groups(paging, shared, problems)
-    default_platform = next((i.platform for i in infos.values()), "x86")
+    default = next(iter(infos.values()), None)
     if problems:
         raise RebuildError(problems)
 
-    # ids: domains keep theirs; IOAS then DEVICE objects take the lowest free ones
-    taken = set(doms)
-    next_id = 1
-
-    def new_id() -> int:
-        nonlocal next_id
-        while next_id in taken:
-            next_id += 1
-        taken.add(next_id)
-        return next_id
-
-    objects = ctx._objects
-    ioas_of: dict[int, Ioas] = {}
-    for g in groups:
-        ioas = Ioas(new_id())
-        objects[ioas.id] = ioas
-        for m in paging[g[0]].mappings:
-            area = Area(m.iova, m.size, m.addr, m.read, m.write, m.write)
-            ioas.areas.add(area)
-            ioas.holes.take(area.iova, area.last)
+    plan = RestorePlan()
+    ioas_of: dict[int, int] = {}
+    for n, g in enumerate(groups):
+        plan.ioases.append(list(paging[g[0]].mappings))
         for dom_id in g:
-            ioas_of[dom_id] = ioas
-    for name in sorted(attached):
-        bound = Device(new_id(), name, infos[name])
-        objects[bound.id] = bound
-        ctx._by_name[name] = bound.id
-
+            ioas_of[dom_id] = n
     for i in sorted(paging):
         d = paging[i]
-        users = {n for n, dom in attached.items() if dom == i}
-        platforms: set[str] = {infos[n].platform for n in users} or {default_platform}
+        users = [infos[n] for n, dom in attached.items() if dom == i]
+        platforms = {u.platform for u in users}
         if len(platforms) > 1:
             problems.append(f"domain {i}: devices of different platforms attached")
-        platform = sorted(platforms)[0]
-        hw = HwptPaging(
-            i,
-            ioas_of[i].id,
-            platform,
-            d.ias,
-            nest_parent=bool(children[i]) or i in parents,
-            auto=bool(users) and not children[i] and i not in parents,
+        like = min(users, key=lambda u: u.device) if users else default
+        plan.paging.append(
+            PlannedPaging(
+                i,
+                ioas_of[i],
+                like.platform if like else "x86",
+                d.ias,
+                nest_parent=bool(children[i]) or i in parents,
+                auto=bool(users) and not children[i] and i not in parents,
+                pgsize_bitmap=like.pgsize_bitmap if like else DEFAULT_PGSIZE_BITMAP,
+            )
         )
-        objects[i] = hw
-        ioas_of[i].hwpts.append(i)
-        for start, last in ctx._aperture_resv(hw):
-            ioas_of[i].reserved.append(Reserved(start, last, ("hwpt", i)))
-        hw.children = set(children[i])
     for i, d in sorted(doms.items()):
         if d.type == "nested":
             assert d.parent is not None and d.s1_root is not None
-            objects[i] = HwptNested(i, d.parent, d.s1_root, d.ias)
-
-    for name, dom in sorted(attached.items()):
-        dev = objects[ctx._by_name[name]]
-        assert isinstance(dev, Device)
-        if dom is None:
-            continue
-        hwpt = objects[dom]
-        assert isinstance(hwpt, HwptPaging | HwptNested)
-        parent = ctx._paging_of(dom)
-        if not ctx._compatible(parent, dev.info):
-            problems.append(f"device {name}: domain {dom} is incompatible with it")
-        dev.hwpt_id = dom
-        hwpt.devices.add(dev.id)
-        ioas = ioas_of[parent.id]
-        if not any(r.owner == ("device", dev.id) for r in ioas.reserved):
-            for start, last in ctx._device_resv(dev):
-                ioas.reserved.append(Reserved(start, last, ("device", dev.id)))
-
-    seen: set[int] = set()
-    for ioas in ioas_of.values():
-        if ioas.id in seen:
-            continue
-        seen.add(ioas.id)
-        for r in ioas.reserved:
-            hit = ioas.areas.first_overlapping(r.start, r.last)
-            if hit is not None:
-                what = "aperture of domain" if r.owner[0] == "hwpt" else "reserved region of device"
-                problems.append(
-                    f"IOAS {ioas.id}: mapping at {hit.iova:#x} lies in the {what} "
-                    f"{r.owner[1]} [{r.start:#x}, {r.last:#x}]"
-                )
-        ioas.rebuild_holes()
-    pins = [a for ioas in _unique(ioas_of.values()) for a in ioas.areas]
+            plan.nested.append(PlannedNested(i, d.parent, d.s1_root, d.ias))
+    plan.devices = [PlannedDevice(infos[n], dom) for n, dom in sorted(attached.items())]
     if not problems:
-        try:
-            ctx.account.pin(ctx._pfns(pins))
-        except IommufdError as e:
-            problems.append(f"pinning the mapped memory: {e}")
-        else:
-            problems = [f"after rebuild: {p}" for p in ctx.check_hardware()]
-            if problems:
-                ctx.account.unpin(ctx._pfns(pins))
+        problems = seam.restore(plan)
     if problems:
-        objects.clear()
-        ctx._by_name.clear()
         raise RebuildError(problems)
-
-
-def _unique(ioases: Iterable[Ioas]) -> list[Ioas]:
-    out: dict[int, Ioas] = {}
-    for i in ioases:
-        out[i.id] = i
-    return list(out.values())
 
 
 __all__ = ["RebuildError", "rebuild"]

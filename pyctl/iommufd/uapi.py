@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from .errors import IommufdError
+
 U64_MAX = (1 << 64) - 1
 #: ULONG_MAX on a 64-bit kernel; iova/length equal to or above it give EOVERFLOW.
 ULONG_MAX = U64_MAX
@@ -75,3 +77,21 @@ class ObjType(enum.Enum):
     HWPT_PAGING = "HWPT_PAGING"
     HWPT_NESTED = "HWPT_NESTED"
     DEVICE = "DEVICE"
+
+
+def u64(name: str, v: object) -> int:
+    """A ``__u64`` field: a Python caller can pass anything, the ioctl struct cannot."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise IommufdError("EINVAL", f"{name} must be an integer, not {type(v).__name__}")
+    if not 0 <= v <= U64_MAX:
+        raise IommufdError("EINVAL", f"{name} {v} does not fit a __u64")
+    return v
+
+
+def u32(name: str, v: object) -> int:
+    """A ``__u32`` field."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise IommufdError("EINVAL", f"{name} must be an integer, not {type(v).__name__}")
+    if not 0 <= v < (1 << 32):
+        raise IommufdError("EINVAL", f"{name} {v} does not fit a __u32")
+    return v

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_iommufd_lib import MIB, RW, make_ctx, rejected
+from test_iommufd_lib import MIB, RW, make_ctx, rejected, snapshot
 
 from pyctl.iommufd import (
     IOMMULAB_INV_ALL,
@@ -52,7 +52,8 @@ def test_destroy_ebusy_while_in_use() -> None:
 def test_bind_rules() -> None:
     ctx, be = make_ctx()
     dev = ctx.bind("nvme0")
-    rejected(ctx, "EBUSY", lambda: ctx.bind("nvme0"))
+    # VFIO refuses a second bind with EINVAL (vfio_df_ioctl_bind_iommufd, vfio_df_open)
+    rejected(ctx, "EINVAL", lambda: ctx.bind("nvme0"))
     rejected(ctx, "ENOENT", lambda: ctx.bind("nosuch"))
     rejected(ctx, "EINVAL", lambda: ctx.bind(""))
     rejected(ctx, "EINVAL", lambda: ctx.bind(5))  # type: ignore[arg-type]
@@ -105,7 +106,11 @@ def test_attach_errors() -> None:
     rejected(ctx, "ENOENT", lambda: ctx.attach(dev, 99))
     rejected(ctx, "ENOENT", lambda: ctx.attach(99, ioas))
     rejected(ctx, "EINVAL", lambda: ctx.attach(dev, dev))  # a DEVICE is no page table
-    rejected(ctx, "EINVAL", lambda: ctx.detach(dev))  # not attached
+    # not attached: VFIO's DETACH_IOMMUFD_PT succeeds and changes nothing
+    # (vfio_iommufd_physical_detach_ioas)
+    before = snapshot(ctx)
+    ctx.detach(dev)
+    assert snapshot(ctx) == before
     wide = ctx.bind("wide0")
     hw = ctx.attach(wide, ioas)
     rejected(ctx, "EINVAL", lambda: ctx.attach(dev, hw))  # incompatible HWPT
@@ -197,7 +202,8 @@ def test_nested_alloc_validation() -> None:
     )
     rejected(ctx, "EOPNOTSUPP", lambda: ctx.hwpt_alloc(dev, parent, NEST_PARENT, LAB, good))
     rejected(ctx, "EOPNOTSUPP", lambda: ctx.hwpt_alloc(dev, parent, 0, 1, good))  # VTD_S1
-    rejected(ctx, "ENOENT", lambda: ctx.hwpt_alloc(dev, 99))
+    # a pt_id that names nothing is EINVAL in iommufd_hwpt_alloc (not ENOENT)
+    rejected(ctx, "EINVAL", lambda: ctx.hwpt_alloc(dev, 99))
     rejected(ctx, "EINVAL", lambda: ctx.hwpt_alloc(dev, dev))
     ppc = ctx.bind("/machine/peripheral/nvme-ppc")
     rejected(ctx, "EOPNOTSUPP", lambda: ctx.hwpt_alloc(ppc, parent, 0, LAB, good))

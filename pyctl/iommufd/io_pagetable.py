@@ -1,0 +1,427 @@
+"""The IOVA page table of one IOAS (drivers/iommu/iommufd/io_pagetable.c).
+
+Areas by IOVA, the allowed and reserved ranges, the domains (HWPT_PAGINGs)
+that mirror the areas, the IOVA alignment they impose, and programming of
+those domains with undo.  Every method checks everything before it changes
+anything (or undoes what reached the hardware), so a raised
+:class:`~pyctl.iommufd.errors.IommufdError` leaves the table as it was.  The
+checks run in the kernel's order; the function each one follows is named
+beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .allocator import HoleSet, alloc_alignment, allocatable_base, lowest_bit
+from .areas import Area, AreaTree
+from .backend import HardwareBackend, MapEntry, ResvRegion
+from .errors import BackendError, IommufdError
+from .pinning import Pins, new_slice
+from .ranges import Range, complement, normalize, overlaps
+from .uapi import PAGE_SIZE, U64_MAX, ULONG_MAX
+
+
+@dataclass
+class Reserved:
+    start: int
+    last: int
+    #: ("device", dev_id) for a device's reserved regions, ("hwpt", id) for an aperture
+    owner: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """What the page table needs of a domain: its id, page sizes and aperture."""
+
+    id: int
+    pgsize_bitmap: int
+    ias: int
+
+    def aperture_resv(self) -> list[Range]:
+        # iopt_table_add_domain(): IOVA beyond geometry.aperture_end is reserved
+        return [] if self.ias >= 64 else [(1 << self.ias, U64_MAX)]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A run of memory to map (``iopt_pages_list``): address, length, writability, pages."""
+
+    phys: int
+    length: int
+    writable: bool
+    pages: int
+
+
+@contextmanager
+def hw_errors() -> Iterator[None]:
+    """A backend refusal becomes EIO (the backend changed nothing)."""
+    try:
+        yield
+    except BackendError as e:
+        raise IommufdError("EIO", f"hardware refused: {e}") from e
+
+
+def entries(areas: Iterable[Area]) -> list[MapEntry]:
+    return [MapEntry(a.iova, a.length, a.phys, a.read, a.write) for a in areas]
+
+
+class IoPagetable:
+    """``struct io_pagetable``: one IOAS's areas, ranges and domains."""
+
+    def __init__(self, hw: HardwareBackend, pins: Pins, max_alignment: int | None) -> None:
+        self.hw = hw
+        self.pins = pins
+        #: iopt_alloc_iova()'s max_alignment (HPAGE_SIZE with THP, else PAGE_SIZE)
+        self.max_alignment = max_alignment
+        self.areas = AreaTree()
+        self.allowed: list[Range] = []
+        self.reserved: list[Reserved] = []
+        self.domains: list[DomainInfo] = []
+        self.disable_large_pages = False
+        self.holes = HoleSet(allocatable_base([], []))
+
+    # ------------------------------------------------------------ views
+    @property
+    def domain_ids(self) -> list[int]:
+        return [d.id for d in self.domains]
+
+    @property
+    def iova_alignment(self) -> int:
+        # iopt_calculate_iova_alignment(): a software table is byte granular
+        align = PAGE_SIZE if self.disable_large_pages else 1
+        for d in self.domains:
+            align = max(align, lowest_bit(d.pgsize_bitmap))
+        return align
+
+    def reserved_ranges(self) -> list[Range]:
+        return normalize((r.start, r.last) for r in self.reserved)
+
+    def iova_ranges(self) -> list[Range]:
+        # iommufd_ioas_iova_ranges(): the holes of reserved_itree
+        return complement(self.reserved_ranges())
+
+    def rebuild_holes(self) -> None:
+        base = allocatable_base(self.allowed, self.reserved_ranges())
+        if base == self.holes.base:
+            return
+        holes = HoleSet(base)
+        for a in self.areas:
+            holes.take(a.iova, a.last)
+        self.holes = holes
+
+    # ------------------------------------------------------------ placing
+    def alloc_iova(self, length: int, addr: int) -> int:
+        """iopt_alloc_iova(): the lowest free allowed IOVA, never 0."""
+        if length == 0 or length >= ULONG_MAX // 2:
+            raise IommufdError("EOVERFLOW", f"length {length:#x} too large to allocate")
+        want = alloc_alignment(length, addr, self.max_alignment)
+        if want < self.iova_alignment:
+            raise IommufdError(
+                "EINVAL",
+                f"allocation alignment {want:#x} below IOAS alignment {self.iova_alignment:#x}",
+            )
+        found = self.holes.find(length, want, addr % PAGE_SIZE)
+        if found is None:
+            raise IommufdError("ENOSPC", f"no free IOVA for {length:#x} bytes")
+        return found
+
+    def check_iova(self, iova: int, length: int) -> None:
+        """iopt_check_iova(): a FIXED_IOVA map (allowed ranges do not apply)."""
+        align = self.iova_alignment
+        if iova & (align - 1):
+            raise IommufdError("EINVAL", f"iova {iova:#x} not aligned to {align:#x}")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise IommufdError("EOVERFLOW", f"iova {iova:#x} + length {length:#x} overflows")
+        for r in self.reserved:
+            if overlaps((r.start, r.last), (iova, last)):
+                raise IommufdError(
+                    "EINVAL", f"[{iova:#x}, {last:#x}] hits reserved [{r.start:#x}, {r.last:#x}]"
+                )
+        hit = self.areas.first_overlapping(iova, last)
+        if hit is not None:
+            raise IommufdError(
+                "EEXIST", f"[{iova:#x}, {last:#x}] overlaps the area at {hit.iova:#x}"
+            )
+
+    def place(self, length: int, addr: int, fixed: bool, iova: int) -> int:
+        """iopt_alloc_area_pages(): the checks and the IOVA choice (nothing changes)."""
+        align = self.iova_alignment
+        if length & (align - 1) or not length:
+            raise IommufdError("EINVAL", f"length {length:#x} not a multiple of {align:#x}")
+        if not fixed:
+            return self.alloc_iova(length, addr)
+        self.check_iova(iova, length)
+        return iova
+
+    def map_pages(self, at: int, pieces: Sequence[Piece], read: bool, write: bool) -> list[Area]:
+        """iopt_insert_area() for each piece, then iopt_fill_domains_pages()."""
+        align = self.iova_alignment
+        areas: list[Area] = []
+        pos = at
+        for p in pieces:
+            if write and not p.writable:  # iopt_insert_area()
+                raise IommufdError("EPERM", "WRITEABLE mapping of read-only pages")
+            if (p.phys % PAGE_SIZE) & (align - 1):  # iopt_insert_area(): page_offset
+                raise IommufdError(
+                    "EINVAL", f"address {p.phys:#x} offset not aligned to {align:#x}"
+                )
+            areas.append(Area(pos, p.length, p.phys, read, write, p.writable, p.pages))
+            pos += p.length
+        if self.domains:
+            self.pins.pin(areas)  # iopt_area_fill_domains(): pinning, ENOMEM
+            try:
+                self._hw_map_all(self.domain_ids, entries(areas))
+            except IommufdError:
+                self.pins.unpin(areas)
+                raise
+        for a in areas:
+            self.areas.add(a)
+            self.holes.take(a.iova, a.last)
+        return areas
+
+    def get_pages(self, iova: int, length: int) -> list[Piece]:
+        """iopt_get_pages(): the pieces of contiguous areas covering [iova, +length)."""
+        if not length:
+            raise IommufdError("EINVAL", "length is 0")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise IommufdError("EOVERFLOW", f"iova {iova:#x} + length {length:#x} overflows")
+        pieces: list[Piece] = []
+        cur = iova
+        for a in self.areas.overlapping(iova, last):
+            if a.iova > cur:
+                break
+            end = min(a.last, last)
+            pieces.append(Piece(a.phys + (cur - a.iova), end - cur + 1, a.pages_writable, a.pages))
+            cur = end + 1
+            if cur > last:
+                break
+        if cur <= last:
+            raise IommufdError("ENOENT", f"[{iova:#x}, {last:#x}] is not fully mapped")
+        return pieces
+
+    # ------------------------------------------------------------ unmapping
+    def unmap_iova(self, iova: int, length: int, atomic: bool) -> int:
+        """iopt_unmap_iova(); returns the bytes unmapped (0: nothing was mapped).
+
+        ``atomic``: the whole range is checked first and either every area in
+        it goes or none.  Otherwise as iopt_unmap_iova_range(): areas go in
+        IOVA order until one would have to be split (ENOENT; the ones before
+        it stay unmapped, ``data["unmapped"]`` counts them).
+        """
+        if not length:
+            raise IommufdError("EINVAL", "length is 0")
+        last = iova + length - 1
+        if last > ULONG_MAX:
+            raise IommufdError("EOVERFLOW", f"iova {iova:#x} + length {length:#x} overflows")
+        victims: list[Area] = []
+        split: Area | None = None
+        for a in self.areas.overlapping(iova, last):
+            if a.iova < iova or a.last > last:
+                split = a
+                break
+            victims.append(a)
+        if split is not None and (atomic or not victims):
+            raise IommufdError(
+                "ENOENT",
+                f"[{iova:#x}, {last:#x}] would split the area [{split.iova:#x}, {split.last:#x}]",
+                unmapped=0,
+            )
+        self.remove_areas(victims)
+        done = sum(a.length for a in victims)
+        if split is not None:
+            raise IommufdError(
+                "ENOENT",
+                f"[{iova:#x}, {last:#x}] would split the area [{split.iova:#x}, "
+                f"{split.last:#x}]; {done:#x} bytes before it were unmapped",
+                unmapped=done,
+            )
+        return done
+
+    def unmap_all(self) -> int:
+        """iopt_unmap_all(): every area; an empty table is fine."""
+        victims = list(self.areas)
+        self.remove_areas(victims)
+        return sum(a.length for a in victims)
+
+    def remove_areas(self, victims: list[Area]) -> None:
+        """Unmap the areas from every domain, unpin them, forget them."""
+        if not victims:
+            return
+        if self.domains:
+            self._hw_unmap_all(self.domain_ids, victims)
+            self.pins.unpin(victims)
+        if len(victims) == len(self.areas):
+            self.areas = AreaTree()
+            self.holes = HoleSet(self.holes.base)
+            return
+        for a in victims:
+            self.areas.remove(a.iova)
+            self.holes.give(a.iova, a.last)
+
+    # ------------------------------------------------------------ ranges
+    def set_allow_iova(self, ranges: list[Range]) -> None:
+        """iopt_set_allow_iova(): EADDRINUSE if an allowed range meets a reserved one."""
+        for s, e in ranges:
+            for res in self.reserved:
+                if overlaps((s, e), (res.start, res.last)):
+                    raise IommufdError(
+                        "EADDRINUSE",
+                        f"allowed [{s:#x}, {e:#x}] overlaps reserved "
+                        f"[{res.start:#x}, {res.last:#x}]",
+                    )
+        self.allowed = sorted(ranges)
+        self.rebuild_holes()
+
+    def check_reserve(self, ranges: Iterable[Range], what: str) -> None:
+        """iopt_reserve_iova(): EADDRINUSE if a range meets an area or an allowed range."""
+        for s, e in ranges:
+            a = self.areas.first_overlapping(s, e)
+            if a is not None:
+                raise IommufdError(
+                    "EADDRINUSE", f"{what} [{s:#x}, {e:#x}] overlaps the area at {a.iova:#x}"
+                )
+            for al in self.allowed:
+                if overlaps((s, e), al):
+                    raise IommufdError(
+                        "EADDRINUSE",
+                        f"{what} [{s:#x}, {e:#x}] overlaps allowed [{al[0]:#x}, {al[1]:#x}]",
+                    )
+
+    def reserve(self, ranges: Iterable[Range], owner: tuple[str, int]) -> None:
+        """Record reservations already checked with :meth:`check_reserve`."""
+        self.reserved.extend(Reserved(s, e, owner) for s, e in ranges)
+        self.rebuild_holes()
+
+    def remove_reserved(self, owner: tuple[str, int]) -> None:
+        """iopt_remove_reserved_iova()."""
+        self.reserved = [r for r in self.reserved if r.owner != owner]
+        self.rebuild_holes()
+
+    def has_reserved(self, owner: tuple[str, int]) -> bool:
+        return any(r.owner == owner for r in self.reserved)
+
+    def check_dev_resv_regions(self, regions: Sequence[ResvRegion], count_msi: bool) -> list[Range]:
+        """iopt_table_enforce_dev_resv_regions()'s checks; returns the ranges to reserve.
+
+        DIRECT_RELAXABLE regions are not reserved; a driver offering both a
+        software and a hardware MSI region, or two software ones, is refused
+        (EINVAL, only counted on attach: replace passes no sw_msi_start).
+        """
+        todo: list[Range] = []
+        hw_msi = sw_msi = 0
+        for r in regions:
+            if r.kind == "direct-relaxable":
+                continue
+            if count_msi and r.kind == "msi":
+                hw_msi += 1
+            if count_msi and r.kind == "sw-msi":
+                sw_msi += 1
+            self.check_reserve([(r.start, r.last)], f"reserved region ({r.kind})")
+            todo.append((r.start, r.last))
+        if (sw_msi and hw_msi) or sw_msi > 1:
+            raise IommufdError("EINVAL", "the device reports an impossible mix of MSI regions")
+        return todo
+
+    # ------------------------------------------------------------ domains
+    def check_add_domain(self, dom: DomainInfo) -> None:
+        """iopt_table_add_domain()'s checks for a domain about to join."""
+        new_align = max(lowest_bit(dom.pgsize_bitmap), self.iova_alignment)
+        if new_align > PAGE_SIZE:
+            raise IommufdError("EINVAL", f"domain's smallest page {new_align:#x} > PAGE_SIZE")
+        if new_align != self.iova_alignment:
+            self.check_alignment(new_align)
+        self.check_reserve(dom.aperture_resv(), "aperture reservation")
+
+    def check_alignment(self, align: int) -> None:
+        """iopt_check_iova_alignment(): every area conforms to a larger alignment."""
+        mask = align - 1
+        for a in self.areas:
+            if a.iova & mask or a.length & mask or (a.phys % PAGE_SIZE) & mask:
+                raise IommufdError(
+                    "EADDRINUSE", f"area at {a.iova:#x} is not aligned to {align:#x}"
+                )
+
+    def add_domain(self, dom: DomainInfo) -> None:
+        """iopt_fill_domain() into a domain the hardware just allocated; pins if first.
+
+        On failure nothing is pinned or mapped (the caller frees the domain).
+        """
+        first = not self.domains
+        areas = list(self.areas)
+        if first:
+            self.pins.pin(areas)
+        try:
+            if areas:
+                with hw_errors():
+                    self.hw.map(dom.id, entries(areas))
+        except IommufdError:
+            if first:
+                self.pins.unpin(areas)
+            raise
+        self.domains.append(dom)
+        self.reserve(dom.aperture_resv(), ("hwpt", dom.id))
+
+    def remove_domain(self, dom_id: int) -> None:
+        """iopt_table_remove_domain() after the hardware freed the domain."""
+        self.domains = [d for d in self.domains if d.id != dom_id]
+        if not self.domains:
+            self.pins.unpin(self.areas)
+        self.remove_reserved(("hwpt", dom_id))
+
+    def set_large_pages(self, enable: bool) -> None:
+        """iopt_enable_large_pages() / iopt_disable_large_pages()."""
+        if enable:
+            self.disable_large_pages = False
+            return
+        if self.disable_large_pages:
+            return
+        if self.domains and len(self.areas):
+            raise IommufdError("EINVAL", "cannot disable huge pages with mapped domains")
+        if self.iova_alignment < PAGE_SIZE:
+            self.check_alignment(PAGE_SIZE)
+        self.disable_large_pages = True
+
+    # ------------------------------------------------------------ hardware
+    def _hw_map_all(self, domains: Sequence[int], ents: list[MapEntry]) -> None:
+        """Map into every domain; undo the ones done if one fails."""
+        done: list[int] = []
+        try:
+            for d in domains:
+                with hw_errors():
+                    self.hw.map(d, ents)
+                done.append(d)
+        except IommufdError:
+            ranges = [(e.iova, e.size) for e in ents]
+            for d in done:
+                self.hw.unmap(d, ranges)
+            raise
+
+    def _hw_unmap_all(self, domains: Sequence[int], areas: list[Area]) -> None:
+        # touching areas go as one range (the range holds nothing but these areas)
+        ranges: list[tuple[int, int]] = []
+        for a in areas:
+            if ranges and ranges[-1][0] + ranges[-1][1] == a.iova:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + a.length)
+            else:
+                ranges.append((a.iova, a.length))
+        done: list[int] = []
+        try:
+            for d in domains:
+                with hw_errors():
+                    self.hw.unmap(d, ranges)
+                done.append(d)
+        except IommufdError:
+            ents = entries(areas)
+            for d in done:
+                self.hw.map(d, ents)
+            raise
+
+
+def new_pages() -> int:
+    """Identity of a new ``iopt_pages`` (one per MAP)."""
+    return new_slice()
