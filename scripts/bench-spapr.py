@@ -70,7 +70,7 @@ def s2_setup(qmp: QEMUMonitorProtocol, ram: int) -> None:
         domain=1,
         mappings=[{"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}],
     )
-    qmp.cmd("x-iommulab-spapr-stage2-attach", stage2="s2", mode="domain", domain=1)
+    qmp.cmd("x-iommulab-attach", iommu="s2", device="s2", mode="domain", domain=1)
 
 
 def pseries(stage2: bool, wrapper: Sequence[str] = (), timeout: float = 30.0) -> PseriesQtest:

@@ -360,6 +360,14 @@ IOMMULabDev *iommulab_viommu_requester(IOMMULabState *s, PCIBus *bus,
 
 /* ---- control commands (QMP, under the BQL) ---- */
 
+static IOMMULabState *iommulab_find(const char *name, Error **errp)
+{
+    Object *obj = iommulab_resolve(name, TYPE_IOMMULAB_VIOMMU,
+                                   "an " TYPE_IOMMULAB_VIOMMU, errp);
+
+    return obj ? IOMMULAB_VIOMMU(obj) : NULL;
+}
+
 static void iommulab_set_error(Error **errp, ILError err, const char *what,
                                uint32_t domain)
 {
@@ -367,13 +375,18 @@ static void iommulab_set_error(Error **errp, ILError err, const char *what,
                il_strerror(err));
 }
 
-static void iommulab_domain_alloc(IOMMULabState *s, uint32_t domain,
-                                  IommulabDomainType type, bool has_parent,
-                                  uint32_t parent, bool has_s1_root,
-                                  uint64_t s1_root, bool has_ias, uint8_t ias,
-                                  Error **errp)
+void qmp_x_iommulab_domain_alloc(const char *iommu, uint32_t domain,
+                                 IommulabDomainType type, bool has_parent,
+                                 uint32_t parent, bool has_s1_root,
+                                 uint64_t s1_root, bool has_ias, uint8_t ias,
+                                 Error **errp)
 {
+    IOMMULabState *s = iommulab_find(iommu, errp);
     ILError err;
+
+    if (!s) {
+        return;
+    }
 
     if (type == IOMMULAB_DOMAIN_TYPE_PAGING) {
         if (has_parent || has_s1_root) {
@@ -429,11 +442,16 @@ static void iommulab_domain_alloc(IOMMULabState *s, uint32_t domain,
     }
 }
 
-static void iommulab_domain_free(IOMMULabState *s, uint32_t domain,
-                                 Error **errp)
+void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
+                                Error **errp)
 {
+    IOMMULabState *s = iommulab_find(iommu, errp);
     ILDomain *d;
     ILError err = IL_ERR_NOENT;
+
+    if (!s) {
+        return;
+    }
 
     qemu_mutex_lock(&s->lock);
     d = il_domain_find(&s->engine, domain);
@@ -455,13 +473,18 @@ static void iommulab_domain_free(IOMMULabState *s, uint32_t domain,
     trace_iommulab_domain_free(domain);
 }
 
-static void iommulab_map(IOMMULabState *s, uint32_t domain,
-                         IommulabMappingList *mappings, Error **errp)
+void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
+                        IommulabMappingList *mappings, Error **errp)
 {
+    IOMMULabState *s = iommulab_find(iommu, errp);
     g_autofree ILMapping *maps = NULL;
     size_t n = 0, i = 0, bad = 0;
     IommulabMappingList *l;
     ILError err;
+
+    if (!s) {
+        return;
+    }
 
     for (l = mappings; l; l = l->next) {
         n++;
@@ -517,16 +540,21 @@ static void iommulab_map(IOMMULabState *s, uint32_t domain,
     }
 }
 
-static IommulabUnmapResult *iommulab_unmap(IOMMULabState *s, uint32_t domain,
-                                           IommulabRangeList *ranges,
-                                           Error **errp)
+IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
+                                          IommulabRangeList *ranges,
+                                          Error **errp)
 {
+    IOMMULabState *s = iommulab_find(iommu, errp);
     g_autofree ILMapping *r = NULL;
     size_t n = 0, i = 0, bad = 0;
     IommulabRangeList *l;
     IommulabUnmapResult *res;
     uint64_t bytes = 0;
     ILError err;
+
+    if (!s) {
+        return NULL;
+    }
 
     for (l = ranges; l; l = l->next) {
         n++;
@@ -582,21 +610,11 @@ static IommulabUnmapResult *iommulab_unmap(IOMMULabState *s, uint32_t domain,
 static IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
                                       Error **errp)
 {
-    Object *obj = NULL;
+    Object *obj = iommulab_resolve(name, TYPE_PCI_DEVICE, "a PCI device",
+                                   errp);
     AddressSpace *as;
 
-    if (!strchr(name, '/')) {
-        g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
-                                                name);
-
-        obj = object_resolve_path_type(path, TYPE_PCI_DEVICE, NULL);
-    }
     if (!obj) {
-        obj = object_resolve_path_type(name, TYPE_PCI_DEVICE, NULL);
-    }
-    if (!obj) {
-        error_setg(errp, "'%s' is not a PCI device (give its id or QOM path)",
-                   name);
         return NULL;
     }
     if (obj == OBJECT(s) && !s->keep_bus_iommu) {
@@ -620,21 +638,27 @@ static IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
     return NULL;
 }
 
-void iommulab_viommu_attach_requester(IOMMULabDev *dev,
+/*
+ * Attach a requester (all or nothing).  The domain's list of devices
+ * follows (il_dev_switch_domain()), so that unmap and invalidate notify
+ * only the domain's users.
+ */
+static bool iommulab_attach_requester(IOMMULabDev *dev,
                                       IommulabAttachMode mode,
                                       bool has_domain, uint32_t domain,
                                       Error **errp)
 {
     IOMMULabState *s = dev->s;
-    ILDomain *d = NULL, *old;
+    ILDomain *d = NULL;
+    ILError err;
 
     if (mode == IOMMULAB_ATTACH_MODE_DOMAIN && !has_domain) {
         error_setg(errp, "mode 'domain' needs 'domain'");
-        return;
+        return false;
     }
     if (mode != IOMMULAB_ATTACH_MODE_DOMAIN && has_domain) {
         error_setg(errp, "'domain' is only valid with mode 'domain'");
-        return;
+        return false;
     }
     qemu_mutex_lock(&s->lock);
     if (has_domain) {
@@ -642,40 +666,49 @@ void iommulab_viommu_attach_requester(IOMMULabDev *dev,
         if (!d) {
             qemu_mutex_unlock(&s->lock);
             error_setg(errp, "domain %" PRIu32 " does not exist", domain);
-            return;
+            return false;
         }
     }
-    old = dev->domain;
-    il_domain_ref(d);
+    err = il_dev_switch_domain(&s->engine, dev->index, dev->domain, d);
+    if (err != IL_OK) {
+        qemu_mutex_unlock(&s->lock);
+        error_setg(errp, "attach: %s; nothing changed", il_strerror(err));
+        return false;
+    }
     dev->domain = d;
     dev->mode = mode == IOMMULAB_ATTACH_MODE_DOMAIN ? IL_MODE_DOMAIN :
                 mode == IOMMULAB_ATTACH_MODE_BYPASS ? IL_MODE_BYPASS :
                 IL_MODE_BLOCKED;
-    il_domain_unref(old);
     qemu_mutex_unlock(&s->lock);
     trace_iommulab_attach(iommulab_dev_rid(dev), mode, domain);
     iommulab_dev_changed(dev);
+    return true;
 }
 
-static void iommulab_attach(IOMMULabState *s, const char *device,
-                            IommulabAttachMode mode, bool has_domain,
-                            uint32_t domain, Error **errp)
+void qmp_x_iommulab_attach(const char *iommu, const char *device,
+                           IommulabAttachMode mode, bool has_domain,
+                           uint32_t domain, Error **errp)
 {
-    IOMMULabDev *dev = iommulab_find_dev(s, device, errp);
+    IOMMULabState *s = iommulab_find(iommu, errp);
+    IOMMULabDev *dev = s ? iommulab_find_dev(s, device, errp) : NULL;
 
     if (dev) {
-        iommulab_viommu_attach_requester(dev, mode, has_domain, domain, errp);
+        iommulab_attach_requester(dev, mode, has_domain, domain, errp);
     }
 }
 
-static void iommulab_invalidate(IOMMULabState *s, bool has_domain,
-                                uint32_t domain, bool has_iova, uint64_t iova,
-                                bool has_size, uint64_t size, Error **errp)
+void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
+                               uint32_t domain, bool has_iova, uint64_t iova,
+                               bool has_size, uint64_t size, Error **errp)
 {
+    IOMMULabState *s = iommulab_find(iommu, errp);
     const ILDomain *d = NULL;
     uint64_t first = 0, last = UINT64_MAX;
     ILError err;
 
+    if (!s) {
+        return;
+    }
     if (has_iova != has_size) {
         error_setg(errp, "'iova' and 'size' go together");
         return;
@@ -750,11 +783,19 @@ static IommulabAttachMode mode_to_qapi(ILMode mode)
            IOMMULAB_ATTACH_MODE_BLOCKED;
 }
 
-static IommulabInfo *iommulab_query(IOMMULabState *s, Error **errp)
+IommulabInfo *qmp_x_iommulab_query(const char *iommu, Error **errp)
 {
-    IommulabInfo *info = g_new0(IommulabInfo, 1);
-    IommulabDomainInfoList **dtail = &info->domains;
-    IommulabDeviceInfoList **vtail = &info->devices;
+    IOMMULabState *s = iommulab_find(iommu, errp);
+    IommulabInfo *info;
+    IommulabDomainInfoList **dtail;
+    IommulabDeviceInfoList **vtail;
+
+    if (!s) {
+        return NULL;
+    }
+    info = g_new0(IommulabInfo, 1);
+    dtail = &info->domains;
+    vtail = &info->devices;
 
     info->path = object_get_canonical_path(OBJECT(s));
     info->default_mode = mode_to_qapi(s->default_mode);
@@ -808,10 +849,16 @@ static IommulabInfo *iommulab_query(IOMMULabState *s, Error **errp)
     return info;
 }
 
-static IommulabCounters *iommulab_query_counters(IOMMULabState *s,
-                                                 Error **errp)
+IommulabCounters *qmp_x_iommulab_query_counters(const char *iommu,
+                                                Error **errp)
 {
-    IommulabCounters *c = g_new0(IommulabCounters, 1);
+    IOMMULabState *s = iommulab_find(iommu, errp);
+    IommulabCounters *c;
+
+    if (!s) {
+        return NULL;
+    }
+    c = g_new0(IommulabCounters, 1);
 
     qemu_mutex_lock(&s->lock);
     c->hits = s->engine.c.hits;
@@ -826,13 +873,14 @@ static IommulabCounters *iommulab_query_counters(IOMMULabState *s,
     return c;
 }
 
-static IommulabTranslation *iommulab_debug_translate(IOMMULabState *s,
-                                                     const char *device,
-                                                     uint64_t iova,
-                                                     IommulabAccess access,
-                                                     Error **errp)
+IommulabTranslation *qmp_x_iommulab_translate(const char *iommu,
+                                              const char *device,
+                                              uint64_t iova,
+                                              IommulabAccess access,
+                                              Error **errp)
 {
-    IOMMULabDev *dev = iommulab_find_dev(s, device, errp);
+    IOMMULabState *s = iommulab_find(iommu, errp);
+    IOMMULabDev *dev = s ? iommulab_find_dev(s, device, errp) : NULL;
     IommulabTranslation *t;
     ILResult r;
     bool ok;
@@ -860,11 +908,18 @@ static IommulabTranslation *iommulab_debug_translate(IOMMULabState *s,
     return t;
 }
 
-static IommulabFaults *iommulab_query_faults(IOMMULabState *s, bool clear,
-                                             Error **errp)
+IommulabFaults *qmp_x_iommulab_query_faults(const char *iommu, bool has_clear,
+                                            bool clear, Error **errp)
 {
-    IommulabFaults *res = g_new0(IommulabFaults, 1);
-    IommulabFaultList **tail = &res->faults;
+    IOMMULabState *s = iommulab_find(iommu, errp);
+    IommulabFaults *res;
+    IommulabFaultList **tail;
+
+    if (!s) {
+        return NULL;
+    }
+    res = g_new0(IommulabFaults, 1);
+    tail = &res->faults;
 
     qemu_mutex_lock(&s->lock);
     for (uint32_t i = 0; i < il_faults_count(&s->engine); i++) {
@@ -883,7 +938,7 @@ static IommulabFaults *iommulab_query_faults(IOMMULabState *s, bool clear,
         QAPI_LIST_APPEND(tail, qf);
     }
     res->dropped = il_faults_dropped(&s->engine);
-    if (clear) {
+    if (has_clear && clear) {
         il_faults_clear(&s->engine);
     }
     qemu_mutex_unlock(&s->lock);
@@ -1116,8 +1171,6 @@ static void iommulab_class_init(ObjectClass *klass, void *data)
 {
     DeviceClass *dc = DEVICE_CLASS(klass);
     PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
-    IOMMULabClass *ic = IOMMULAB_VIOMMU_CLASS(klass);
-
     k->realize = iommulab_realize;
     k->vendor_id = PCI_VENDOR_ID_REDHAT;
     k->device_id = 0x00f1;
@@ -1127,17 +1180,6 @@ static void iommulab_class_init(ObjectClass *klass, void *data)
     device_class_set_legacy_reset(dc, iommulab_reset);
     device_class_set_props(dc, iommulab_properties);
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);
-
-    ic->domain_alloc = iommulab_domain_alloc;
-    ic->domain_free = iommulab_domain_free;
-    ic->map = iommulab_map;
-    ic->unmap = iommulab_unmap;
-    ic->attach = iommulab_attach;
-    ic->invalidate = iommulab_invalidate;
-    ic->query = iommulab_query;
-    ic->query_counters = iommulab_query_counters;
-    ic->translate = iommulab_debug_translate;
-    ic->query_faults = iommulab_query_faults;
 }
 
 static void iommulab_mr_class_init(ObjectClass *klass, void *data)

@@ -76,35 +76,13 @@ struct IOMMULabState {
 #define IOMMULAB_DEFAULT_IAS 48
 
 /*
- * The QMP commands (iommulab-qmp.c, compiled into every system emulator)
- * reach the device through these, so they need no link-time dependency on
- * the device.
+ * The QMP commands are implemented by the device code itself
+ * (qmp_x_iommulab_* in iommulab-viommu.c; iommulab-stub.c where the device
+ * is not built).  A subclass specialises one thing:
  */
 struct IOMMULabClass {
     PCIDeviceClass parent_class;
 
-    void (*domain_alloc)(IOMMULabState *s, uint32_t domain,
-                         IommulabDomainType type, bool has_parent,
-                         uint32_t parent, bool has_s1_root, uint64_t s1_root,
-                         bool has_ias, uint8_t ias, Error **errp);
-    void (*domain_free)(IOMMULabState *s, uint32_t domain, Error **errp);
-    void (*map)(IOMMULabState *s, uint32_t domain,
-                IommulabMappingList *mappings, Error **errp);
-    IommulabUnmapResult *(*unmap)(IOMMULabState *s, uint32_t domain,
-                                  IommulabRangeList *ranges, Error **errp);
-    void (*attach)(IOMMULabState *s, const char *device,
-                   IommulabAttachMode mode, bool has_domain, uint32_t domain,
-                   Error **errp);
-    void (*invalidate)(IOMMULabState *s, bool has_domain, uint32_t domain,
-                       bool has_iova, uint64_t iova, bool has_size,
-                       uint64_t size, Error **errp);
-    IommulabInfo *(*query)(IOMMULabState *s, Error **errp);
-    IommulabCounters *(*query_counters)(IOMMULabState *s, Error **errp);
-    IommulabTranslation *(*translate)(IOMMULabState *s, const char *device,
-                                      uint64_t iova, IommulabAccess access,
-                                      Error **errp);
-    IommulabFaults *(*query_faults)(IOMMULabState *s, bool clear,
-                                    Error **errp);
     /*
      * Optional, for subclasses: complete the facts the engine's device
      * filled in for x-iommulab-query-hw-info (type, the PHB beneath, ...).
@@ -114,19 +92,12 @@ struct IOMMULabClass {
 
 /*
  * The engine's API for subclasses that put the engine beneath another
- * translator (iommulab-spapr-s2), under the BQL:
- *
- * iommulab_viommu_requester() returns the requester (bus, devfn), created
- * on first use in the device's default mode; its address space is
- * &dev->as.  iommulab_viommu_attach_requester() attaches it as
- * x-iommulab-attach does a PCI device behind the vIOMMU.
+ * translator (iommulab-spapr-s2), under the BQL: the requester (bus,
+ * devfn), created on first use in the device's default mode; its address
+ * space is &dev->as.  x-iommulab-attach attaches it (naming the device).
  */
 IOMMULabDev *iommulab_viommu_requester(IOMMULabState *s, PCIBus *bus,
                                        uint8_t devfn);
-void iommulab_viommu_attach_requester(IOMMULabDev *dev,
-                                      IommulabAttachMode mode,
-                                      bool has_domain, uint32_t domain,
-                                      Error **errp);
 
 /*
  * The one lookup of the lab's QMP commands: @name is a qdev id (of a

@@ -63,4 +63,4 @@ def attach_identity_stage2(q: Any, memory_mib: int = MEMORY_MIB) -> None:
         domain=1,
         mappings=[{"iova": 0, "size": memory_mib << 20, "addr": 0, "read": True, "write": True}],
     )
-    q.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
+    q.cmd("x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=1)

@@ -4,7 +4,7 @@ pseries (sPAPR TCE windows and DDW) and PowerNV9/10 (PHB4/PHB5 IODA TCE
 tables) guests whose PHB DMA goes through an iommulab stage-2 domain that
 maps guest RAM 1:1.  QEMU starts paused; the test allocates and maps the
 domain with the engine's x-iommulab-* commands on the iommulab-spapr-s2
-device, attaches the PHB with x-iommulab-spapr-stage2-attach, continues,
+device, attaches the PHB with x-iommulab-attach (device=s2), continues,
 and checks that NVMe writes and reads back its patterns, that the DMA was
 translated by stage 2 (the device's counters) and that nothing faulted.
 

@@ -88,6 +88,8 @@ def test_schema_lists_unstable_commands(vm: Pseries) -> None:
         assert "unstable" in names[c].get("features", []), c
     events = {e["name"] for e in schema if e.get("meta-type") == "event"}
     assert {"X_IOMMULAB_SPAPR_WINDOW", "X_IOMMULAB_SPAPR_TCE_FAULT"} <= events
+    # one way to attach: x-iommulab-attach (device=s2), no sPAPR duplicate
+    assert "x-iommulab-spapr-stage2-attach" not in names
 
 
 def test_default_phb(vm: Pseries) -> None:
@@ -566,7 +568,7 @@ def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
             {"iova": DMA_PAGE, "size": 0x2000, "addr": OTHER_PAGE, "read": True, "write": True}
         ],
     )
-    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=1)
+    vm.cmd("x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=1)
     vm.qt.memwrite(OTHER_PAGE, data)
     vm.edu_dma(bar, 0x10000, EDU_BUF, 4096, to_memory=False)  # reads OTHER_PAGE
     vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)  # writes OTHER_PAGE + 4K
@@ -614,30 +616,37 @@ def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
     assert vm.qt.memread(OTHER_PAGE + 0x1000, 4096) == data
 
 
+def attach_s2(vm: Pseries, **args: Any) -> None:
+    """Attach the PHB's stage-2 requester: the s2 device, named as the device."""
+    vm.cmd("x-iommulab-attach", iommu=S2, device=S2, **args)
+
+
 def test_stage2_attach_errors(vm_s2: Pseries) -> None:
     vm = vm_s2
-    assert "not an iommulab-spapr-s2" in err(
-        vm, "x-iommulab-spapr-stage2-attach", stage2="nope", mode="bypass"
+    before = vm.cmd("x-iommulab-query", iommu=S2)
+    assert "'nope' is not an iommulab-viommu" in err(
+        vm, "x-iommulab-attach", iommu="nope", device="nope", mode="bypass"
     )
-    assert "needs 'domain'" in err(vm, "x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain")
+    assert "needs 'domain'" in err(vm, "x-iommulab-attach", iommu=S2, device=S2, mode="domain")
     assert "only valid" in err(
-        vm, "x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass", domain=1
+        vm, "x-iommulab-attach", iommu=S2, device=S2, mode="bypass", domain=1
     )
     assert "does not exist" in err(
-        vm, "x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=9
+        vm, "x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=9
     )
+    assert vm.cmd("x-iommulab-query", iommu=S2) == before
     # an attached domain cannot be freed
     vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=2, type="paging")
-    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="domain", domain=2)
+    attach_s2(vm, mode="domain", domain=2)
     assert "in use" in err(vm, "x-iommulab-domain-free", iommu=S2, domain=2)
-    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass")
+    attach_s2(vm, mode="bypass")
     vm.cmd("x-iommulab-domain-free", iommu=S2, domain=2)
 
 
 def test_stage2_bypass(vm_s2: Pseries) -> None:
     vm = vm_s2
     bar = vm.edu_setup()
-    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass")
+    attach_s2(vm, mode="bypass")
     data = bytes(range(256)) * 16
     assert vm.hcall(H_PUT_TCE, LIOBN0, 0x11000, DMA_PAGE | 3)[0] == H_SUCCESS
     vm.qt.memwrite(DMA_PAGE, data)
@@ -657,8 +666,8 @@ def test_stage2_requester_is_a_device_of_the_engine(vm_s2: Pseries) -> None:
     vm.cmd("x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=3)
     (dev,) = vm.cmd("x-iommulab-query", iommu=S2)["devices"]
     assert (dev["mode"], dev["domain"]) == ("domain", 3)
-    # one requester: stage2-attach changes the same attachment
-    vm.cmd("x-iommulab-spapr-stage2-attach", stage2=S2, mode="bypass")
+    # one requester: a second attach replaces the same attachment
+    attach_s2(vm, mode="bypass")
     (dev,) = vm.cmd("x-iommulab-query", iommu=S2)["devices"]
     assert dev["mode"] == "bypass" and "domain" not in dev
     # the DMA follows: bypass lets edu's write through the TCE land
@@ -681,3 +690,66 @@ def test_stage2_requester_is_a_device_of_the_engine(vm_s2: Pseries) -> None:
         vm, "x-iommulab-attach", iommu=S2, device=S2, mode="domain", domain=99
     )
     assert vm.cmd("x-iommulab-query", iommu=S2)["devices"][0]["mode"] == "blocked"
+
+
+# --- Several PHBs, one stage 2 each (phb=) ---
+
+
+def test_two_stage2_devices_on_two_phbs() -> None:
+    """Without bus=, QEMU puts both devices on the newest PHB's bus; phb= (an
+    index or the PHB's id) says which PHB each one is beneath."""
+    vm = Pseries(
+        [
+            "-device", "spapr-pci-host-bridge,index=1,id=phb1",
+            "-device", "iommulab-spapr-s2,id=s2a,phb=0",
+            "-device", "iommulab-spapr-s2,id=s2b,phb=phb1",
+        ]
+    )  # fmt: skip
+    try:
+        phbs = {p["phb"]: p for p in vm.cmd("x-iommulab-spapr-query-phbs")}
+        for dev, index in (("s2a", 0), ("s2b", 1)):
+            pe = vm.cmd("x-iommulab-query-hw-info", device=dev)["spapr-pe"]
+            assert (pe["phb"], pe["path"]) == (index, phbs[index]["path"])
+            assert pe["stage2"] == f"/machine/peripheral/{dev}"
+        # edu0 is on PHB 0: its DMA goes through s2a (blocked), not s2b
+        bar = vm.edu_setup()
+        assert vm.hcall(H_PUT_TCE, LIOBN0, 0x11000, DMA_PAGE | 3)[0] == H_SUCCESS
+        vm.qt.memset(DMA_PAGE, 64, 0x33)
+        vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)
+        assert vm.qt.memread(DMA_PAGE, 64) == b"\x33" * 64
+        fa = vm.cmd("x-iommulab-query-faults", iommu="s2a", clear=True)["faults"]
+        assert [(f["device"], f["reason"]) for f in fa] == [("/machine/peripheral/s2a", "blocked")]
+        assert vm.cmd("x-iommulab-query-faults", iommu="s2b")["faults"] == []
+        vm.cmd("x-iommulab-attach", iommu="s2a", device="s2a", mode="bypass")
+        vm.edu_dma(bar, 0x11000, EDU_BUF, 64, to_memory=False)
+        vm.qt.memset(DMA_PAGE, 64, 0)
+        vm.edu_dma(bar, EDU_BUF, 0x11000, 64, to_memory=True)
+        assert vm.qt.memread(DMA_PAGE, 64) == b"\x33" * 64
+    finally:
+        vm.close()
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        (
+            ["iommulab-spapr-s2,id=a", "iommulab-spapr-s2,id=b"],
+            "PHB 1 already has a stage 2 (/machine/peripheral/a); give each "
+            "iommulab-spapr-s2 its PHB with phb=INDEX",
+        ),
+        (["iommulab-spapr-s2,id=a,phb=7"], "there is no pseries PHB with index 7"),
+        (["iommulab-spapr-s2,id=a,phb=nosuch"], "'nosuch' is not a PHB (phb=)"),
+        (
+            ["iommulab-spapr-s2,id=a,phb=1", "iommulab-spapr-s2,id=b,phb=phb1"],
+            "PHB 1 already has a stage 2",
+        ),
+    ],
+)
+def test_stage2_placement_errors(devices: list[str], message: str) -> None:
+    args = [str(qemu_binary("ppc64")), "-M", "pseries", "-accel", "qtest", "-S"]
+    args += ["-nodefaults", "-display", "none", "-m", "256"]
+    args += ["-device", "spapr-pci-host-bridge,index=1,id=phb1"]
+    for d in devices:
+        args += ["-device", d]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and message in r.stderr, r.stderr

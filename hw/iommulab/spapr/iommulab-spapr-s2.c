@@ -3,35 +3,33 @@
  * windows.
  *
  * An iommulab-viommu (the engine's device: domains, IOTLB, fault queue,
- * x-iommulab-* QMP) that sits on a pseries PHB's root bus without taking
- * over the bus's IOMMU: the PHB keeps translating bus addresses with its
- * TCE tables, and every TCE table of the PHB sends its output (a guest
+ * x-iommulab-* QMP) that sits on a PHB's root bus without taking over the
+ * bus's IOMMU: the PHB keeps translating bus addresses with its TCE
+ * tables, and every TCE table of the PHB sends its output (a guest
  * physical address) into this device's stage-2 address space (patch 0010,
  * spapr_tce_set_output_as()).  QEMU then translates it again there.  A DMA
  * is allowed only if both the TCE and the stage-2 domain allow it.
  *
  * On sPAPR the partitionable endpoint is the PHB: all its devices share its
- * TCE tables, so they share one stage-2 requester, this device.  Its
- * attachment (blocked, bypass or a domain of this vIOMMU) is set with
- * x-iommulab-spapr-stage2-attach; domains are allocated and mapped with the
- * engine's x-iommulab-* commands on this device (by its id), and stage-2
- * faults are the engine's faults with this device as the requester.
+ * TCE tables, so they share one stage-2 requester, this device.  It is
+ * attached like any requester, by naming the device:
+ * x-iommulab-attach {iommu: s2, device: s2, ...}; domains are allocated
+ * and mapped with the engine's x-iommulab-* commands on this device, and
+ * stage-2 faults are the engine's faults with this device as the
+ * requester.
  *
- * On PowerNV (POWER9/POWER10, PHB4/PHB5) it puts stage 2 beneath a PHB's
- * IODA TCE tables (patch 0013): TCE and RTT fetches and translated DMA all
- * go through it.  A PHB4/5 root bus takes nothing but its root port, so
- * there the device sits on another PHB's root bus and names its PHB with
- * the "phb" property (the pnv-phb's id).
- *
- * This is a thin adapter over the engine's device (hw/iommulab/
- * iommulab-viommu.h): the engine's realize (with keep_bus_iommu, so the
- * PHB keeps its bus), and the engine's requester API for the PHB's
- * stage-2 address space and its attachment.
+ * Which PHB: the "phb" property (pseries: the PHB's index or id; PowerNV:
+ * the pnv-phb's id), else the PHB whose root bus the device is on.  On
+ * PowerNV (POWER9/POWER10, PHB4/PHB5) it puts stage 2 beneath a PHB's IODA
+ * TCE tables (patch 0013): TCE and RTT fetches and translated DMA all go
+ * through it; a PHB4/5 root bus takes nothing but its root port, so there
+ * the device sits on another PHB's root bus and names its PHB.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/cutils.h"
 #include "hw/pci/pci_bus.h"
 #include "hw/qdev-properties.h"
 #include "hw/ppc/spapr.h"
@@ -49,21 +47,23 @@
 
 typedef struct IOMMULabSpaprS2 {
     IOMMULabState parent_obj;
-    char *phb_name;             /* property "phb": PHB by id, else our bus */
+    char *phb_name;             /* property "phb"; NULL: the PHB of our bus */
     uint32_t phb;               /* PHB index (pseries) or id (PowerNV) */
     SpaprPhbState *sphb;        /* pseries: the PHB; NULL on PowerNV */
     IOMMULabDev *req;           /* the PHB's stage-2 requester */
 } IOMMULabSpaprS2;
 
-DECLARE_INSTANCE_CHECKER(IOMMULabSpaprS2, IOMMULAB_SPAPR_S2,
-                         TYPE_IOMMULAB_SPAPR_S2)
+typedef struct IOMMULabSpaprS2Class {
+    IOMMULabClass parent_class;
+    DeviceRealize parent_realize;
+} IOMMULabSpaprS2Class;
 
-static void (*il_s2_parent_realize)(PCIDevice *pdev, Error **errp);
+OBJECT_DECLARE_TYPE(IOMMULabSpaprS2, IOMMULabSpaprS2Class, IOMMULAB_SPAPR_S2)
 
 #ifdef CONFIG_POWERNV
-static PnvPHB4 *il_s2_pnv_phb4(DeviceState *host)
+static PnvPHB4 *il_s2_pnv_phb4(Object *host)
 {
-    PnvPHB *phb = (PnvPHB *)object_dynamic_cast(OBJECT(host), TYPE_PNV_PHB);
+    PnvPHB *phb = (PnvPHB *)object_dynamic_cast(host, TYPE_PNV_PHB);
 
     if (!phb || !phb->backend) {
         return NULL;
@@ -72,56 +72,123 @@ static PnvPHB4 *il_s2_pnv_phb4(DeviceState *host)
 }
 #endif
 
-static void il_s2_realize(PCIDevice *pdev, Error **errp)
+/* The pseries PHB with index @index, if there is one */
+static Object *il_s2_spapr_phb_by_index(uint32_t index)
 {
-    IOMMULabSpaprS2 *s2 = IOMMULAB_SPAPR_S2(pdev);
-    PCIBus *bus = pci_get_bus(pdev);
-    DeviceState *host = BUS(bus)->parent;
+    SpaprMachineState *spapr = (SpaprMachineState *)
+        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
+    SpaprPhbState *sphb;
+
+    if (spapr) {
+        QLIST_FOREACH(sphb, &spapr->phbs, list) {
+            if (sphb->index == index) {
+                return OBJECT(sphb);
+            }
+        }
+    }
+    return NULL;
+}
+
+/* The PHB named by the "phb" property, or the one of the device's bus */
+static Object *il_s2_host(IOMMULabSpaprS2 *s2, PCIBus *bus, Error **errp)
+{
+    const char *name = s2->phb_name;
+    uint64_t index;
+
+    if (!name) {
+        if (!pci_bus_is_root(bus)) {
+            error_setg(errp, "%s must be plugged on a PHB's root bus",
+                       TYPE_IOMMULAB_SPAPR_S2);
+            return NULL;
+        }
+        return OBJECT(BUS(bus)->parent);
+    }
+    if (!qemu_strtou64(name, NULL, 10, &index) && index <= UINT32_MAX) {
+        Object *phb = il_s2_spapr_phb_by_index(index);
+
+        if (!phb) {
+            error_setg(errp, "phb=%s: there is no pseries PHB with index %s",
+                       name, name);
+        }
+        return phb;
+    }
+    /* A PowerNV PHB is moved under its chip: a partial path finds it */
+    return iommulab_resolve(name, TYPE_DEVICE, "a PHB (phb=)", errp);
+}
+
+/* The iommulab device that the PHB's TCE tables output into, if any */
+static Object *il_s2_spapr_stage2_of(SpaprPhbState *sphb)
+{
+    SpaprTceTable *tcet;
+    int i;
+
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = sphb->dma_liobn[i] ?
+               spapr_tce_find_by_liobn(sphb->dma_liobn[i]) : NULL;
+        if (tcet && tcet->output_as) {
+            return memory_region_owner(tcet->output_as->root);
+        }
+    }
+    return NULL;
+}
+
+static bool il_s2_check_spapr(SpaprPhbState *sphb, Error **errp)
+{
+    Object *other = il_s2_spapr_stage2_of(sphb);
+    SpaprTceTable *tcet;
+    int i;
+
+    if (other) {
+        g_autofree char *path = object_get_canonical_path(other);
+
+        error_setg(errp, "PHB %" PRIu32 " already has a stage 2 (%s); give "
+                   "each %s its PHB with phb=INDEX", sphb->index, path,
+                   TYPE_IOMMULAB_SPAPR_S2);
+        return false;
+    }
+    for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = sphb->dma_liobn[i] ?
+               spapr_tce_find_by_liobn(sphb->dma_liobn[i]) : NULL;
+        if (tcet && tcet->need_vfio) {
+            error_setg(errp, "PHB %" PRIu32 ": TCE table 0x%" PRIx32 " has "
+                       "IOMMU notifiers (VFIO); no stage 2 beneath it",
+                       sphb->index, tcet->liobn);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void il_s2_realize(DeviceState *ds, Error **errp)
+{
+    ERRP_GUARD();
+    IOMMULabSpaprS2 *s2 = IOMMULAB_SPAPR_S2(ds);
+    IOMMULabSpaprS2Class *sc = IOMMULAB_SPAPR_S2_GET_CLASS(ds);
+    PCIDevice *pdev = PCI_DEVICE(ds);
+    PCIBus *bus = PCI_BUS(qdev_get_parent_bus(ds));
+    Object *host = il_s2_host(s2, bus, errp);
     SpaprPhbState *sphb = NULL;
     void *pnv = NULL;
     SpaprTceTable *tcet;
     AddressSpace *as;
-    Error *local_err = NULL;
     int i;
 
-    if (s2->phb_name) {
-        g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
-                                                s2->phb_name);
-        Object *obj = object_resolve_path(path, NULL);
-
-        if (!obj) {
-            /* A PowerNV PHB is moved under its chip: find it by name */
-            obj = object_resolve_path_type(s2->phb_name, TYPE_DEVICE, NULL);
-        }
-        if (!obj || !object_dynamic_cast(obj, TYPE_DEVICE)) {
-            error_setg(errp, "phb '%s' is not a device", s2->phb_name);
-            return;
-        }
-        host = DEVICE(obj);
-    } else if (!pci_bus_is_root(bus)) {
-        host = NULL;
-    }
-    if (host) {
-        sphb = (SpaprPhbState *)
-            object_dynamic_cast(OBJECT(host), TYPE_SPAPR_PCI_HOST_BRIDGE);
-#ifdef CONFIG_POWERNV
-        pnv = il_s2_pnv_phb4(host);
-#endif
-    }
-    if (!sphb && !pnv) {
-        error_setg(errp, "%s must be plugged on the root bus of a pseries "
-                   "PHB (spapr-pci-host-bridge) or of a PowerNV PHB4/PHB5",
-                   TYPE_IOMMULAB_SPAPR_S2);
+    if (!host) {
         return;
     }
-    for (i = 0; sphb && i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
-        tcet = sphb->dma_liobn[i] ?
-               spapr_tce_find_by_liobn(sphb->dma_liobn[i]) : NULL;
-        if (tcet && tcet->output_as) {
-            error_setg(errp, "PHB %" PRIu32 " already has a stage 2",
-                       sphb->index);
-            return;
-        }
+    sphb = (SpaprPhbState *)
+        object_dynamic_cast(host, TYPE_SPAPR_PCI_HOST_BRIDGE);
+#ifdef CONFIG_POWERNV
+    pnv = il_s2_pnv_phb4(host);
+#endif
+    if (!sphb && !pnv) {
+        error_setg(errp, "%s needs a pseries PHB (spapr-pci-host-bridge) or "
+                   "a PowerNV PHB4/PHB5: plug it on its root bus or name it "
+                   "with phb=", TYPE_IOMMULAB_SPAPR_S2);
+        return;
+    }
+    if (sphb && !il_s2_check_spapr(sphb, errp)) {
+        return;
     }
 #ifdef CONFIG_POWERNV
     if (pnv && ((PnvPHB4 *)pnv)->dma_output_as) {
@@ -130,10 +197,9 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
     }
 #endif
 
-    /* The engine's realize; it leaves the bus's IOMMU to the PHB */
-    il_s2_parent_realize(pdev, &local_err);
-    if (local_err) {
-        error_propagate(errp, local_err);
+    /* PCI and the engine's realize; it leaves the bus's IOMMU to the PHB */
+    sc->parent_realize(ds, errp);
+    if (*errp) {
         return;
     }
 
@@ -146,6 +212,7 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
         s2->phb = sphb->index;
         tcet = sphb->dma_liobn[i] ?
                spapr_tce_find_by_liobn(sphb->dma_liobn[i]) : NULL;
+        /* cannot fail: no notifiers (checked above); not hotpluggable */
         if (tcet && !spapr_tce_set_output_as(tcet, as, errp)) {
             return;
         }
@@ -157,48 +224,6 @@ static void il_s2_realize(PCIDevice *pdev, Error **errp)
     }
 #endif
     trace_iommulab_spapr_s2_realize(s2->phb, s2->req->index);
-}
-
-static IOMMULabSpaprS2 *il_s2_find(const char *name, Error **errp)
-{
-    Object *obj = NULL;
-
-    if (!strchr(name, '/')) {
-        g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
-                                                name);
-
-        obj = object_resolve_path_type(path, TYPE_IOMMULAB_SPAPR_S2, NULL);
-    }
-    if (!obj) {
-        obj = object_resolve_path_type(name, TYPE_IOMMULAB_SPAPR_S2, NULL);
-    }
-    if (!obj) {
-        error_setg(errp, "'%s' is not an %s (give its id or QOM path)", name,
-                   TYPE_IOMMULAB_SPAPR_S2);
-        return NULL;
-    }
-    return IOMMULAB_SPAPR_S2(obj);
-}
-
-/* Attach the PHB's requester, as x-iommulab-attach does a PCI device. */
-static void il_s2_attach(const char *stage2, IommulabSpaprS2Mode mode,
-                         bool has_domain, uint32_t domain, Error **errp)
-{
-    IOMMULabSpaprS2 *s2 = il_s2_find(stage2, errp);
-    Error *local_err = NULL;
-
-    if (!s2) {
-        return;
-    }
-    iommulab_viommu_attach_requester(s2->req,
-        mode == IOMMULAB_SPAPR_S2_MODE_DOMAIN ? IOMMULAB_ATTACH_MODE_DOMAIN :
-        mode == IOMMULAB_SPAPR_S2_MODE_BYPASS ? IOMMULAB_ATTACH_MODE_BYPASS :
-        IOMMULAB_ATTACH_MODE_BLOCKED, has_domain, domain, &local_err);
-    if (local_err) {
-        error_propagate(errp, local_err);
-        return;
-    }
-    trace_iommulab_spapr_s2_attach(s2->phb, mode, domain);
 }
 
 /*
@@ -233,13 +258,12 @@ static const Property il_s2_properties[] = {
 
 static void il_s2_class_init(ObjectClass *klass, void *data)
 {
-    PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
     DeviceClass *dc = DEVICE_CLASS(klass);
     IOMMULabClass *ic = IOMMULAB_VIOMMU_CLASS(klass);
+    IOMMULabSpaprS2Class *sc = IOMMULAB_SPAPR_S2_CLASS(klass);
 
     ic->hw_info = il_s2_hw_info;
-    il_s2_parent_realize = k->realize;
-    k->realize = il_s2_realize;
+    device_class_set_parent_realize(dc, il_s2_realize, &sc->parent_realize);
     dc->desc = "iommulab stage 2 beneath a pseries PHB's TCE windows";
     /* The TCE tables keep pointing at it: no unplug */
     dc->hotpluggable = false;
@@ -250,6 +274,7 @@ static const TypeInfo il_s2_type = {
     .name = TYPE_IOMMULAB_SPAPR_S2,
     .parent = TYPE_IOMMULAB_VIOMMU,
     .instance_size = sizeof(IOMMULabSpaprS2),
+    .class_size = sizeof(IOMMULabSpaprS2Class),
     .instance_init = il_s2_instance_init,
     .class_init = il_s2_class_init,
 };
@@ -257,7 +282,6 @@ static const TypeInfo il_s2_type = {
 static void il_s2_register(void)
 {
     type_register_static(&il_s2_type);
-    iommulab_spapr_set_stage2_attach(il_s2_attach);
 }
 
 type_init(il_s2_register)

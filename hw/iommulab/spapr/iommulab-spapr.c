@@ -12,6 +12,7 @@
  */
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qapi/qapi-commands-iommulab-spapr.h"
 #include "qapi/qapi-events-iommulab-spapr.h"
 #include "qemu/main-loop.h"
 #include "qemu/thread.h"
@@ -227,8 +228,8 @@ static void il_spapr_fault_bh(void *opaque)
             .phb = ev[i].phb,
             .liobn = ev[i].liobn,
             .ioba = ev[i].ioba,
-            .access = ev[i].write ? IOMMULAB_SPAPR_ACCESS_WRITE :
-                                    IOMMULAB_SPAPR_ACCESS_READ,
+            .access = ev[i].write ? IOMMULAB_ACCESS_WRITE :
+                                    IOMMULAB_ACCESS_READ,
             .tce = ev[i].tce,
         };
         qapi_event_send_x_iommulab_spapr_tce_fault(&f, i ? 0 : suppressed);
@@ -314,7 +315,7 @@ static void il_spapr_hook_all_tables(SpaprMachineState *spapr)
 
 /* QMP backend */
 
-static IommulabSpaprPhbList *il_spapr_query_phbs(Error **errp)
+IommulabSpaprPhbList *qmp_x_iommulab_spapr_query_phbs(Error **errp)
 {
     SpaprMachineState *spapr = il_spapr_machine(errp);
     IommulabSpaprPhbList *head = NULL, **tail = &head;
@@ -358,16 +359,10 @@ static bool il_spapr_valid_page_shift(uint64_t shift)
     return false;
 }
 
-static IommulabSpaprDdwPolicy *il_spapr_set_ddw_policy(
-    bool has_phb, uint32_t phb, bool has_ddw, bool ddw,
-    bool has_windows, uint32_t windows,
-        bool has_page_shifts, uint8List *page_shifts,
-    bool has_max_tces, uint64_t max_tces,
-    bool has_dma64_offset, uint64_t dma64_offset,
-    bool has_default_window_size, uint64_t default_window_size,
-    bool has_refuse_create, bool refuse_create, Error **errp)
+IommulabSpaprDdwPolicy *qmp_x_iommulab_spapr_set_ddw_policy(
+    IommulabSpaprDdwPolicyArgs *arg, Error **errp)
 {
-    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprPhbState *sphb = il_spapr_find_phb(arg->has_phb, arg->phb, errp);
     uint64_t mask = 0;
     uint8List *l;
 
@@ -375,19 +370,19 @@ static IommulabSpaprDdwPolicy *il_spapr_set_ddw_policy(
         return NULL;
     }
     /* Check everything, then change */
-    if (has_windows &&
-        (windows < 1 || windows > il_spapr_num_tables(sphb))) {
+    if (arg->has_windows &&
+        (arg->windows < 1 || arg->windows > il_spapr_num_tables(sphb))) {
         error_setg(errp, "windows must be 1..%u for PHB %" PRIu32
                    " (it has %u TCE tables)", il_spapr_num_tables(sphb),
                    sphb->index, il_spapr_num_tables(sphb));
         return NULL;
     }
-    if (has_page_shifts) {
-        if (!page_shifts) {
+    if (arg->has_page_shifts) {
+        if (!arg->page_shifts) {
             error_setg(errp, "page-shifts must not be empty");
             return NULL;
         }
-        for (l = page_shifts; l; l = l->next) {
+        for (l = arg->page_shifts; l; l = l->next) {
             if (!il_spapr_valid_page_shift(l->value)) {
                 error_setg(errp, "page-shifts: %u is not one of 12, 16, 21, "
                            "24, 28, 34", l->value);
@@ -400,45 +395,47 @@ static IommulabSpaprDdwPolicy *il_spapr_set_ddw_policy(
             mask |= 1ULL << l->value;
         }
     }
-    if (has_max_tces && (max_tces < 1 || max_tces > IL_SPAPR_POLICY_MAX_TCES)) {
+    if (arg->has_max_tces &&
+        (arg->max_tces < 1 || arg->max_tces > IL_SPAPR_POLICY_MAX_TCES)) {
         error_setg(errp, "max-tces must be 1..2^37");
         return NULL;
     }
-    if (has_dma64_offset && dma64_offset != (1ULL << 32) &&
-        dma64_offset != (1ULL << 59)) {
+    if (arg->has_dma64_offset && arg->dma64_offset != (1ULL << 32) &&
+        arg->dma64_offset != (1ULL << 59)) {
         error_setg(errp, "dma64-offset must be 4294967296 (4 GiB) or "
                    "576460752303423488 (1<<59)");
         return NULL;
     }
-    if (has_default_window_size &&
-        (!default_window_size || default_window_size % SPAPR_TCE_PAGE_SIZE ||
-         default_window_size > (1ULL << 31))) {
+    if (arg->has_default_window_size &&
+        (!arg->default_window_size ||
+         arg->default_window_size % SPAPR_TCE_PAGE_SIZE ||
+         arg->default_window_size > (1ULL << 31))) {
         error_setg(errp, "default-window-size must be a non-zero multiple of "
                    "4 KiB, at most 2 GiB");
         return NULL;
     }
 
-    if (has_ddw) {
-        sphb->ddw_enabled = ddw;
+    if (arg->has_ddw) {
+        sphb->ddw_enabled = arg->ddw;
     }
-    if (has_windows) {
-        sphb->ddw_max_windows = windows;
+    if (arg->has_windows) {
+        sphb->ddw_max_windows = arg->windows;
     }
-    if (has_page_shifts) {
+    if (arg->has_page_shifts) {
         sphb->page_size_mask = mask;
     }
-    if (has_max_tces) {
-        sphb->ddw_max_tces = max_tces;
+    if (arg->has_max_tces) {
+        sphb->ddw_max_tces = arg->max_tces;
     }
-    if (has_dma64_offset) {
-        sphb->dma64_win_addr = dma64_offset;
+    if (arg->has_dma64_offset) {
+        sphb->dma64_win_addr = arg->dma64_offset;
     }
-    if (has_default_window_size) {
-        sphb->dma_win_size = default_window_size;
+    if (arg->has_default_window_size) {
+        sphb->dma_win_size = arg->default_window_size;
     }
-    if (has_refuse_create) {
+    if (arg->has_refuse_create) {
         qemu_mutex_lock(&ils.lock);
-        if (refuse_create) {
+        if (arg->refuse_create) {
             g_hash_table_add(ils.refuse_create,
                              GUINT_TO_POINTER(sphb->index));
         } else {
@@ -474,7 +471,7 @@ static bool il_spapr_overlaps(SpaprPhbState *sphb, uint64_t start,
     return false;
 }
 
-static IommulabSpaprWindow *il_spapr_window_create(
+IommulabSpaprWindow *qmp_x_iommulab_spapr_window_create(
     bool has_phb, uint32_t phb, uint8_t page_shift, uint64_t size,
     bool has_bus_offset, uint64_t bus_offset, Error **errp)
 {
@@ -567,8 +564,8 @@ static SpaprTceTable *il_spapr_phb_window(SpaprPhbState *sphb, uint32_t liobn,
     return NULL;
 }
 
-static void il_spapr_window_remove(bool has_phb, uint32_t phb, uint32_t liobn,
-                                   Error **errp)
+void qmp_x_iommulab_spapr_window_remove(bool has_phb, uint32_t phb,
+                                        uint32_t liobn, Error **errp)
 {
     SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
     SpaprTceTable *tcet;
@@ -584,9 +581,9 @@ static void il_spapr_window_remove(bool has_phb, uint32_t phb, uint32_t liobn,
     trace_iommulab_spapr_host_remove(sphb->index, liobn);
 }
 
-static IommulabSpaprWindowList *il_spapr_window_reset(bool has_phb,
-                                                      uint32_t phb,
-                                                      Error **errp)
+IommulabSpaprWindowList *qmp_x_iommulab_spapr_window_reset(bool has_phb,
+                                                           uint32_t phb,
+                                                           Error **errp)
 {
     SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
 
@@ -599,9 +596,12 @@ static IommulabSpaprWindowList *il_spapr_window_reset(bool has_phb,
     return il_spapr_windows(sphb);
 }
 
-static IommulabSpaprTces *il_spapr_read_tces(uint32_t liobn, bool has_start,
-                                             uint32_t start, bool has_count,
-                                             uint32_t count, Error **errp)
+IommulabSpaprTces *qmp_x_iommulab_spapr_read_tces(uint32_t liobn,
+                                                  bool has_start,
+                                                  uint32_t start,
+                                                  bool has_count,
+                                                  uint32_t count,
+                                                  Error **errp)
 {
     SpaprTceTable *tcet;
     IommulabSpaprTces *r;
@@ -655,8 +655,9 @@ static IommulabSpaprTces *il_spapr_read_tces(uint32_t liobn, bool has_start,
     return r;
 }
 
-static IommulabSpaprTceFaults *il_spapr_query_faults(bool has_clear,
-                                                     bool clear, Error **errp)
+IommulabSpaprTceFaults *qmp_x_iommulab_spapr_query_faults(bool has_clear,
+                                                          bool clear,
+                                                          Error **errp)
 {
     IommulabSpaprTceFaults *r;
     IommulabSpaprTceFaultList **tail;
@@ -675,8 +676,8 @@ static IommulabSpaprTceFaults *il_spapr_query_faults(bool has_clear,
         q->phb = f->phb;
         q->liobn = f->liobn;
         q->ioba = f->ioba;
-        q->access = f->write ? IOMMULAB_SPAPR_ACCESS_WRITE :
-                               IOMMULAB_SPAPR_ACCESS_READ;
+        q->access = f->write ? IOMMULAB_ACCESS_WRITE :
+                               IOMMULAB_ACCESS_READ;
         q->tce = f->tce;
         QAPI_LIST_APPEND(tail, q);
     }
@@ -768,15 +769,6 @@ IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev)
     return info;
 }
 
-static const IommulabSpaprBackend il_spapr_backend = {
-    .query_phbs = il_spapr_query_phbs,
-    .set_ddw_policy = il_spapr_set_ddw_policy,
-    .window_create = il_spapr_window_create,
-    .window_remove = il_spapr_window_remove,
-    .window_reset = il_spapr_window_reset,
-    .read_tces = il_spapr_read_tces,
-    .query_faults = il_spapr_query_faults,
-};
 
 /* RTAS DDW hooks */
 
@@ -845,7 +837,6 @@ static void iommulab_spapr_register(void)
     qemu_mutex_init(&ils.lock);
     ils.refuse_create = g_hash_table_new(NULL, NULL);
     ils.window_faults = g_hash_table_new(NULL, NULL);
-    iommulab_spapr_set_backend(&il_spapr_backend);
     spapr_ddw_set_ops(&il_spapr_ddw_ops, NULL);
     qemu_add_machine_init_done_notifier(&il_spapr_machine_done_notifier);
 }
