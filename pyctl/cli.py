@@ -5,30 +5,35 @@
   iommulab --qmp SOCK devices|domains|mappings|counters|faults|translate|picture
   iommulab --qmp SOCK objects|windows|map-ram      through the iommufd model / sPAPR windows
 
-Views print tables for people, or JSON with --json.  Errors go to stderr with
-exit status 1; nothing is changed by a command that fails.
+Views print tables for people, or JSON with --json.  Every error is one
+``error: ...`` line on stderr and exit status 1; nothing is changed by a
+command that fails.  --timeout bounds the QMP connect (a monitor that already
+has a client accepts the connection but never answers).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from pyctl.iommufd.errors import BackendError
 from pyctl.iovamap import COLORS, Band, Row, render_svg
+from pyctl.qemu.qmp import ExecuteError, QmpError, QmpSession, parse_address
+from pyctl.report import UserError, counter_rows, object_relations, object_rows
 from pyctl.tables import as_json, table
 
 X86_MSI = (0xFEE00000, 0xFEEFFFFF)
+#: seconds to connect and be greeted (a monitor that already has a client never greets)
+CONNECT_TIMEOUT = 10.0
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user-facing error: printed as 'error: ...', exit status 1."""
 
 
@@ -56,31 +61,48 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
-def connect(socket: str | None) -> QEMUMonitorProtocol:
-    if not socket:
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return v
+
+
+def qmp_address(args: argparse.Namespace) -> str | tuple[str, int]:
+    """--qmp as an address, checked: a command that talks to QEMU needs it, and a path
+    must be a socket (a clear message beats the connect error)."""
+    if not args.qmp:
         raise CliError("this command talks to a running QEMU: give --qmp SOCKET")
-    if not Path(socket).exists():
-        raise CliError(f"no QMP socket at {socket}")
-    qmp = QEMUMonitorProtocol(socket)
-    try:
-        qmp.connect(negotiate=True)
-    except (OSError, QMPError) as exc:
-        raise CliError(f"cannot connect to QMP at {socket}: {exc}") from exc
-    return qmp
+    address = parse_address(args.qmp)
+    if isinstance(address, str):
+        try:
+            mode = os.stat(address).st_mode
+        except FileNotFoundError:
+            raise CliError(f"no QMP socket at {address}") from None
+        except OSError as exc:
+            raise CliError(f"cannot use {address}: {exc.strerror}") from None
+        if not stat.S_ISSOCK(mode):
+            raise CliError(f"{address} is not a socket (give QEMU's QMP socket with --qmp)")
+    return address
 
 
-def qmp_cmd(qmp: QEMUMonitorProtocol, name: str, **args: Any) -> Any:
-    """One command; a QMP error becomes a CliError carrying QEMU's message."""
-    try:
-        return qmp.cmd(name, **args)
-    except QMPError as exc:
-        raise CliError(f"{name}: {exc}") from exc
+def connect(args: argparse.Namespace) -> QmpSession:
+    """A QMP session on --qmp within --timeout (QmpError says why not)."""
+    return QmpSession.connect(qmp_address(args), connect_timeout=args.timeout, name="iommulab-cli")
 
 
-View = Callable[[QEMUMonitorProtocol, argparse.Namespace, TextIO], None]
+def qmp_cmd(qmp: QmpSession, name: str, **args: Any) -> Any:
+    """One command (QEMU's refusal becomes one error line in main())."""
+    return qmp.cmd(name, **args)
 
 
-def view_devices(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+View = Callable[[QmpSession, argparse.Namespace, TextIO], None]
+
+
+def view_devices(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
     if args.json:
         as_json(info["devices"], out)
@@ -88,7 +110,7 @@ def view_devices(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO
     table(info["devices"], ["id", "device", "requester-id", "mode", "domain"], out)
 
 
-def view_domains(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+def view_domains(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
     rows = [
         {**d, "mappings": len(d["mappings"]), "mapped": sum(m["size"] for m in d["mappings"])}
@@ -101,7 +123,7 @@ def view_domains(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO
     table(rows, [*cols, "mapped"], out)
 
 
-def view_mappings(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+def view_mappings(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
     rows = [
         {"domain": d["domain"], **m}
@@ -115,15 +137,15 @@ def view_mappings(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextI
     table(rows, ["domain", "iova", "size", "addr", "read", "write"], out)
 
 
-def view_counters(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+def view_counters(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     counters = qmp_cmd(qmp, "x-iommulab-query-counters", iommu=args.iommu)
     if args.json:
         as_json(counters, out)
         return
-    table([{"counter": k, "value": str(v)} for k, v in counters.items()], ["counter", "value"], out)
+    table(counter_rows(counters), ["counter", "value"], out)
 
 
-def view_faults(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+def view_faults(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     res = qmp_cmd(qmp, "x-iommulab-query-faults", iommu=args.iommu, clear=args.clear)
     if args.json:
         as_json(res, out)
@@ -133,7 +155,7 @@ def view_faults(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO)
         print(f"({res['dropped']} more faults dropped: the queue was full)", file=out)
 
 
-def view_translate(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+def view_translate(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     res = qmp_cmd(
         qmp,
         "x-iommulab-translate",
@@ -152,7 +174,7 @@ def view_translate(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: Text
     )
 
 
-def view_picture(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO) -> None:
+def view_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
     dom = next((d for d in info["domains"] if d["domain"] == args.domain), None)
     if dom is None:
@@ -168,27 +190,29 @@ def view_picture(qmp: QEMUMonitorProtocol, args: argparse.Namespace, out: TextIO
         ),
     ]
     svg = render_svg(f"{info['path']} domain {args.domain} ({dom['type']})", rows)
-    Path(args.output).write_text(svg)
+    try:
+        Path(args.output).write_text(svg)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"wrote {args.output}", file=out)
 
 
 # ------------------------------------------------------------ the iommufd model
-def _hw_error(exc: Exception) -> CliError:
-    return CliError(str(exc))
-
-
-def _backend(args: argparse.Namespace) -> Any:
-    """A QmpBackend on --qmp (checked like connect())."""
+@contextlib.contextmanager
+def _backend(args: argparse.Namespace, spapr: bool = False) -> Iterator[Any]:
+    """A QmpBackend (SpaprQmpBackend with ``spapr``) on --qmp, closed afterwards."""
     from pyctl.iommufd.qmp_backend import QmpBackend
+    from pyctl.iommufd.spapr_qmp import SpaprQmpBackend
 
-    if not args.qmp:
-        raise CliError("this command talks to a running QEMU: give --qmp SOCKET")
-    if not Path(args.qmp).exists():
-        raise CliError(f"no QMP socket at {args.qmp}")
+    address = qmp_address(args)
+    if spapr:
+        be: QmpBackend = SpaprQmpBackend(address, connect_timeout=args.timeout)
+    else:
+        be = QmpBackend(address, args.iommu, connect_timeout=args.timeout)
     try:
-        return QmpBackend(args.qmp, args.iommu)
-    except (OSError, QMPError) as exc:
-        raise CliError(f"cannot connect to QMP at {args.qmp}: {exc}") from exc
+        yield be
+    finally:
+        be.close()
 
 
 def _rebuild(be: Any, args: argparse.Namespace) -> Any:
@@ -199,56 +223,10 @@ def _rebuild(be: Any, args: argparse.Namespace) -> Any:
             be, shared=args.shared or (), blocked=args.blocked, nest_parents=args.nest_parent
         )
     except RebuildError as exc:
-        lines = "\n  ".join(exc.problems)
-        raise CliError(f"the device's state cannot be rebuilt exactly:\n  {lines}") from exc
+        problems = "; ".join(exc.problems)
+        raise CliError(f"the device's state cannot be rebuilt exactly: {problems}") from exc
     except IommufdError as exc:
-        raise _hw_error(exc) from exc
-
-
-def object_rows(ctx: Any) -> list[dict[str, Any]]:
-    """One row per iommufd object with its relations (ids of the other objects)."""
-    from pyctl.iommufd.objects import Device, HwptNested, HwptPaging, Ioas
-
-    rows: list[dict[str, Any]] = []
-    for oid, o in sorted(ctx.objects().items()):
-        if isinstance(o, Ioas):
-            rows.append({
-                "id": oid, "type": "IOAS", "hwpts": sorted(o.hwpts),
-                "areas": len(o.areas), "mapped": sum(a.length for a in o.areas),
-                "iova-ranges": [[s, e] for s, e in o.iova_ranges()],
-            })  # fmt: skip
-        elif isinstance(o, HwptPaging):
-            rows.append({
-                "id": oid, "type": "HWPT_PAGING", "ioas": o.ioas_id,
-                "flags": "NEST_PARENT" if o.nest_parent else ("auto" if o.auto else ""),
-                "devices": sorted(o.devices), "children": sorted(o.children),
-            })  # fmt: skip
-        elif isinstance(o, HwptNested):
-            rows.append({
-                "id": oid, "type": "HWPT_NESTED", "parent": o.parent_id,
-                "s1-root": o.s1_root, "devices": sorted(o.devices),
-            })  # fmt: skip
-        elif isinstance(o, Device):
-            rows.append({"id": oid, "type": "DEVICE", "device": o.name, "hwpt": o.hwpt_id})
-    return rows
-
-
-def object_relations(row: dict[str, Any]) -> str:
-    def ids(v: list[int]) -> str:
-        return ",".join(str(i) for i in v) or "-"
-
-    t = row["type"]
-    if t == "IOAS":
-        return f"hwpts={ids(row['hwpts'])} areas={row['areas']} mapped={row['mapped']:#x}"
-    if t == "HWPT_PAGING":
-        extra = f" {row['flags']}" if row["flags"] else ""
-        return (
-            f"ioas={row['ioas']} devices={ids(row['devices'])} nested={ids(row['children'])}{extra}"
-        )
-    if t == "HWPT_NESTED":
-        return f"parent={row['parent']} s1-root={row['s1-root']:#x} devices={ids(row['devices'])}"
-    hwpt = row["hwpt"] if row["hwpt"] is not None else "- (blocked)"
-    return f"{row['device']} hwpt={hwpt}"
+        raise CliError(str(exc)) from exc
 
 
 def cmd_objects(args: argparse.Namespace, out: TextIO) -> None:
@@ -312,17 +290,7 @@ def cmd_map_ram(args: argparse.Namespace, out: TextIO) -> None:
 
 # ------------------------------------------------------------ sPAPR windows
 def cmd_windows(args: argparse.Namespace, out: TextIO) -> None:
-    from pyctl.iommufd.spapr_qmp import SpaprQmpBackend
-
-    if not args.qmp:
-        raise CliError("this command talks to a running QEMU: give --qmp SOCKET")
-    if not Path(args.qmp).exists():
-        raise CliError(f"no QMP socket at {args.qmp}")
-    try:
-        be = SpaprQmpBackend(args.qmp)
-    except (OSError, QMPError) as exc:
-        raise CliError(f"cannot connect to QMP at {args.qmp}: {exc}") from exc
-    with be:
+    with _backend(args, spapr=True) as be:
         try:
             phb = be.phb_of(args.device) if args.device else args.phb
             p = next((x for x in be.phbs() if x["phb"] == phb), None)
@@ -374,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qmp", metavar="SOCKET", help="QMP socket of a running QEMU")
     p.add_argument("--iommu", default="viommu0", help="vIOMMU qdev id or QOM path")
     p.add_argument("--json", action="store_true", help="JSON output for scripts")
+    p.add_argument(
+        "--timeout", type=_seconds, default=CONNECT_TIMEOUT, metavar="SECONDS",
+        help=f"give up connecting to QMP after this long (default {CONNECT_TIMEOUT:g})",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     from pyctl import demo  # local: keeps `iommulab --help` light
@@ -418,24 +390,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its message (or its type, if it has none), newlines folded."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ExecuteError):  # QEMU refused: say which command
+        text = f"{exc.sent['execute']}: {text}"
+    return text
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command in COMMANDS:
+        COMMANDS[args.command][0](args, out)
+        return 0
+    if args.command in VIEWS:
+        with connect(args) as qmp:
+            VIEWS[args.command][0](qmp, args, out)
+        return 0
+    from pyctl import demo
+
+    return demo.run(args, out)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """The ``iommulab`` command.  Every failure is one ``error:`` line on stderr and exit
+    status 1 (``IOMMULAB_DEBUG=1`` adds the traceback of an unexpected one)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command in COMMANDS:
-            COMMANDS[args.command][0](args, out)
-            return 0
-        if args.command in VIEWS:
-            qmp = connect(args.qmp)
-            try:
-                VIEWS[args.command][0](qmp, args, out)
-            finally:
-                qmp.close()
-            return 0
-        from pyctl import demo
-
-        return demo.run(args, out)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return run_command(args, out)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, QmpError, ExecuteError, BackendError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # the model's and the launcher's errors (IommufdError, LaunchError,
+        # ConfigError...) and bugs: still one line, the traceback on request
+        if os.environ.get("IOMMULAB_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -18,14 +18,11 @@ The demo is the main job of the project, scripted the way a VMM uses
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-# pyctl.cli imports this module lazily; importing it here is not circular.
-from pyctl.cli import object_relations, object_rows
 from pyctl.guest.image import build_image
 from pyctl.guest.results import Scenario
 from pyctl.guest.runner import AgentRun
@@ -35,6 +32,7 @@ from pyctl.iommufd.qmp_backend import QmpBackend
 from pyctl.iovamap import COLORS, Band, Row, render_svg
 from pyctl.qemu.launcher import LaunchError, QemuInstance, create_raw_disk
 from pyctl.qemu.machines import GuestConfig, get_machine
+from pyctl.report import UserError, counter_rows, print_objects
 from pyctl.tables import as_json, table
 
 MACHINES = ("q35", "pseries", "powernv9", "powernv10")
@@ -68,6 +66,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk-mib", type=int, default=512)
     p.add_argument("--timeout", type=float, default=240.0)
     p.add_argument("--workdir", type=Path, default=None, help="keep console log etc. here")
+    p.add_argument(
+        "--no-reboot",
+        action="store_true",
+        help="a reset (the guest's, or QMP system_reset) ends QEMU instead of rebooting",
+    )
 
 
 def say(out: TextIO, msg: str) -> None:
@@ -92,7 +95,6 @@ class Session:
         self.out = out
         self.workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"iommulab-{machine}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.control_socket = self.workdir / "control.sock"
         self.ctx: IommufdContext | None = None
         self.backend: QmpBackend | None = None
         self.ioas: int | None = None
@@ -104,13 +106,6 @@ class Session:
 
         devices: list[str] = []
         if viommu:
-            # The control plane's own QMP monitor (the launcher holds the first one).
-            devices += [
-                "-chardev",
-                f"socket,id=ctl0,path={self.control_socket},server=on,wait=off",
-                "-mon",
-                "chardev=ctl0,mode=control",
-            ]
             # Before the NVMe: a PCI device picks its DMA address space when realized.
             devices += ["-device", f"iommulab-viommu,id={VIOMMU_ID}"]
         devices += [
@@ -128,11 +123,13 @@ class Session:
             append=cmdline_arg(scenarios),
             memory_mib=self.args.memory,
             paused=True,
+            no_reboot=self.args.no_reboot,
             extra_args=tuple(devices),
         )
 
     def attach_control_plane(self, inst: QemuInstance) -> None:
-        self.backend = QmpBackend(str(self.control_socket), VIOMMU_ID)
+        # the launcher's QMP session: one monitor for the launcher and the control plane
+        self.backend = QmpBackend(inst.qmp, VIOMMU_ID)
         self.ctx = IommufdContext(self.backend)
         self.ioas = self.ctx.ioas_alloc()
         ram = GuestRamMap(self.ctx, self.ioas, inst.qmp, batch=64 << 20)
@@ -151,8 +148,7 @@ class Session:
     def close_control_plane(self) -> None:
         if self.backend is not None:
             backend, self.backend = self.backend, None
-            with contextlib.suppress(Exception):  # QEMU may be gone already
-                backend.close()
+            backend.close()  # a shared session: the launcher closes it
 
     def run(self, scenarios: list[Scenario], viommu: bool) -> tuple[AgentRun, dict[str, Any]]:
         from pyctl.guest.results import BOOT_PATTERN, DONE_PATTERN, parse_done, parse_results
@@ -178,7 +174,6 @@ class Session:
                     "counters": inst.qmp.cmd("x-iommulab-query-counters", iommu=VIOMMU_ID),
                     "faults": inst.qmp.cmd("x-iommulab-query-faults", iommu=VIOMMU_ID),
                 }
-                self.close_control_plane()  # before the guest's power-off ends QEMU
             inst.wait_exit(15.0)
         except LaunchError as exc:
             error = str(exc)
@@ -214,10 +209,9 @@ def print_results(run: AgentRun, out: TextIO) -> None:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     t0 = time.monotonic()
     if args.command == "boot":
+        if args.viommu and args.machine != "q35":
+            raise UserError("--viommu is the q35 paging vIOMMU; sPAPR stage 2 is separate")
         session = Session(args.machine, args, out)
-        if args.viommu and session.machine.name != "q35":
-            print("error: --viommu is the q35 paging vIOMMU; sPAPR stage 2 is separate", file=out)
-            return 1
         scen = parse_scenarios(args.scenarios)
         agent, dev = session.run(scen, args.viommu)
         if args.json:
@@ -236,15 +230,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if session.ctx is not None and session.ioas is not None:
         ctx = session.ctx
         say(out, "iommufd objects")
-        objs = [{**r, "relations": object_relations(r)} for r in object_rows(ctx)]
-        table(objs, ["id", "type", "relations"], out)
+        print_objects(ctx, out)
         say(out, "vIOMMU counters")
         counters = dev.get("counters", {})
-        table(
-            [{"counter": k, "value": str(v)} for k, v in counters.items()],
-            ["counter", "value"],
-            out,
-        )
+        table(counter_rows(counters), ["counter", "value"], out)
         faults = dev.get("faults", {}).get("faults", [])
         say(out, f"fault queue: {len(faults)} fault(s) (devices not bound to iommufd are blocked)")
         table(faults, ["device", "requester-id", "iova", "access", "stage", "reason"], out)

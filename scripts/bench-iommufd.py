@@ -16,6 +16,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# the test VMs (testvm.ViommuVm) live with the tests
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
 
 from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext
 from pyctl.iommufd.allocator import HoleSet, alloc_alignment, hole_fit
@@ -134,9 +136,10 @@ def bench_model(n: int, ops: int) -> None:
 
 def bench_qmp(pages: int, batch: int) -> None:
     """map+unmap through QMP into the real device: one page per command, then batched."""
+    from testvm import ViommuVm
+
     from pyctl.iommufd.backend import MapEntry
     from pyctl.iommufd.qmp_backend import QmpBackend
-    from pyctl.iommufd.testvm import ViommuVm
 
     with ViommuVm(devices=1) as vm, QmpBackend(str(vm.qmp_path)) as hw:
         ctx = IommufdContext(hw)
@@ -184,7 +187,7 @@ def main() -> int:
     bench_allocator(args.areas, args.ops, args.plain_ops)
     bench_model(args.areas, args.ops)
     if args.qmp_pages:
-        from pyctl.iommufd.testvm import has_viommu, qemu_binary
+        from testvm import has_viommu, qemu_binary
 
         binary = qemu_binary()
         if binary is None or not has_viommu(binary):

@@ -36,8 +36,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from pyctl.guest.image import build_image
 from pyctl.guest.results import (
     BOOT_PATTERN,
@@ -58,11 +56,12 @@ from pyctl.qemu.pseries_qtest import (
     TCE_LIST,
     PseriesQtest,
 )
+from pyctl.qemu.qmp import QmpSession
 
 RAM_MIB = 1024
 
 
-def s2_setup(qmp: QEMUMonitorProtocol, ram: int) -> None:
+def s2_setup(qmp: QmpSession, ram: int) -> None:
     qmp.cmd("x-iommulab-domain-alloc", iommu="s2", domain=1, type="paging")
     qmp.cmd(
         "x-iommulab-map",

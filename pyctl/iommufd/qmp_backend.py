@@ -1,8 +1,9 @@
 """The hardware backend over QMP: the iommulab-viommu device's ``x-iommulab-*`` commands.
 
-asyncio inside (``qemu.qmp.QMPClient`` on an event loop in a private
-thread), a synchronous facade outside, so scripts and the object model call
-plain methods.  Each Protocol method is one QMP command (docs/qmp.md); a map
+The connection is the lab's one QMP client (:class:`pyctl.qemu.qmp.QmpSession`):
+given an address the backend connects (within ``connect_timeout``) and owns
+the session; given a session (a launcher's ``inst.qmp``) it shares it and
+leaves it open.  Each Protocol method is one QMP command (docs/qmp.md); a map
 batch too large for one QMP message is split into chunks and, should a later
 chunk fail, the earlier ones are unmapped again, so a batch stays all or
 nothing.  A refused command raises :class:`BackendError` with QEMU's message.
@@ -10,12 +11,10 @@ nothing.  A refused command raises :class:`BackendError` with QEMU's message.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Mapping
-from typing import Any, Self, TypeVar, cast
+from collections.abc import Mapping
+from typing import Any, Self, cast
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient
+from pyctl.qemu.qmp import Address, ExecuteError, QmpSession
 
 from .backend import (
     Access,
@@ -31,8 +30,6 @@ from .backend import (
 )
 from .errors import BackendError
 
-T = TypeVar("T")
-
 #: mappings per x-iommulab-map command (QEMU's JSON parser caps tokens per message)
 MAP_CHUNK = 8192
 #: QEMU events kept for :meth:`QmpBackend.events` (memory hotplug and unplug;
@@ -45,11 +42,12 @@ class QmpBackend:
 
     def __init__(
         self,
-        address: str | tuple[str, int],
+        address: Address | QmpSession,
         iommu: str = "viommu0",
         timeout: float = 60.0,
         ias: int = 48,
         map_chunk: int = MAP_CHUNK,
+        connect_timeout: float = 10.0,
     ) -> None:
         if map_chunk < 1:
             raise ValueError(f"map_chunk {map_chunk} must be >= 1")
@@ -57,37 +55,22 @@ class QmpBackend:
         self.iommu = iommu
         self.timeout = timeout
         self.ias = ias
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="iommulab-qmp", daemon=True
+        self._owned = not isinstance(address, QmpSession)
+        self.session = (
+            address
+            if isinstance(address, QmpSession)
+            else QmpSession.connect(address, connect_timeout, timeout, name="iommulab-pyctl")
         )
-        self._thread.start()
-        self._client = QMPClient("iommulab-pyctl")
-        self._events = EventListener(WATCHED_EVENTS)
-        self._client.register_listener(self._events)
-        try:
-            self._run(self._client.connect(address))
-        except BaseException:
-            self._stop_loop()
-            raise
+        self._events = self.session.listen(WATCHED_EVENTS)
         self._devices: dict[str, DeviceHwInfo] = {}
         self._aliases: dict[str, str] = {}
         self.commands_sent = 0
 
     # -- plumbing --------------------------------------------------------------
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(self.timeout)
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
     def close(self) -> None:
-        try:
-            self._run(self._client.disconnect())
-        finally:
-            self._stop_loop()
+        """Disconnect, if the backend made the connection (a shared session stays open)."""
+        if self._owned:
+            self.session.close()
 
     def __enter__(self) -> Self:
         return self
@@ -99,7 +82,7 @@ class QmpBackend:
         """Run one QMP command; a refusal becomes :class:`BackendError`."""
         self.commands_sent += 1
         try:
-            return self._run(self._client.execute(command, dict(args or {})))
+            return self.session.execute(command, args, timeout=self.timeout)
         except ExecuteError as e:
             raise BackendError(f"{command}: {e}") from e
 
@@ -109,11 +92,7 @@ class QmpBackend:
 
     def events(self) -> list[dict[str, Any]]:
         """The watched QEMU events received since the last call, oldest first."""
-
-        async def drain() -> list[dict[str, Any]]:
-            return [dict(m) for m in self._events.clear()]
-
-        return self._run(drain())
+        return self.session.drain(self._events)
 
     def _cmd(self, command: str, **args: object) -> Any:
         return self.execute(command, {"iommu": self.iommu, **args})

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from qemu.qmp import EventListener
+from pyctl.qemu.qmp import Address, QmpSession
 
 from .backend import Window, WindowCaps, WindowEvent
 from .errors import BackendError
@@ -84,13 +84,13 @@ class SpaprQmpBackend(QmpBackend):
 
     def __init__(
         self,
-        address: str | tuple[str, int],
+        address: Address | QmpSession,
         iommu: str = "s2",
         timeout: float = 60.0,
+        connect_timeout: float = 10.0,
     ) -> None:
-        super().__init__(address, iommu=iommu, timeout=timeout)
-        self._win_events = EventListener(("X_IOMMULAB_SPAPR_WINDOW",))
-        self._client.register_listener(self._win_events)
+        super().__init__(address, iommu=iommu, timeout=timeout, connect_timeout=connect_timeout)
+        self._win_events = self.session.listen(("X_IOMMULAB_SPAPR_WINDOW",))
         self._phb_of: dict[str, int] = {}  # device QOM path -> PHB index
         self._paths: dict[str, str] = {}  # name as given -> QOM path
         self._known: dict[tuple[int, int], Window] = {}  # (phb, liobn) -> last seen
@@ -220,12 +220,9 @@ class SpaprQmpBackend(QmpBackend):
         return out
 
     def window_events(self) -> list[WindowEvent]:
-        async def drain() -> list[dict[str, Any]]:
-            return [dict(m) for m in self._win_events.clear()]
-
         out: list[WindowEvent] = []
         phbs = {p["phb"]: p for p in self.phbs()}
-        for ev in self._run(drain()):
+        for ev in self.session.drain(self._win_events):
             data = ev["data"]
             phb = phbs.get(data["phb"])
             if phb is None:

@@ -2,8 +2,8 @@
 
 Only builds argument lists (no process is started here), so it is unit-tested
 without QEMU.  Every machine runs with ``-nodefaults``: what it has is on the
-command line: the serial console (to a file), the QMP socket, the NVMe disk
-and whatever the caller adds.
+command line: the serial console (to a file), the NVMe disk and whatever the
+caller adds.  The QMP monitors are the process's (pyctl.qemu.process).
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ class GuestConfig:
     #: a second console for the host to answer the agent's wait-host
     #: scenario (pseries: a spapr-vty, hvc1; q35: a second UART, ttyS1)
     host_channel: bool = False
+    #: -no-reboot: a reset (the guest's or QMP system_reset) makes QEMU exit
+    #: instead of rebooting the guest; a guest panic then ends QEMU too
+    no_reboot: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -136,8 +139,14 @@ class GuestConfig:
 
 
 def kernel_cmdline(cfg: GuestConfig) -> str:
-    """The console for the machine, reboot-on-panic (QEMU exits: -no-reboot), then the caller's."""
-    parts = [f"console={cfg.spec.console}", "panic=-1"]
+    """The console for the machine, the panic policy, then the caller's.
+
+    With -no-reboot a panicking guest reboots at once, so QEMU exits
+    (``panic=-1``); a machine that may reboot keeps a panicked guest halted
+    (``panic=0``) instead of booting it again: the panic stays the last thing
+    on the console, where the launcher sees it.
+    """
+    parts = [f"console={cfg.spec.console}", "panic=-1" if cfg.no_reboot else "panic=0"]
     if cfg.host_channel:
         parts.append(f"iommulab.host={HOST_CHANNEL_DEVICE[cfg.spec.name]}")
     if cfg.append:
@@ -186,10 +195,10 @@ def build_command(
     cfg: GuestConfig,
     build_dir: Path,
     console_log: Path,
-    qmp_socket: Path,
     host_socket: Path | None = None,
 ) -> list[str]:
-    """The full QEMU argv for ``cfg`` (``host_socket``: the host channel's, if it has one)."""
+    """QEMU's argv for ``cfg`` but the QMP monitors (``host_socket``: the host channel's,
+    if it has one)."""
     binary = build_dir / cfg.spec.binary
     memory = f"{cfg.memory_mib}M"
     if cfg.memory_slots:
@@ -203,7 +212,7 @@ def build_command(
         "-no-user-config",
         "-display",
         "none",
-        "-no-reboot",
+        *(["-no-reboot"] if cfg.no_reboot else []),
         "-m",
         memory,
         "-smp",
@@ -212,10 +221,6 @@ def build_command(
         f"file,id=console0,path={_opt_value(str(console_log))}",
         "-serial",
         "chardev:console0",
-        "-chardev",
-        f"socket,id=qmp0,path={_opt_value(str(qmp_socket))},server=on,wait=off",
-        "-mon",
-        "chardev=qmp0,mode=control",
         "-kernel",
         str(cfg.kernel),
         "-append",

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyctl.qemu.qtest import QTestError, QtestMachine
+from pyctl.qemu.qtest import QTestError
+from pyctl.qemu.qtest_machine import QtestMachine
 
 BUID0 = 0x800000020000000
 LIOBN0, LIOBN1 = 0x80000000, 0x80000001
@@ -74,7 +75,7 @@ class PseriesQtest(QtestMachine):
         return self.qmp.cmd(name, **{k.replace("_", "-"): v for k, v in args.items()})
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.qmp.get_events(wait=False) if e["event"] == name]
+        return self.qmp.events(name)
 
     def phb(self, index: int = 0) -> dict[str, Any]:
         phbs: list[dict[str, Any]] = self.cmd("x-iommulab-spapr-query-phbs")

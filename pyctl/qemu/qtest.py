@@ -1,24 +1,15 @@
 """A small client for QEMU's qtest protocol (``-accel qtest``).
 
-QEMU listens on a unix socket (``-chardev socket,id=qt,path=P,server=on,
-wait=off -qtest chardev:qt``); each command is one text line and gets one
-``OK``/``FAIL`` line back.  Asynchronous ``IRQ`` lines are skipped.  Only
-what the device tests need: memory and port I/O, and the virtual clock.
+Each command is one text line and gets one ``OK``/``FAIL`` line back;
+asynchronous ``IRQ`` lines are skipped.  Only what the device tests need:
+memory and port I/O, and the virtual clock.  The machine that runs it is
+:class:`pyctl.qemu.qtest_machine.QtestMachine`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
-
-from qemu.qmp import ConnectError
-from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
 class QTestError(RuntimeError):
@@ -26,20 +17,19 @@ class QTestError(RuntimeError):
 
 
 class QTest:
-    """A connected qtest session."""
+    """A connected qtest session: a socket QEMU already has (a socket pair's end), or the
+    path of a socket QEMU listens on (it exists before QEMU does: nothing to wait for)."""
 
-    def __init__(self, path: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    def __init__(self, channel: socket.socket | str, timeout: float = 30.0) -> None:
+        if isinstance(channel, str):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
+                sock.connect(channel)
+            except OSError:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                raise
+        else:
+            sock = channel
         sock.settimeout(timeout)
         self._sock = sock
         self._buf = b""
@@ -114,86 +104,3 @@ class QTest:
     def clock_step(self, ns: int) -> int:
         """Advance the virtual clock; returns the new time in ns."""
         return int(self.command(f"clock_step {ns}")[0])
-
-
-class QtestMachine:
-    """One QEMU process under ``-accel qtest``, with a qtest session and QMP.
-
-    ``args`` are the machine and device options; the accelerator,
-    ``-nodefaults -display none`` and the two sockets are added here.  Files
-    live in a private temporary directory; ``log`` is QEMU's output.
-    ``wrapper`` goes before the binary (``valgrind --tool=callgrind ...``);
-    ``timeout`` bounds the wait for the sockets and each qtest reply.
-    """
-
-    def __init__(
-        self,
-        binary: Path,
-        args: Sequence[str],
-        prefix: str = "iommulab-qtest-",
-        wrapper: Sequence[str] = (),
-        timeout: float = 30.0,
-    ) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix=prefix)
-        d = Path(self._dir.name)
-        qmp_path, qtest_path = str(d / "qmp.sock"), str(d / "qtest.sock")
-        self.log = d / "qemu.log"
-        self.timeout = timeout
-        cmd = [
-            *wrapper,
-            str(binary),
-            "-accel", "qtest", "-nodefaults", "-display", "none",
-            *args,
-            "-chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
-            "-mon", "chardev=qmp,mode=control",
-            "-chardev", f"socket,id=qt,path={qtest_path},server=on,wait=off",
-            "-qtest", "chardev:qt",
-        ]  # fmt: skip
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self.qt = QTest(qtest_path, timeout)
-            self.qmp = self._connect_qmp(qmp_path)
-        except Exception as exc:
-            self.proc.kill()
-            status = self.proc.wait()
-            output = self.log.read_text(errors="replace")[-2000:]
-            self._dir.cleanup()
-            raise RuntimeError(
-                f"QEMU did not start ({type(exc).__name__}: {exc}; exit status {status}): "
-                f"{output or 'no output'}"
-            ) from exc
-
-    @staticmethod
-    def _connect_qmp(path: str, attempts: int = 3) -> QEMUMonitorProtocol:
-        """QMP, negotiated.  About one start in a thousand, QEMU sent something other
-        than the greeting first (an event, as QEMU may; the legacy client refuses
-        that): a fresh connection gets a fresh greeting."""
-        for _ in range(attempts - 1):
-            qmp = QEMUMonitorProtocol(path)
-            try:
-                qmp.connect()
-                return qmp
-            except ConnectError:
-                with contextlib.suppress(Exception):
-                    qmp.close()
-        qmp = QEMUMonitorProtocol(path)
-        qmp.connect()  # the last attempt's error is the caller's
-        return qmp
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def close(self) -> None:
-        """QMP quit, then kill if QEMU does not exit within ``timeout``; remove the files."""
-        with contextlib.suppress(Exception):
-            self.qmp.cmd("quit")
-        try:
-            self.proc.wait(timeout=max(10.0, self.timeout))
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        with contextlib.suppress(Exception):
-            self.qmp.close()
-        self.qt.close()
-        self._dir.cleanup()

@@ -139,7 +139,7 @@ class SpaprDdwPolicy(Test):  # type: ignore[misc]
             inst.wait_for(DONE_PATTERN, BOOT_TIMEOUT)
             res: Any = inst.qmp.cmd("x-iommulab-spapr-query-phbs")
             phbs = res
-            events = inst.qmp.get_events(wait=False)
+            events = inst.qmp.events()
         except LaunchError as exc:
             self.fail(f"guest run failed: {exc} (console: {inst.console_path})")
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pyctl.qemu.qtest import QtestMachine
+from pyctl.qemu.qtest_machine import QtestMachine
 
 EDU_DEVFN = 3 << 3  # 00:03.0
 EDU_BAR = 0xFE000000
@@ -64,7 +64,7 @@ class Lab(QtestMachine):
     def events(self, name: str) -> list[dict[str, Any]]:
         """Events received so far (QEMU sends them before the reply to any
         later command, so run a command first)."""
-        return [e for e in self.qmp.get_events(wait=False) if e["event"] == name]
+        return self.qmp.events(name)
 
     # --- edu ---
     def _cfg_addr(self, reg: int) -> int:

@@ -9,19 +9,16 @@ changed (TCEs read back in bulk, window list).
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import qemu_binary
 from qemu.qmp import ExecuteError
-from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from pyctl.qemu.process import QemuProcess
 from pyctl.qemu.pseries_qtest import (
     BUID0,
     DMA_PAGE,
@@ -119,43 +116,11 @@ def test_default_phb(vm: Pseries) -> None:
 
 
 def test_x86_binary_gives_clear_error() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        sock = f"{d}/qmp.sock"
-        proc = subprocess.Popen(
-            [
-                str(qemu_binary("x86_64")),
-                "-M",
-                "none",
-                "-display",
-                "none",
-                "-chardev",
-                f"socket,id=m,path={sock},server=on,wait=off",
-                "-mon",
-                "chardev=m,mode=control",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            qmp = QEMUMonitorProtocol(sock)
-            for attempt in range(400):
-                try:
-                    qmp.connect()
-                    break
-                except Exception:
-                    if attempt == 399:
-                        raise
-                    qmp = QEMUMonitorProtocol(sock)
-                    time.sleep(0.05)
-            with pytest.raises(ExecuteError, match="pseries"):
-                qmp.cmd("x-iommulab-spapr-query-phbs")
-            with pytest.raises(ExecuteError, match="pseries"):
-                qmp.cmd("x-iommulab-spapr-read-tces", liobn=LIOBN0)
-            qmp.cmd("quit")
-            with contextlib.suppress(Exception):
-                qmp.close()  # QEMU has gone: EOF on close
-        finally:
-            proc.wait(timeout=10)
+    with QemuProcess([str(qemu_binary("x86_64")), "-M", "none", "-display", "none"]) as q:
+        with pytest.raises(ExecuteError, match="pseries"):
+            q.qmp.cmd("x-iommulab-spapr-query-phbs")
+        with pytest.raises(ExecuteError, match="pseries"):
+            q.qmp.cmd("x-iommulab-spapr-read-tces", liobn=LIOBN0)
 
 
 @pytest.mark.parametrize(
@@ -209,7 +174,7 @@ def test_policy_drives_rtas_query(vm: Pseries) -> None:
 
 
 def test_create_follows_policy_and_sends_events(vm: Pseries) -> None:
-    vm.qmp.get_events(wait=False)
+    vm.qmp.events()
     # 64K pages not offered by the policy below; 16M is
     vm.cmd("x-iommulab-spapr-set-ddw-policy", page_shifts=[24], max_tces=64)
     assert vm.create(16, 30)[0] == RTAS_PARAM_ERROR
@@ -416,7 +381,7 @@ def test_hcalls_on_ddw_with_large_pages(vm: Pseries) -> None:
 
 
 def test_host_window_create_read_remove(vm: Pseries) -> None:
-    vm.qmp.get_events(wait=False)
+    vm.qmp.events()
     w = vm.cmd("x-iommulab-spapr-window-create", page_shift=16, size=4 * GiB)
     assert w == {
         "liobn": LIOBN1,
@@ -504,7 +469,7 @@ def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
 
     # a write to the read-only page and a read of an empty entry fault
-    vm.qmp.get_events(wait=False)
+    vm.qmp.events()
     vm.qt.memset(DMA_PAGE, 4096, 0x55)
     vm.edu_dma(bar, EDU_BUF, 0x10000, 64, to_memory=True)
     vm.edu_dma(bar, 0x12000, EDU_BUF, 64, to_memory=False)
@@ -517,7 +482,7 @@ def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     assert all(x["liobn"] == LIOBN0 and x["phb"] == 0 for x in f["faults"])
     assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
     assert vm.windows()[0]["faults"] >= 2
-    ev = [e for e in vm.qmp.get_events(wait=5.0) if e["event"] == "X_IOMMULAB_SPAPR_TCE_FAULT"]
+    ev = vm.qmp.events("X_IOMMULAB_SPAPR_TCE_FAULT")
     assert {e["data"]["fault"]["ioba"] for e in ev} == {0x10000, 0x12000}
 
 

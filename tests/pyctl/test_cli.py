@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,9 +21,45 @@ def test_views_need_a_qmp_socket(capsys: pytest.CaptureFixture[str]) -> None:
     assert "give --qmp SOCKET" in capsys.readouterr().err
 
 
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr of a failed command: exactly one ``error:`` line, no traceback."""
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
 def test_missing_socket_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--qmp", "/nonexistent/qmp.sock", "devices"]) == 1
-    assert "no QMP socket at /nonexistent/qmp.sock" in capsys.readouterr().err
+    assert "no QMP socket at /nonexistent/qmp.sock" in one_error_line(capsys)
+    assert cli.main(["--qmp", "/nonexistent/qmp.sock", "objects"]) == 1
+    assert "no QMP socket at /nonexistent/qmp.sock" in one_error_line(capsys)
+
+
+def test_a_file_that_is_not_a_socket(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main(["--qmp", str(tmp_path / "notes.txt"), "counters"]) == 1
+    assert "notes.txt is not a socket" in one_error_line(capsys)
+
+
+def test_connection_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "dead.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))  # a socket file nobody listens on (QEMU gone)
+    try:
+        for command in (["devices"], ["objects"], ["windows"]):
+            assert cli.main(["--qmp", str(path), *command]) == 1
+            line = one_error_line(capsys)
+            assert f"cannot connect to QMP at {path}" in line and "Connection refused" in line
+    finally:
+        s.close()
+
+
+def test_bad_timeout_is_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--timeout", "0", "--qmp", "x", "devices"])
+    assert exc.value.code == 2
+    assert "not a positive number of seconds: '0'" in capsys.readouterr().err
 
 
 def test_bad_number_is_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,15 +117,16 @@ def test_scenario_syntax() -> None:
 
 
 # ---------------------------------------------------------------- against QEMU
-from pyctl.iommufd.qmp_backend import QmpBackend  # noqa: E402
-from pyctl.iommufd.testvm import (  # noqa: E402
+from testvm import (  # noqa: E402
     PseriesVm,
     ViommuVm,
     has_viommu,
     ppc64_binary,
     qemu_binary,
 )
-from pyctl.qemu.qtest import QTest  # noqa: E402
+
+from pyctl.iommufd.qmp_backend import QmpBackend  # noqa: E402
+from pyctl.qemu.qmp import QmpSession  # noqa: E402
 
 _X86 = qemu_binary()
 needs_x86 = pytest.mark.skipif(
@@ -146,7 +185,8 @@ def test_map_ram_with_progress_then_objects(capsys: pytest.CaptureFixture[str]) 
 
 @needs_ppc
 def test_windows_and_decoded_entries(capsys: pytest.CaptureFixture[str]) -> None:
-    with PseriesVm() as vm, QTest(str(vm.qtest_path)) as qt:
+    with PseriesVm() as vm:
+        qt = vm.qt
         sock = str(vm.qmp_path)
         rc, text = _run(["--qmp", sock, "--json", "windows"])
         assert rc == 0
@@ -180,3 +220,46 @@ def test_windows_and_decoded_entries(capsys: pytest.CaptureFixture[str]) -> None
         assert "no PHB 9" in capsys.readouterr().err
         assert _run(["--qmp", sock, "windows", "--device", "nosuch"])[0] == 1
         assert "nosuch" in capsys.readouterr().err
+
+
+@needs_x86
+def test_errors_against_qemu_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with ViommuVm(devices=1) as vm:
+        sock = str(vm.qmp_path)
+        with QmpBackend(sock) as hw:
+            hw.domain_alloc(1, "paging")
+        # the picture's output cannot be written: one line, nothing written
+        rc, _ = _run(["--qmp", sock, "picture", "--domain", "1", "-o", "/missing-dir/x.svg"])
+        assert rc == 1
+        line = one_error_line(capsys)
+        assert "cannot write /missing-dir/x.svg: No such file or directory" in line
+        # QEMU refuses a command: its message, and which command
+        assert _run(["--qmp", sock, "--iommu", "nosuch", "devices"])[0] == 1
+        line = one_error_line(capsys)
+        assert line.startswith("error: x-iommulab-query: ") and "nosuch" in line
+        assert _run(["--qmp", sock, "translate", "nosuch", "0x1000"])[0] == 1
+        assert "x-iommulab-translate: " in one_error_line(capsys)
+        # the model refuses: one line too
+        assert _run(["--qmp", sock, "map-ram", "nosuch"])[0] == 1
+        assert "nosuch" in one_error_line(capsys)
+
+
+@needs_x86
+def test_busy_monitor_times_out_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A monitor that has a client accepts a second connection but never greets it:
+    --timeout ends the wait, for the views and for the model's commands alike."""
+    with ViommuVm(devices=1) as vm, QmpSession.connect(str(vm.qmp_path)):
+        sock = str(vm.qmp_path)
+        for command in (["devices"], ["objects"]):
+            assert _run(["--timeout", "0.5", "--qmp", sock, *command])[0] == 1
+            line = one_error_line(capsys)
+            assert f"no QMP greeting from {sock} within 0.5s" in line
+            assert "another client" in line
+    capsys.readouterr()
+
+
+def test_boot_viommu_on_pseries_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert cli.main(["boot", "pseries", "--viommu"], out) == 1
+    assert "--viommu is the q35 paging vIOMMU" in one_error_line(capsys)
+    assert out.getvalue() == ""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from testvm import ViommuVm, has_viommu, qemu_binary
 
 from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext, IommufdError
 from pyctl.iommufd.guestmap import GuestRamMap
 from pyctl.iommufd.qmp_backend import QmpBackend
-from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
 from pyctl.qemu.guestram import RamRange
 
 MIB = 1 << 20

@@ -22,11 +22,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from test_iommufd_lib import make_ctx, snapshot
+from testvm import ViommuVm, has_viommu, qemu_binary
 
 from pyctl.iommufd import U64_MAX, IommufdContext, IommufdError
 from pyctl.iommufd.objects import Ioas
 from pyctl.iommufd.qmp_backend import QmpBackend
-from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
 
 settings.register_profile(
     "iommufd",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from testvm import ViommuVm, has_viommu, qemu_binary
 
 from pyctl.iommufd import (
     IOMMULAB_INV_ALL,
@@ -16,7 +17,6 @@ from pyctl.iommufd import (
     IommulabInvalidateEntry,
 )
 from pyctl.iommufd.qmp_backend import QmpBackend
-from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
 from pyctl.iommufd.uapi import HwptDataType, HwptInvalidateDataType
 
 RW = 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from testvm import ViommuVm, has_viommu, qemu_binary
 
 from pyctl.iommufd import (
     NEST_PARENT,
@@ -18,7 +19,6 @@ from pyctl.iommufd import (
 )
 from pyctl.iommufd.objects import Device, HwptNested, HwptPaging, Ioas
 from pyctl.iommufd.qmp_backend import QmpBackend
-from pyctl.iommufd.testvm import ViommuVm, has_viommu, qemu_binary
 from pyctl.iommufd.uapi import HwptDataType
 
 RW = 6

@@ -6,10 +6,10 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from testvm import PseriesVm, ppc64_binary
 
 from pyctl.iommufd import BackendError, Window, WindowBackend
 from pyctl.iommufd.spapr_qmp import HOST_MAX_TCES, SpaprQmpBackend, TceEntry
-from pyctl.iommufd.testvm import PseriesVm, ppc64_binary
 from pyctl.qemu.qtest import QTest
 
 GIB = 1 << 30
@@ -25,9 +25,8 @@ def ppc() -> Iterator[tuple[SpaprQmpBackend, QTest]]:
     with (
         PseriesVm() as vm,
         SpaprQmpBackend(str(vm.qmp_path)) as be,
-        QTest(str(vm.qtest_path)) as qt,
     ):
-        yield be, qt
+        yield be, vm.qt
 
 
 def _rtas(qt: QTest, name: str, args: list[int], nret: int) -> list[int]:

@@ -1,5 +1,7 @@
 """QEMU command lines per machine, config validation, and the launcher's waiting logic.
 
+(The process itself, with a real QEMU, is tested in test_process.py.)
+
 None of this starts QEMU: the waiting logic runs against a stand-in process
 (`sleep`) and a console file written by the test.
 """
@@ -35,7 +37,7 @@ BUILD = Path("/qemu-build")
 
 def argv(**kw: object) -> list[str]:
     cfg = GuestConfig(kernel=K, initrd=Path("/img/initrd"), **kw)  # type: ignore[arg-type]
-    return build_command(cfg, BUILD, Path("/w/console.log"), Path("/w/qmp.sock"))
+    return build_command(cfg, BUILD, Path("/w/console.log"))
 
 
 def opt(args: list[str], flag: str) -> list[str]:
@@ -46,12 +48,15 @@ def opt(args: list[str], flag: str) -> list[str]:
 def test_common_arguments() -> None:
     a = argv(machine="pseries")
     assert a[0] == "/qemu-build/qemu-system-ppc64"
-    for flag in ("-nodefaults", "-no-reboot", "-no-user-config"):
+    for flag in ("-nodefaults", "-no-user-config"):
         assert flag in a
     assert "file,id=console0,path=/w/console.log" in opt(a, "-chardev")
     assert opt(a, "-serial") == ["chardev:console0"]
-    assert "socket,id=qmp0,path=/w/qmp.sock,server=on,wait=off" in opt(a, "-chardev")
-    assert opt(a, "-mon") == ["chardev=qmp0,mode=control"]
+    # the monitors are the process's (socket pair, listening socket): not here
+    assert opt(a, "-mon") == [] and "-qmp" not in a
+    # a reset reboots unless asked otherwise
+    assert "-no-reboot" not in a
+    assert "-no-reboot" in argv(machine="pseries", no_reboot=True)
     assert opt(a, "-kernel") == ["/img/vmlinux"] and opt(a, "-initrd") == ["/img/initrd"]
     assert opt(a, "-m") == ["1024M"]
     assert "-S" not in a
@@ -85,7 +90,9 @@ def test_q35() -> None:
     assert a[0] == "/qemu-build/qemu-system-x86_64"
     assert opt(a, "-machine") == ["q35"]
     assert opt(a, "-device") == ["nvme,id=disk1,drive=disk1-drive,serial=s1"]
-    assert kernel_cmdline(GuestConfig("q35", K, append="x=1")) == "console=ttyS0 panic=-1 x=1"
+    assert kernel_cmdline(GuestConfig("q35", K, append="x=1")) == "console=ttyS0 panic=0 x=1"
+    # with -no-reboot a panic reboots, i.e. ends QEMU
+    assert kernel_cmdline(GuestConfig("q35", K, no_reboot=True)) == "console=ttyS0 panic=-1"
 
 
 def test_paused_extra_args_and_comma_escaping() -> None:
@@ -93,7 +100,6 @@ def test_paused_extra_args_and_comma_escaping() -> None:
         GuestConfig("q35", K, paused=True, extra_args=("-device", "edu")),
         BUILD,
         Path("/w,x/console.log"),
-        Path("/w/q.sock"),
     )
     assert "-S" in a and a[-2:] == ["-device", "edu"]
     assert "file,id=console0,path=/w,,x/console.log" in opt(a, "-chardev")
@@ -231,7 +237,7 @@ def test_long_workdir_gets_a_short_qmp_socket(tmp_path: Path) -> None:
     inst = QemuInstance(GuestConfig("q35", K), deep)
     assert len(str(inst.qmp_path)) < 108
     assert inst.console_path.parent == deep
-    assert f"path={inst.qmp_path},server=on" in " ".join(inst.argv)
+    assert inst.monitor_path == inst.qmp_path
 
 
 def test_memory_hotplug_slots() -> None:
@@ -248,13 +254,13 @@ def test_memory_hotplug_slots() -> None:
 )
 def test_host_channel(machine: str, device: list[str], guest_dev: str) -> None:
     cfg = GuestConfig(machine, K, host_channel=True)
-    a = build_command(cfg, BUILD, Path("/w/c.log"), Path("/w/q.sock"), Path("/w/h.sock"))
+    a = build_command(cfg, BUILD, Path("/w/c.log"), Path("/w/h.sock"))
     assert "socket,id=host0,path=/w/h.sock,server=on,wait=off" in opt(a, "-chardev")
     i = a.index(device[1])
     assert a[i - 1 : i + 1] == device
     assert f"iommulab.host={guest_dev}" in kernel_cmdline(cfg).split()
     with pytest.raises(ConfigError, match="give its socket path"):
-        build_command(cfg, BUILD, Path("/w/c.log"), Path("/w/q.sock"))
+        build_command(cfg, BUILD, Path("/w/c.log"))
     assert "iommulab.host" not in kernel_cmdline(GuestConfig(machine, K))
 
 

@@ -1,0 +1,246 @@
+"""The one QMP client of the lab: a synchronous facade over qemu.qmp's ``QMPClient``.
+
+Every part of pyctl that talks QMP (the launcher, the qtest machine, the
+hardware backends, the CLI, the demo, the benchmarks) goes through
+:class:`QmpSession`.  It connects to a UNIX socket path, a ``(host, port)``
+pair or an already connected socket (one end of a socket pair handed to
+QEMU), always within ``connect_timeout``: a socket whose monitor is busy
+with another client accepts the connection but never greets, and that must
+end in an error, not a hang.
+
+The asyncio loop runs in the caller's thread, only while a call is in
+progress (as ``qemu.qmp.legacy`` does): no thread hop per command, so a
+trivial command costs one socket round trip plus the JSON work.  Events
+that arrive meanwhile are kept by listeners (:meth:`QmpSession.listen`).
+A refused command raises qemu.qmp's ``ExecuteError`` (QEMU's class and
+message); a connection that cannot be made or that breaks raises
+:class:`QmpError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, Self, TypeVar
+
+from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClient, QMPError
+from qemu.qmp.qmp_client import GreetingError
+
+__all__ = [
+    "Address",
+    "ExecuteError",
+    "QmpError",
+    "QmpSession",
+    "QmpTimeout",
+    "parse_address",
+]
+
+T = TypeVar("T")
+#: a UNIX socket path, (host, port), or a connected socket
+Address = str | tuple[str, int] | socket.socket
+
+#: seconds to connect and be greeted; a monitor that already has a client never greets
+CONNECT_TIMEOUT = 10.0
+
+
+class _Client(QMPClient):
+    """QMPClient without the per-message debug string: the base class formats every
+    message (a JSON dump) for a debug log that is usually off."""
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", msg)
+        return msg
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", msg)
+        return msg
+
+
+class QmpError(Exception):
+    """The QMP connection could not be made, timed out, or broke (not a refused command)."""
+
+
+class QmpTimeout(QmpError):
+    """No answer within the timeout."""
+
+
+def parse_address(text: str) -> str | tuple[str, int]:
+    """``HOST:PORT`` is TCP, anything else a UNIX socket path."""
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and "/" not in text:
+        return (host, int(port))
+    return text
+
+
+def _describe(address: Address) -> str:
+    if isinstance(address, socket.socket):
+        return "QEMU's monitor socket"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return address
+
+
+def _reason(exc: BaseException) -> str:
+    """The most specific message of a qemu.qmp error chain (its own are often generic)."""
+    inner = exc.exc if isinstance(exc, ConnectError) else exc.__cause__
+    if inner is not None and str(inner):
+        return _reason(inner) if isinstance(inner, QMPError) else str(inner)
+    return str(exc) or type(exc).__name__
+
+
+class QmpSession:
+    """One negotiated QMP connection (``with QmpSession.connect(path) as qmp: qmp.cmd(...)``).
+
+    ``timeout`` bounds each command (None: no bound).  Not thread-safe: use a
+    session from the thread that made it.
+    """
+
+    def __init__(self, name: str = "iommulab", timeout: float | None = 60.0) -> None:
+        self.timeout = timeout
+        self.name = name
+        self._loop = asyncio.new_event_loop()
+        self._client = _Client(name)
+        self._all = EventListener()
+        self._client.register_listener(self._all)
+        self.address = ""
+
+    @classmethod
+    def connect(
+        cls,
+        address: Address,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        timeout: float | None = 60.0,
+        name: str = "iommulab",
+    ) -> Self:
+        """Connect, read the greeting, negotiate: all within ``connect_timeout``."""
+        session = cls(name, timeout)
+        try:
+            session._open(address, connect_timeout)
+        except BaseException:
+            session._loop.close()
+            raise
+        return session
+
+    def _open(self, address: Address, connect_timeout: float) -> None:
+        self.address = _describe(address)
+        # A path monitor that QEMU wrote an event to before its first client
+        # connected sends that event ahead of the greeting (QEMU's monitor
+        # starts un-negotiated only once a client opens it); the greeting
+        # follows, and a second connection gets a clean one.
+        attempts = 1 if isinstance(address, socket.socket) else 2
+        for attempt in range(attempts):
+            try:
+                self._wait(self._client.connect(address), connect_timeout, "connect")
+                return
+            except QmpError as exc:
+                self._abort()
+                last = attempt + 1 == attempts
+                if last or not isinstance(exc.__cause__, ConnectError):
+                    raise
+                if not isinstance(exc.__cause__.exc, GreetingError):
+                    raise
+
+    def _wait(self, aw: Awaitable[T], timeout: float | None, what: str) -> T:
+        async def bounded() -> T:
+            if timeout is None:
+                return await aw
+            async with asyncio.timeout(timeout):
+                return await aw
+
+        try:
+            return self._loop.run_until_complete(bounded())
+        except TimeoutError:
+            if what == "connect":
+                raise QmpTimeout(
+                    f"no QMP greeting from {self.address} within {timeout:g}s "
+                    "(is another client connected to this monitor?)"
+                ) from None
+            raise QmpTimeout(f"{what}: no answer from QEMU within {timeout:g}s") from None
+        except ExecuteError:
+            raise
+        except (QMPError, OSError, EOFError) as exc:
+            if what == "connect":
+                raise QmpError(f"cannot connect to QMP at {self.address}: {_reason(exc)}") from exc
+            raise QmpError(f"{what}: QMP connection lost: {_reason(exc)}") from exc
+
+    def _abort(self) -> None:
+        """Drop a half-made connection (the client goes back to IDLE)."""
+        with contextlib.suppress(Exception):  # the error that matters is the caller's
+            self._loop.run_until_complete(self._client.disconnect())
+
+    # -- commands ---------------------------------------------------------------
+    def execute(
+        self, command: str, args: Mapping[str, object] | None = None, timeout: float | None = -1.0
+    ) -> Any:
+        """Run one command; ``ExecuteError`` if QEMU refuses it."""
+        t = self.timeout if timeout == -1.0 else timeout
+        return self._wait(self._client.execute(command, dict(args) if args else None), t, command)
+
+    def cmd(self, cmd: str, **args: Any) -> Any:
+        """:meth:`execute` with keyword arguments (QMP names, dashes as in the schema)."""
+        return self.execute(cmd, args)
+
+    # -- events -----------------------------------------------------------------
+    def listen(self, names: Iterable[str] = ()) -> EventListener:
+        """A new listener that keeps, from now on, the events named (all if none);
+        drain it with :meth:`drain`."""
+        listener = EventListener(tuple(names) or None)
+        self._client.register_listener(listener)
+        return listener
+
+    def drain(self, listener: EventListener) -> list[dict[str, Any]]:
+        """The events ``listener`` kept, oldest first, after reading what QEMU sent."""
+        self._pump()
+        return [dict(m) for m in listener.clear()]
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """All events received since the last call (only ``name`` if given; the others
+        are dropped), oldest first."""
+        return [e for e in self.drain(self._all) if name is None or e["event"] == name]
+
+    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
+        """The next event ``name`` (one already received counts); QmpTimeout if none comes."""
+
+        async def first() -> dict[str, Any]:
+            while True:
+                ev = await self._all.get()
+                if ev["event"] == name:
+                    return dict(ev)
+
+        return self._wait(first(), timeout, f"event {name}")
+
+    def _pump(self) -> None:
+        """Let the reader take what is already in the socket (a few loop turns, no wait)."""
+
+        async def turns() -> None:
+            for _ in range(4):
+                await asyncio.sleep(0)
+
+        self._loop.run_until_complete(turns())
+
+    # -- lifetime ---------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return str(self._client.runstate.name) == "RUNNING"
+
+    def close(self) -> None:
+        """Disconnect (an EOF from a QEMU that already quit is not an error)."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(self._client.disconnect())
+        except (QMPError, OSError, EOFError):
+            pass
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
