@@ -186,7 +186,7 @@ class HwStateSeam:
                 )
             )
             dom = DomainInfo(p.id, p.pgsize_bitmap, p.ias)
-            iopt.domains.append(dom)
+            iopt.add_restored_domain(dom)
             iopt.reserved.extend(_reserved(dom.aperture_resv(), ("hwpt", p.id)))
         for n in sorted(plan.nested, key=lambda n: n.id):
             table.add(HwptNested(n.id, n.parent, n.s1_root, n.ias))

@@ -81,6 +81,8 @@ class IoPagetable:
         self.reserved: list[Reserved] = []
         self.domains: list[DomainInfo] = []
         self.disable_large_pages = False
+        #: iopt->iova_alignment: a software table is byte granular
+        self.iova_alignment = 1
         self.holes = HoleSet(allocatable_base([], []))
 
     # ------------------------------------------------------------ views
@@ -88,13 +90,12 @@ class IoPagetable:
     def domain_ids(self) -> list[int]:
         return [d.id for d in self.domains]
 
-    @property
-    def iova_alignment(self) -> int:
-        # iopt_calculate_iova_alignment(): a software table is byte granular
+    def _calculate_iova_alignment(self) -> None:
+        """iopt_calculate_iova_alignment(), after domains or large pages changed."""
         align = PAGE_SIZE if self.disable_large_pages else 1
         for d in self.domains:
             align = max(align, lowest_bit(d.pgsize_bitmap))
-        return align
+        self.iova_alignment = align
 
     def reserved_ranges(self) -> list[Range]:
         return normalize((r.start, r.last) for r in self.reserved)
@@ -364,11 +365,18 @@ class IoPagetable:
                 self.pins.unpin(areas)
             raise
         self.domains.append(dom)
+        self._calculate_iova_alignment()
         self.reserve(dom.aperture_resv(), ("hwpt", dom.id))
+
+    def add_restored_domain(self, dom: DomainInfo) -> None:
+        """A domain the hardware already holds filled (rebuild); no pins, no checks."""
+        self.domains.append(dom)
+        self._calculate_iova_alignment()
 
     def remove_domain(self, dom_id: int) -> None:
         """iopt_table_remove_domain() after the hardware freed the domain."""
         self.domains = [d for d in self.domains if d.id != dom_id]
+        self._calculate_iova_alignment()
         if not self.domains:
             self.pins.unpin(self.areas)
         self.remove_reserved(("hwpt", dom_id))
@@ -377,14 +385,13 @@ class IoPagetable:
         """iopt_enable_large_pages() / iopt_disable_large_pages()."""
         if enable:
             self.disable_large_pages = False
-            return
-        if self.disable_large_pages:
-            return
-        if self.domains and len(self.areas):
-            raise IommufdError("EINVAL", "cannot disable huge pages with mapped domains")
-        if self.iova_alignment < PAGE_SIZE:
-            self.check_alignment(PAGE_SIZE)
-        self.disable_large_pages = True
+        elif not self.disable_large_pages:
+            if self.domains and len(self.areas):
+                raise IommufdError("EINVAL", "cannot disable huge pages with mapped domains")
+            if self.iova_alignment < PAGE_SIZE:
+                self.check_alignment(PAGE_SIZE)
+            self.disable_large_pages = True
+        self._calculate_iova_alignment()
 
     # ------------------------------------------------------------ hardware
     def _hw_map_all(self, domains: Sequence[int], ents: list[MapEntry]) -> None:

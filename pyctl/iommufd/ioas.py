@@ -29,8 +29,11 @@ from .uapi import (
     u64,
 )
 
-_RW = IoasMapFlags.IOMMU_IOAS_MAP_WRITEABLE | IoasMapFlags.IOMMU_IOAS_MAP_READABLE
-_FIXED = IoasMapFlags.IOMMU_IOAS_MAP_FIXED_IOVA
+# plain ints: IntFlag arithmetic costs more than the rest of a small MAP's checks
+_W = int(IoasMapFlags.IOMMU_IOAS_MAP_WRITEABLE)
+_R = int(IoasMapFlags.IOMMU_IOAS_MAP_READABLE)
+_RW = _W | _R
+_FIXED = int(IoasMapFlags.IOMMU_IOAS_MAP_FIXED_IOVA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +81,8 @@ def ioas_map(
         raise IommufdError("EINVAL", f"length {ln:#x} is 0 or too large")
     iopt = ioas.iopt
     at = iopt.place(ln, ph, bool(fl & _FIXED), io)  # iopt_alloc_area_pages()
-    write = bool(fl & IoasMapFlags.IOMMU_IOAS_MAP_WRITEABLE)
-    read = bool(fl & IoasMapFlags.IOMMU_IOAS_MAP_READABLE)
+    write = bool(fl & _W)
+    read = bool(fl & _R)
     iopt.map_pages(at, [Piece(ph, ln, write, new_pages())], read, write)
     return at
 
@@ -117,8 +120,8 @@ def ioas_copy(
     dst = ictx.ioas(dst_id)
     iopt = dst.iopt
     at = iopt.place(ln, pieces[0].phys, bool(fl & _FIXED), d_io)
-    write = bool(fl & IoasMapFlags.IOMMU_IOAS_MAP_WRITEABLE)
-    read = bool(fl & IoasMapFlags.IOMMU_IOAS_MAP_READABLE)
+    write = bool(fl & _W)
+    read = bool(fl & _R)
     iopt.map_pages(at, pieces, read, write)  # EPERM there, after placement
     return at
 
