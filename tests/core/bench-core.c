@@ -9,6 +9,20 @@
  * Prints ns per translation and translations per second.  Run it under
  * callgrind with two values of N to get instructions per translation
  * (scripts/bench-core.sh does).
+ *
+ * Control operations, N calls each (run under callgrind with
+ * --collect-atstart=no --toggle-collect=il_domain_unmap, or
+ * il_invalidate_domain for inv-*, so only the operation is counted):
+ *
+ *   unmap-empty  unmap of one 4 KiB range, the IOTLB empty
+ *   unmap-full   the same, the IOTLB full of another domain's entries
+ *   unmap-own1   the same, plus one entry of the domain (the unmapped page)
+ *   batch512     one unmap of 512 scattered 4 KiB ranges, the IOTLB full of
+ *                another domain's entries and of the 512 pages' own
+ *   inv-domain   invalidate a domain with 16 entries, the rest of the IOTLB
+ *                full of another domain's
+ *   inv-empty    invalidate a domain with no entry, the IOTLB full of
+ *                another domain's
  */
 #include <string.h>
 #include <time.h>
@@ -35,6 +49,101 @@ static void s1_set(uint64_t pa, uint64_t val)
     }
 }
 
+/* Map n pages of domain id, every other page (no merging, 4 KiB leaves). */
+static void map_scattered(ILEngine *e, uint32_t id, uint64_t n)
+{
+    ILMapping m[512];
+    size_t bad;
+
+    for (uint64_t i = 0; i < n; i += 512) {
+        size_t k = n - i < 512 ? n - i : 512;
+
+        for (size_t j = 0; j < k; j++) {
+            m[j] = (ILMapping) { .iova = (i + j) * 8192, .size = 4096,
+                                 .addr = (i + j) * 8192, .perm = IL_PERM_RW };
+        }
+        CHECK_EQ(il_domain_map(e, id, m, k, &bad), IL_OK);
+    }
+}
+
+/* Fill every IOTLB slot with entries of domain id (16384 pages). */
+static void fill_others(ILEngine *e, uint32_t id)
+{
+    ILDomain *d = il_domain_find(e, id);
+    /* 4 KiB leaves: the output is not 2 MiB aligned */
+    ILMapping m = { .iova = 0, .size = 16384 * 4096, .addr = 4096,
+                    .perm = IL_PERM_RW };
+    ILResult r;
+    size_t bad;
+
+    CHECK_EQ(il_domain_map(e, id, &m, 1, &bad), IL_OK);
+    for (uint64_t i = 0; i < 16384; i++) {
+        CHECK(il_translate(e, IL_MODE_DOMAIN, d, 2, i * 4096,
+                           IL_ACCESS_READ, 0, &r, NULL));
+    }
+}
+
+static int bench_control(const char *mode, uint64_t n)
+{
+    bool batch = !strcmp(mode, "batch512");
+    bool inv = !strncmp(mode, "inv-", 4);
+    uint64_t pages = batch ? n * 512 : inv ? 16 : n;
+    uint64_t done = 0, bytes;
+    ILMapping m[512];
+    ILEngine e;
+    ILDomain *d;
+    ILResult r;
+    size_t bad;
+
+    if (strcmp(mode, "unmap-empty") && strcmp(mode, "unmap-full") &&
+        strcmp(mode, "unmap-own1") && !batch && strcmp(mode, "inv-domain") &&
+        strcmp(mode, "inv-empty")) {
+        fprintf(stderr, "usage: bench-core hit|s2walk|nested|unmap-empty|"
+                "unmap-full|unmap-own1|batch512|inv-domain|inv-empty [N]\n");
+        return 2;
+    }
+    CHECK_EQ(il_engine_init(&e, 4096, 64, mem_read, NULL), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 2, 48), IL_OK);
+    d = il_domain_find(&e, 1);
+    map_scattered(&e, 1, pages);
+    if (strcmp(mode, "unmap-empty")) {
+        fill_others(&e, 2);
+    }
+    printf("%s: %" PRIu64 " calls, IOTLB %u/%u valid at start\n", mode, n,
+           il_iotlb_valid(&e), il_iotlb_size(&e));
+    for (uint64_t i = 0; i < n; i++) {
+        size_t k = batch ? 512 : 1;
+
+        for (size_t j = 0; j < k; j++) {
+            uint64_t page = batch ? i * 512 + j : i;
+
+            m[j] = (ILMapping) { .iova = page * 8192, .size = 4096 };
+            if (batch || !strcmp(mode, "unmap-own1")) {
+                CHECK(il_translate(&e, IL_MODE_DOMAIN, d, 1, page * 8192,
+                                   IL_ACCESS_READ, 0, &r, NULL));
+            }
+        }
+        if (inv) {
+            if (!strcmp(mode, "inv-domain")) {
+                for (uint64_t p = 0; p < 16; p++) {
+                    CHECK(il_translate(&e, IL_MODE_DOMAIN, d, 1, p * 8192,
+                                       IL_ACCESS_READ, 0, &r, NULL));
+                }
+            }
+            il_invalidate_domain(&e, d);
+            continue;
+        }
+        CHECK_EQ(il_domain_unmap(&e, 1, m, k, &bad, &bytes), IL_OK);
+        CHECK_EQ(bytes, k * 4096);
+        done += bytes;
+    }
+    printf("%s: %" PRIu64 " bytes unmapped, IOTLB %u valid at the end\n",
+           mode, done, il_iotlb_valid(&e));
+    il_engine_destroy(&e);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "hit";
@@ -49,6 +158,10 @@ int main(int argc, char **argv)
     size_t bad;
     double ns;
 
+    if (strcmp(mode, "hit") && strcmp(mode, "s2walk") &&
+        strcmp(mode, "nested")) {
+        return bench_control(mode, n);
+    }
     il_engine_init(&e, 4096, 64, mem_read, NULL);
     CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
     /* 4 KiB stage-2 pages only: the longest walks */
@@ -78,9 +191,6 @@ int main(int argc, char **argv)
         }
         CHECK_EQ(il_domain_alloc_nested(&e, 2, 1, 0x10000), IL_OK);
         d = il_domain_find(&e, 2);
-    } else if (strcmp(mode, "s2walk")) {
-        fprintf(stderr, "usage: bench-core hit|s2walk|nested [N]\n");
-        return 2;
     }
     /* warm up (fills the IOTLB for hit) and check the result */
     for (uint64_t i = 0; i < 16; i++) {
