@@ -12,9 +12,9 @@ from __future__ import annotations
 from .backend import DeviceHwInfo, ResvRegion, WindowBackend
 from .errors import IommufdError
 from .hw_pagetable import compatible, paging_alloc, paging_destroy, put_hwpt
-from .io_pagetable import hw_errors
 from .objects import Device, HwptNested, HwptPaging, Ioas
 from .objtable import Ictx
+from .pages import hw_errors
 from .ranges import Range, complement
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from .backend import DeviceHwInfo
 from .errors import IommufdError
-from .io_pagetable import DomainInfo, hw_errors
+from .io_pagetable import DomainInfo
 from .objects import Device, HwptNested, HwptPaging, Ioas, Object
 from .objtable import Ictx
+from .pages import hw_errors
 from .uapi import (
     HWPT_FLAGS_KNOWN,
     HWPT_PAGING_FLAGS_SUPPORTED,

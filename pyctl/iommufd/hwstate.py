@@ -17,9 +17,10 @@ from .backend import DeviceHwInfo, HwDevice, HwDomain, HwState, MapEntry, merged
 from .device import device_resv, owner
 from .errors import IommufdError
 from .hw_pagetable import compatible
-from .io_pagetable import DomainInfo, Reserved, entries, new_pages
+from .io_pagetable import DomainInfo, Reserved
 from .objects import Device, HwptNested, HwptPaging, Ioas
 from .objtable import Ictx
+from .pages import entries, new_pages
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,15 +11,15 @@ beside it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .allocator import HoleSet, alloc_alignment, allocatable_base, lowest_bit
 from .areas import Area, AreaTree
-from .backend import HardwareBackend, MapEntry, ResvRegion
-from .errors import BackendError, IommufdError
-from .pinning import Pins, new_slice
+from .backend import HardwareBackend, ResvRegion
+from .errors import IommufdError
+from .pages import entries, fill_domains, hw_errors, unfill_domains
+from .pinning import Pins
 from .ranges import Range, complement, normalize, overlaps
 from .uapi import PAGE_SIZE, U64_MAX, ULONG_MAX
 
@@ -53,19 +53,6 @@ class Piece:
     length: int
     writable: bool
     pages: int
-
-
-@contextmanager
-def hw_errors() -> Iterator[None]:
-    """A backend refusal becomes EIO (the backend changed nothing)."""
-    try:
-        yield
-    except BackendError as e:
-        raise IommufdError("EIO", f"hardware refused: {e}") from e
-
-
-def entries(areas: Iterable[Area]) -> list[MapEntry]:
-    return [MapEntry(a.iova, a.length, a.phys, a.read, a.write) for a in areas]
 
 
 class IoPagetable:
@@ -175,7 +162,7 @@ class IoPagetable:
         if self.domains:
             self.pins.pin(areas)  # iopt_area_fill_domains(): pinning, ENOMEM
             try:
-                self._hw_map_all(self.domain_ids, entries(areas))
+                fill_domains(self.hw, self.domain_ids, entries(areas))
             except IommufdError:
                 self.pins.unpin(areas)
                 raise
@@ -254,7 +241,7 @@ class IoPagetable:
         if not victims:
             return
         if self.domains:
-            self._hw_unmap_all(self.domain_ids, victims)
+            unfill_domains(self.hw, self.domain_ids, victims)
             self.pins.unpin(victims)
         if len(victims) == len(self.areas):
             self.areas = AreaTree()
@@ -392,43 +379,3 @@ class IoPagetable:
                 self.check_alignment(PAGE_SIZE)
             self.disable_large_pages = True
         self._calculate_iova_alignment()
-
-    # ------------------------------------------------------------ hardware
-    def _hw_map_all(self, domains: Sequence[int], ents: list[MapEntry]) -> None:
-        """Map into every domain; undo the ones done if one fails."""
-        done: list[int] = []
-        try:
-            for d in domains:
-                with hw_errors():
-                    self.hw.map(d, ents)
-                done.append(d)
-        except IommufdError:
-            ranges = [(e.iova, e.size) for e in ents]
-            for d in done:
-                self.hw.unmap(d, ranges)
-            raise
-
-    def _hw_unmap_all(self, domains: Sequence[int], areas: list[Area]) -> None:
-        # touching areas go as one range (the range holds nothing but these areas)
-        ranges: list[tuple[int, int]] = []
-        for a in areas:
-            if ranges and ranges[-1][0] + ranges[-1][1] == a.iova:
-                ranges[-1] = (ranges[-1][0], ranges[-1][1] + a.length)
-            else:
-                ranges.append((a.iova, a.length))
-        done: list[int] = []
-        try:
-            for d in domains:
-                with hw_errors():
-                    self.hw.unmap(d, ranges)
-                done.append(d)
-        except IommufdError:
-            ents = entries(areas)
-            for d in done:
-                self.hw.map(d, ents)
-            raise
-
-
-def new_pages() -> int:
-    """Identity of a new ``iopt_pages`` (one per MAP)."""
-    return new_slice()

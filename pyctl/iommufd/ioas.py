@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import IommufdError
-from .io_pagetable import Piece, new_pages
+from .io_pagetable import Piece
 from .objects import Ioas, Object
 from .objtable import Ictx
+from .pages import new_pages
 from .pinning import ACCOUNT_MM, ACCOUNT_USER
 from .ranges import Range, overlaps
 from .uapi import (

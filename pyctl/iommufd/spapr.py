@@ -14,9 +14,9 @@ from .areas import Area
 from .backend import Window, WindowBackend, WindowCaps
 from .device import device_resv, refresh_resv
 from .errors import IommufdError
-from .io_pagetable import hw_errors
 from .objects import Device
 from .objtable import Ictx
+from .pages import hw_errors
 from .ranges import overlaps
 from .uapi import U64_MAX, u32, u64
 
