@@ -25,8 +25,6 @@
 #include "spapr/iommulab-spapr.h"
 #include "trace.h"
 
-#define IOMMULAB_EVENTS_PER_SEC 10
-
 /*
  * Guest memory reads of the stage-1 walker: RAM only.  A table pointer the
  * guest aims at MMIO would otherwise run device code (maybe DMA through this
@@ -62,6 +60,8 @@ static IommulabFaultStage stage_to_qapi(unsigned stage)
         return IOMMULAB_FAULT_STAGE_STAGE1;
     case IL_STAGE_2:
         return IOMMULAB_FAULT_STAGE_STAGE2;
+    case IL_STAGE_TCE:
+        return IOMMULAB_FAULT_STAGE_TCE;
     default:
         return IOMMULAB_FAULT_STAGE_DEVICE;
     }
@@ -195,8 +195,8 @@ static void iommulab_replay(IOMMUMemoryRegion *iommu_mr, IOMMUNotifier *n)
     ReplayArg ra = { .n = n };
 
     qemu_mutex_lock(&s->lock);
-    if (dev->mode == IL_MODE_DOMAIN && dev->domain->type == IL_DOMAIN_PAGING) {
-        il_s2_for_each(&dev->domain->s2, iommulab_replay_one, &ra);
+    if (dev->mode == IL_MODE_DOMAIN) {
+        il_domain_for_each_mapping(dev->domain, iommulab_replay_one, &ra);
     }
     qemu_mutex_unlock(&s->lock);
 }
@@ -222,32 +222,56 @@ static void iommulab_dev_changed(IOMMULabDev *dev)
     }
 }
 
+void iommulab_fault_to_qapi(const ILFault *f, IommulabFault *qf)
+{
+    qf->iova = f->iova;
+    qf->access = access_to_qapi(f->access);
+    qf->stage = stage_to_qapi(f->stage);
+    qf->reason = reason_to_qapi(f->reason);
+    qf->has_domain = f->has_domain;
+    qf->domain = f->domain;
+    if (f->stage == IL_STAGE_TCE) {
+        qf->has_liobn = qf->has_tce = true;
+        qf->liobn = f->liobn;
+        qf->tce = f->tce;
+    }
+}
+
+/* The record of a requester's fault, as the queue and the event show it */
+static void iommulab_dev_fault(IOMMULabState *s, IOMMULabDev *dev,
+                               const ILFault *f, IommulabFault *qf)
+{
+    iommulab_fault_to_qapi(f, qf);
+    qf->iommu = object_get_canonical_path(OBJECT(s));
+    qf->device = iommulab_dev_name(dev);
+    qf->has_requester_id = true;
+    qf->requester_id = iommulab_dev_rid(dev);
+}
+
+/* A new fault (il_translate() recorded it): an event, rate-limited */
 static void iommulab_emit_fault(IOMMULabState *s, IOMMULabDev *dev,
                                 uint64_t iova, unsigned access,
                                 const ILResult *r)
 {
-    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-    g_autofree char *path = NULL;
-    g_autofree char *name = NULL;
-    uint64_t suppressed;
+    IommulabFaultEvent ev = { };
+    ILFault f = {
+        .dev = dev->index,
+        .has_domain = dev->mode == IL_MODE_DOMAIN,
+        .domain = dev->mode == IL_MODE_DOMAIN ? il_domain_id(dev->domain) : 0,
+        .access = access,
+        .stage = r->stage,
+        .reason = r->reason,
+        .iova = iova,
+    };
 
-    if (now - s->ev_window_ms >= 1000) {
-        s->ev_window_ms = now;
-        s->ev_in_window = 0;
-    }
-    if (s->ev_in_window >= IOMMULAB_EVENTS_PER_SEC) {
-        s->ev_pending++;
-        s->ev_suppressed++;
+    if (!il_faults_event(&s->engine, qemu_clock_get_ms(QEMU_CLOCK_REALTIME),
+                         &ev.suppressed)) {
         return;
     }
-    s->ev_in_window++;
-    suppressed = s->ev_pending;
-    s->ev_pending = 0;
-    path = object_get_canonical_path(OBJECT(s));
-    name = iommulab_dev_name(dev);
-    qapi_event_send_x_iommulab_fault(path, name, iova, access_to_qapi(access),
-                                     stage_to_qapi(r->stage),
-                                     reason_to_qapi(r->reason), suppressed);
+    iommulab_dev_fault(s, dev, &f, qapi_IommulabFaultEvent_base(&ev));
+    qapi_event_send_x_iommulab_fault(&ev);
+    g_free(ev.iommu);
+    g_free(ev.device);
 }
 
 static IOMMUTLBEntry iommulab_translate(IOMMUMemoryRegion *iommu_mr,
@@ -360,6 +384,50 @@ IOMMULabDev *iommulab_viommu_requester(IOMMULabState *s, PCIBus *bus,
 
 /* ---- control commands (QMP, under the BQL) ---- */
 
+/*
+ * The devices to tell about a change of domain @d: its own (child false)
+ * and, with @children, those of its nested domains (child true).  From the
+ * domain's list (il_domain_for_each_dev()), under the engine lock; the
+ * notifiers are then called without it (a listener may translate).
+ */
+typedef struct IOMMULabUser {
+    IOMMULabDev *dev;
+    bool child;
+} IOMMULabUser;
+
+typedef struct IOMMULabUsers {
+    IOMMULabState *s;
+    const ILDomain *d;
+    GArray *users;
+} IOMMULabUsers;
+
+static void iommulab_collect_user(void *opaque, uint32_t dev,
+                                  const ILDomain *dom)
+{
+    IOMMULabUsers *u = opaque;
+    IOMMULabUser user = {
+        .dev = g_ptr_array_index(u->s->devs, dev),
+        .child = dom != u->d,
+    };
+
+    g_array_append_val(u->users, user);
+}
+
+static GArray *iommulab_domain_users(IOMMULabState *s, const ILDomain *d,
+                                     bool children)
+{
+    IOMMULabUsers u = {
+        .s = s,
+        .d = d,
+        .users = g_array_new(false, false, sizeof(IOMMULabUser)),
+    };
+
+    if (d) {
+        il_domain_for_each_dev(d, children, iommulab_collect_user, &u);
+    }
+    return u.users;
+}
+
 static IOMMULabState *iommulab_find(const char *name, Error **errp)
 {
     Object *obj = iommulab_resolve(name, TYPE_IOMMULAB_VIOMMU,
@@ -455,10 +523,10 @@ void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
 
     qemu_mutex_lock(&s->lock);
     d = il_domain_find(&s->engine, domain);
-    if (d && (d->devices || d->children)) {
+    if (d && (il_domain_devices(d) || il_domain_children(d))) {
         error_setg(errp, "domain %" PRIu32 " is in use: %" PRIu32
                    " device(s) attached, %" PRIu32 " nested domain(s) on it",
-                   domain, d->devices, d->children);
+                   domain, il_domain_devices(d), il_domain_children(d));
         qemu_mutex_unlock(&s->lock);
         return;
     }
@@ -478,6 +546,7 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     g_autofree ILMapping *maps = NULL;
+    g_autoptr(GArray) users = NULL;
     size_t n = 0, i = 0, bad = 0;
     IommulabMappingList *l;
     ILError err;
@@ -503,6 +572,10 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
     }
     qemu_mutex_lock(&s->lock);
     err = il_domain_map(&s->engine, domain, maps, n, &bad);
+    if (err == IL_OK) {
+        users = iommulab_domain_users(s, il_domain_find(&s->engine, domain),
+                                      false);
+    }
     qemu_mutex_unlock(&s->lock);
     if (err == IL_ERR_NOENT || err == IL_ERR_TYPE) {
         error_setg(errp, "domain %" PRIu32 " %s", domain,
@@ -521,14 +594,11 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
         trace_iommulab_map(domain, maps[i].iova, maps[i].size, maps[i].addr,
                            maps[i].perm);
     }
-    /* MAP notifications for devices attached to this domain. */
-    for (unsigned j = 0; j < s->devs->len; j++) {
-        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+    /* MAP notifications for the devices attached to this domain. */
+    for (unsigned j = 0; j < users->len; j++) {
+        IOMMULabDev *dev = g_array_index(users, IOMMULabUser, j).dev;
         IOMMUNotifier *nf;
 
-        if (dev->mode != IL_MODE_DOMAIN || dev->domain->id != domain) {
-            continue;
-        }
         IOMMU_NOTIFIER_FOREACH(nf, &dev->iommu_mr) {
             for (i = 0; i < n; i++) {
                 iommulab_notify_range(nf, IOMMU_NOTIFIER_MAP, maps[i].iova,
@@ -546,6 +616,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     g_autofree ILMapping *r = NULL;
+    g_autoptr(GArray) users = NULL;
     size_t n = 0, i = 0, bad = 0;
     IommulabRangeList *l;
     IommulabUnmapResult *res;
@@ -570,6 +641,10 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
     }
     qemu_mutex_lock(&s->lock);
     err = il_domain_unmap(&s->engine, domain, r, n, &bad, &bytes);
+    if (err == IL_OK) {
+        users = iommulab_domain_users(s, il_domain_find(&s->engine, domain),
+                                      true);
+    }
     qemu_mutex_unlock(&s->lock);
     if (err == IL_ERR_NOENT || err == IL_ERR_TYPE) {
         error_setg(errp, "domain %" PRIu32 " %s", domain,
@@ -586,20 +661,20 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
     for (i = 0; i < n; i++) {
         trace_iommulab_unmap(domain, r[i].iova, r[i].size);
     }
-    /* The IOTLB is already clean; now the notifier consumers. */
-    for (unsigned j = 0; j < s->devs->len; j++) {
-        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+    /*
+     * The IOTLB is already clean; now the notifier consumers: the domain's
+     * devices for the ranges, its nested children's for everything (their
+     * tables and outputs may be anywhere in it).
+     */
+    for (unsigned j = 0; j < users->len; j++) {
+        IOMMULabUser *u = &g_array_index(users, IOMMULabUser, j);
 
-        if (dev->mode != IL_MODE_DOMAIN) {
+        if (u->child) {
+            iommulab_dev_unmap(u->dev, 0, UINT64_MAX);
             continue;
         }
-        if (dev->domain->id == domain) {
-            for (i = 0; i < n; i++) {
-                iommulab_dev_unmap(dev, r[i].iova,
-                                   r[i].iova + (r[i].size - 1));
-            }
-        } else if (dev->domain->parent && dev->domain->parent->id == domain) {
-            iommulab_dev_unmap(dev, 0, UINT64_MAX);
+        for (i = 0; i < n; i++) {
+            iommulab_dev_unmap(u->dev, r[i].iova, r[i].iova + (r[i].size - 1));
         }
     }
     res = g_new0(IommulabUnmapResult, 1);
@@ -703,6 +778,7 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     const ILDomain *d = NULL;
+    g_autoptr(GArray) users = NULL;
     uint64_t first = 0, last = UINT64_MAX;
     ILError err;
 
@@ -732,33 +808,35 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
             return;
         }
     }
+    /* a paging domain's nested children go with it, entries and users */
     if (has_iova) {
         il_invalidate_range(&s->engine, d, iova, size);
-        if (d && d->children) {
-            /* a paging domain's nested children go with it */
-            for (size_t i = 0; i < s->engine.ndomains; i++) {
-                if (s->engine.domains[i]->parent == d) {
-                    il_invalidate_domain(&s->engine, s->engine.domains[i]);
-                }
-            }
-        }
     } else if (d) {
         il_invalidate_domain(&s->engine, d);
     } else {
         il_invalidate_all(&s->engine);
     }
+    users = iommulab_domain_users(s, d, true);
     qemu_mutex_unlock(&s->lock);
     trace_iommulab_invalidate(has_domain, domain, first, last);
-    for (unsigned j = 0; j < s->devs->len; j++) {
-        IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
+    if (!d) {
+        /* every domain: every attached device */
+        for (unsigned j = 0; j < s->devs->len; j++) {
+            IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
 
-        if (dev->mode != IL_MODE_DOMAIN) {
-            continue;
+            if (dev->mode == IL_MODE_DOMAIN) {
+                iommulab_dev_unmap(dev, first, last);
+            }
         }
-        if (!d || dev->domain == d) {
-            iommulab_dev_unmap(dev, first, last);
-        } else if (dev->domain->parent == d) {
-            iommulab_dev_unmap(dev, 0, UINT64_MAX);
+        return;
+    }
+    for (unsigned j = 0; j < users->len; j++) {
+        IOMMULabUser *u = &g_array_index(users, IOMMULabUser, j);
+
+        if (u->child) {
+            iommulab_dev_unmap(u->dev, 0, UINT64_MAX);
+        } else {
+            iommulab_dev_unmap(u->dev, first, last);
         }
     }
 }
@@ -799,28 +877,27 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, Error **errp)
 
     info->path = object_get_canonical_path(OBJECT(s));
     info->default_mode = mode_to_qapi(s->default_mode);
-    info->iotlb_size = s->engine.tlb_mask + 1;
-    info->fault_queue_size = il_faults_capacity(&s->engine);
     qemu_mutex_lock(&s->lock);
-    for (size_t i = 0; i < s->engine.ndomains; i++) {
-        const ILDomain *d = s->engine.domains[i];
+    info->iotlb_size = il_iotlb_size(&s->engine);
+    info->fault_queue_size = il_faults_capacity(&s->engine);
+    for (size_t i = 0; i < il_domain_count(&s->engine); i++) {
+        const ILDomain *d = il_domain_at(&s->engine, i);
         IommulabDomainInfo *di = g_new0(IommulabDomainInfo, 1);
         IommulabMappingList **mtail = &di->mappings;
 
-        di->domain = d->id;
-        di->devices = d->devices;
-        di->children = d->children;
-        if (d->type == IL_DOMAIN_PAGING) {
+        di->domain = il_domain_id(d);
+        di->devices = il_domain_devices(d);
+        di->children = il_domain_children(d);
+        di->ias = il_domain_ias(d);
+        il_domain_for_each_mapping(d, iommulab_collect_mapping, &mtail);
+        if (il_domain_type(d) == IL_DOMAIN_PAGING) {
             di->type = IOMMULAB_DOMAIN_TYPE_PAGING;
-            di->ias = d->s2.ias;
-            il_s2_for_each(&d->s2, iommulab_collect_mapping, &mtail);
         } else {
             di->type = IOMMULAB_DOMAIN_TYPE_NESTED;
-            di->ias = IL_S1_IAS;
             di->has_parent = true;
-            di->parent = d->parent->id;
+            di->parent = il_domain_id(il_domain_parent(d));
             di->has_s1_root = true;
-            di->s1_root = d->s1_root;
+            di->s1_root = il_domain_s1_root(d);
         }
         QAPI_LIST_APPEND(dtail, di);
     }
@@ -841,7 +918,7 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, Error **errp)
         vi->mode = mode_to_qapi(dev->mode);
         if (dev->mode == IL_MODE_DOMAIN) {
             vi->has_domain = true;
-            vi->domain = dev->domain->id;
+            vi->domain = il_domain_id(dev->domain);
         }
         QAPI_LIST_APPEND(vtail, vi);
     }
@@ -853,22 +930,23 @@ IommulabCounters *qmp_x_iommulab_query_counters(const char *iommu,
                                                 Error **errp)
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
+    const ILCounters *ec;
     IommulabCounters *c;
 
     if (!s) {
         return NULL;
     }
     c = g_new0(IommulabCounters, 1);
-
     qemu_mutex_lock(&s->lock);
-    c->hits = s->engine.c.hits;
-    c->misses = s->engine.c.misses;
-    c->walks = s->engine.c.walks;
-    c->faults = s->engine.c.faults;
-    c->faults_dropped = s->engine.c.faults_dropped;
-    c->invalidations = s->engine.c.invalidations;
-    c->iotlb_entries = s->engine.tlb_valid;
-    c->events_suppressed = s->ev_suppressed;
+    ec = il_engine_counters(&s->engine);
+    c->hits = ec->hits;
+    c->misses = ec->misses;
+    c->walks = ec->walks;
+    c->faults = ec->faults;
+    c->faults_dropped = ec->faults_dropped;
+    c->invalidations = ec->invalidations;
+    c->iotlb_entries = il_iotlb_valid(&s->engine);
+    c->events_suppressed = il_faults_suppressed(&s->engine);
     qemu_mutex_unlock(&s->lock);
     return c;
 }
@@ -908,40 +986,81 @@ IommulabTranslation *qmp_x_iommulab_translate(const char *iommu,
     return t;
 }
 
-IommulabFaults *qmp_x_iommulab_query_faults(const char *iommu, bool has_clear,
-                                            bool clear, Error **errp)
+/* Append the vIOMMU's fault queue to *tail (and clear it) */
+static void iommulab_collect_faults(IOMMULabState *s, bool clear,
+                                    IommulabFaultList ***tail,
+                                    uint64_t *dropped)
 {
-    IOMMULabState *s = iommulab_find(iommu, errp);
-    IommulabFaults *res;
-    IommulabFaultList **tail;
-
-    if (!s) {
-        return NULL;
-    }
-    res = g_new0(IommulabFaults, 1);
-    tail = &res->faults;
-
     qemu_mutex_lock(&s->lock);
     for (uint32_t i = 0; i < il_faults_count(&s->engine); i++) {
         const ILFault *f = il_faults_get(&s->engine, i);
-        IOMMULabDev *dev = g_ptr_array_index(s->devs, f->dev);
         IommulabFault *qf = g_new0(IommulabFault, 1);
 
-        qf->device = iommulab_dev_name(dev);
-        qf->requester_id = iommulab_dev_rid(dev);
-        qf->iova = f->iova;
-        qf->access = access_to_qapi(f->access);
-        qf->stage = stage_to_qapi(f->stage);
-        qf->reason = reason_to_qapi(f->reason);
-        qf->has_domain = f->has_domain;
-        qf->domain = f->domain;
-        QAPI_LIST_APPEND(tail, qf);
+        iommulab_dev_fault(s, g_ptr_array_index(s->devs, f->dev), f, qf);
+        QAPI_LIST_APPEND(*tail, qf);
     }
-    res->dropped = il_faults_dropped(&s->engine);
-    if (has_clear && clear) {
+    *dropped += il_faults_dropped(&s->engine);
+    if (clear) {
         il_faults_clear(&s->engine);
     }
     qemu_mutex_unlock(&s->lock);
+}
+
+typedef struct IOMMULabFaultsArg {
+    bool clear;
+    IommulabFaultList **tail;
+    uint64_t dropped;
+} IOMMULabFaultsArg;
+
+static int iommulab_collect_faults_one(Object *obj, void *opaque)
+{
+    IOMMULabFaultsArg *a = opaque;
+    IOMMULabState *s = (IOMMULabState *)
+        object_dynamic_cast(obj, TYPE_IOMMULAB_VIOMMU);
+
+    if (s && s->devs) {
+        iommulab_collect_faults(s, a->clear, &a->tail, &a->dropped);
+    }
+    return 0;
+}
+
+/*
+ * Every lab fault is in exactly one queue, its translator's: a vIOMMU's
+ * engine, or a pseries PHB's (TCE windows, iommulab-spapr.c).
+ */
+IommulabFaults *qmp_x_iommulab_query_faults(const char *iommu, bool has_clear,
+                                            bool clear, Error **errp)
+{
+    IommulabFaults *res;
+    IOMMULabFaultsArg a = { .clear = has_clear && clear };
+    Object *obj = NULL;
+
+    if (iommu) {
+        obj = iommulab_resolve(iommu, TYPE_DEVICE,
+                               "an iommulab vIOMMU or a pseries PHB", errp);
+        if (!obj) {
+            return NULL;
+        }
+        if (!object_dynamic_cast(obj, TYPE_IOMMULAB_VIOMMU) &&
+            !iommulab_spapr_is_phb(obj)) {
+            error_setg(errp, "'%s' is neither an iommulab vIOMMU nor a "
+                       "pseries PHB", iommu);
+            return NULL;
+        }
+    }
+    res = g_new0(IommulabFaults, 1);
+    a.tail = &res->faults;
+    if (!obj) {
+        object_child_foreach_recursive(object_get_root(),
+                                       iommulab_collect_faults_one, &a);
+        iommulab_spapr_collect_faults(NULL, a.clear, &a.tail, &a.dropped);
+    } else if (object_dynamic_cast(obj, TYPE_IOMMULAB_VIOMMU)) {
+        iommulab_collect_faults(IOMMULAB_VIOMMU(obj), a.clear, &a.tail,
+                                &a.dropped);
+    } else {
+        iommulab_spapr_collect_faults(obj, a.clear, &a.tail, &a.dropped);
+    }
+    res->dropped = a.dropped;
     return res;
 }
 

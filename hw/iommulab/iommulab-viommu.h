@@ -50,12 +50,6 @@ struct IOMMULabState {
     uint64_t msi_size;
     ILMode default_mode;
 
-    /* fault event rate limiting */
-    int64_t ev_window_ms;
-    uint32_t ev_in_window;
-    uint64_t ev_pending;        /* suppressed since the last event sent */
-    uint64_t ev_suppressed;     /* total suppressed */
-
     Error *migration_blocker;
 
     /*
@@ -98,6 +92,9 @@ struct IOMMULabClass {
  */
 IOMMULabDev *iommulab_viommu_requester(IOMMULabState *s, PCIBus *bus,
                                        uint8_t devfn);
+
+/* The members of a fault record that the core's record holds */
+void iommulab_fault_to_qapi(const ILFault *f, IommulabFault *qf);
 
 /*
  * The one lookup of the lab's QMP commands: @name is a qdev id (of a

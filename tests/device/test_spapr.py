@@ -80,13 +80,16 @@ def test_schema_lists_unstable_commands(vm: Pseries) -> None:
         "x-iommulab-spapr-window-remove",
         "x-iommulab-spapr-window-reset",
         "x-iommulab-spapr-read-tces",
-        "x-iommulab-spapr-query-faults",
+        "x-iommulab-query-faults",
     ):
         assert "unstable" in names[c].get("features", []), c
     events = {e["name"] for e in schema if e.get("meta-type") == "event"}
-    assert {"X_IOMMULAB_SPAPR_WINDOW", "X_IOMMULAB_SPAPR_TCE_FAULT"} <= events
-    # one way to attach: x-iommulab-attach (device=s2), no sPAPR duplicate
-    assert "x-iommulab-spapr-stage2-attach" not in names
+    assert {"X_IOMMULAB_SPAPR_WINDOW", "X_IOMMULAB_FAULT"} <= events
+    # one way to attach: x-iommulab-attach (device=s2), no sPAPR duplicate;
+    # one fault query and event for every lab translator, TCE windows included
+    for gone in ("x-iommulab-spapr-stage2-attach", "x-iommulab-spapr-query-faults"):
+        assert gone not in names
+    assert "X_IOMMULAB_SPAPR_TCE_FAULT" not in events
 
 
 def test_default_phb(vm: Pseries) -> None:
@@ -456,6 +459,13 @@ def test_read_tces_of_vio_window(vm: Pseries) -> None:
 # --- DMA through the window, and TCE faults ---
 
 
+def tce_faults(vm: Pseries, clear: bool = False) -> list[dict[str, Any]]:
+    """The TCE fault queue of PHB 0 (x-iommulab-query-faults on the PHB)."""
+    r = vm.cmd("x-iommulab-query-faults", iommu=vm.phb()["path"], clear=clear)
+    res: list[dict[str, Any]] = r["faults"]
+    return res
+
+
 def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     bar = vm.edu_setup()
     data = bytes((i * 7 + 3) & 0xFF for i in range(4096))
@@ -466,7 +476,7 @@ def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     vm.edu_dma(bar, 0x10000, EDU_BUF, 4096, to_memory=False)
     vm.edu_dma(bar, EDU_BUF, 0x11000, 4096, to_memory=True)
     assert vm.qt.memread(DMA_PAGE + 0x1000, 4096) == data
-    assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
+    assert tce_faults(vm) == []
 
     # a write to the read-only page and a read of an empty entry fault
     vm.qmp.events()
@@ -474,16 +484,26 @@ def test_dma_through_tce_window_and_faults(vm: Pseries) -> None:
     vm.edu_dma(bar, EDU_BUF, 0x10000, 64, to_memory=True)
     vm.edu_dma(bar, 0x12000, EDU_BUF, 64, to_memory=False)
     assert vm.qt.memread(DMA_PAGE, 4096) == b"\x55" * 4096
-    f = vm.cmd("x-iommulab-spapr-query-faults", clear=True)
+    path = vm.phb()["path"]
+    # the machine's only lab queue with something in it: no iommu needed
+    f = vm.cmd("x-iommulab-query-faults", clear=True)
     assert f["dropped"] == 0
     # one record per refused DMA (its pieces are merged)
-    got = [(x["ioba"], x["access"], x["tce"]) for x in f["faults"]]
-    assert got == [(0x10000, "write", DMA_PAGE | TCE_R), (0x12000, "read", 0)]
-    assert all(x["liobn"] == LIOBN0 and x["phb"] == 0 for x in f["faults"])
-    assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
+    got = [(x["iova"], x["access"], x["tce"], x["reason"]) for x in f["faults"]]
+    assert got == [
+        (0x10000, "write", DMA_PAGE | TCE_R, "permission"),
+        (0x12000, "read", 0, "not-present"),
+    ]
+    for x in f["faults"]:
+        assert (x["stage"], x["liobn"], x["phb"]) == ("tce", LIOBN0, 0)
+        assert x["iommu"] == x["device"] == path and "requester-id" not in x
+    assert tce_faults(vm) == []
     assert vm.windows()[0]["faults"] >= 2
-    ev = vm.qmp.events("X_IOMMULAB_SPAPR_TCE_FAULT")
-    assert {e["data"]["fault"]["ioba"] for e in ev} == {0x10000, 0x12000}
+    ev = [e["data"] for e in vm.qmp.events("X_IOMMULAB_FAULT")]
+    assert {(e["iova"], e["stage"], e["iommu"]) for e in ev} == {
+        (0x10000, "tce", path),
+        (0x12000, "tce", path),
+    }
 
 
 # --- Stage 2 beneath the TCE windows (iommulab-spapr-s2) ---
@@ -521,7 +541,7 @@ def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
     assert vm.qt.memread(DMA_PAGE + 0x1000, 64) == bytes(64)
     (f,) = s2_faults(vm)
     assert (f["iova"], f["access"], f["reason"]) == (DMA_PAGE + 0x1000, "write", "blocked")
-    assert vm.cmd("x-iommulab-spapr-query-faults")["faults"] == []
+    assert tce_faults(vm) == []  # one refused DMA, one queue
 
     # Domain 1: IPA DMA_PAGE..+8K -> OTHER_PAGE: bytes land at the stage-2 output
     vm.cmd("x-iommulab-domain-alloc", iommu=S2, domain=1, type="paging")
@@ -558,8 +578,8 @@ def test_stage2_composes_with_tce(vm_s2: Pseries) -> None:
 
     # No TCE: a TCE fault, stage 2 is never asked
     vm.edu_dma(bar, EDU_BUF, 0x13000, 64, to_memory=True)
-    tf = vm.cmd("x-iommulab-spapr-query-faults", clear=True)["faults"]
-    assert [(x["ioba"], x["access"]) for x in tf] == [(0x13000, "write")]
+    tf = vm.cmd("x-iommulab-query-faults", clear=True)["faults"]  # every queue
+    assert [(x["iova"], x["access"], x["stage"]) for x in tf] == [(0x13000, "write", "tce")]
     assert s2_faults(vm) == []
 
     # Remap: I/O works again

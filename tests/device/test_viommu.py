@@ -95,6 +95,31 @@ def test_blocked_by_default_then_bypass(lab: Lab) -> None:
     assert faults(lab) == []
 
 
+def test_one_fault_query_for_all_queues(lab: Lab) -> None:
+    """x-iommulab-query-faults without iommu reads every lab queue (here the
+    vIOMMU's); bad names are refused and clear nothing."""
+    lab.dma_from_edu(DST)  # blocked
+    q = lab.qmp.cmd("x-iommulab-query-faults")
+    (f,) = q["faults"]
+    assert (f["iommu"], f["device"], f["requester-id"], f["stage"]) == (
+        "/machine/peripheral/viommu0",
+        "/machine/peripheral/edu0",
+        0x18,
+        "device",
+    )
+    assert "liobn" not in f and "tce" not in f and "phb" not in f
+    (e,) = lab.events("X_IOMMULAB_FAULT")
+    assert {k: v for k, v in e["data"].items() if k != "suppressed"} == f
+    for bad, msg in (
+        ("nosuch", "'nosuch' is not an iommulab vIOMMU or a pseries PHB"),
+        ("edu0", "'edu0' is neither an iommulab vIOMMU nor a pseries PHB"),
+    ):
+        with pytest.raises(ExecuteError, match=msg):
+            lab.qmp.cmd("x-iommulab-query-faults", iommu=bad, clear=True)
+    assert lab.cmd("x-iommulab-query-faults", clear=True) == q
+    assert lab.qmp.cmd("x-iommulab-query-faults")["faults"] == []
+
+
 def test_stage2_dma_lands_only_in_mapping(lab: Lab) -> None:
     paging(
         lab, 1, (0x10000000, PAGE, SRC, True, False), (0x7F0000000000, 2 * PAGE, DST, False, True)

@@ -20,6 +20,17 @@ IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev)
     return NULL;
 }
 
+bool iommulab_spapr_is_phb(Object *obj)
+{
+    return false;
+}
+
+void iommulab_spapr_collect_faults(Object *phb, bool clear,
+                                   IommulabFaultList ***tail,
+                                   uint64_t *dropped)
+{
+}
+
 IommulabSpaprPhbList *qmp_x_iommulab_spapr_query_phbs(Error **errp)
 {
     il_spapr_absent(errp);
@@ -61,14 +72,6 @@ IommulabSpaprTces *qmp_x_iommulab_spapr_read_tces(uint32_t liobn,
                                                   bool has_count,
                                                   uint32_t count,
                                                   Error **errp)
-{
-    il_spapr_absent(errp);
-    return NULL;
-}
-
-IommulabSpaprTceFaults *qmp_x_iommulab_spapr_query_faults(bool has_clear,
-                                                          bool clear,
-                                                          Error **errp)
 {
     il_spapr_absent(errp);
     return NULL;

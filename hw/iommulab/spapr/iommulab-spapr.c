@@ -5,8 +5,10 @@
  * ddw-max-tces, dma64_win_addr, dma_win_size), which the RTAS DDW calls
  * read, plus "refuse create" applied by the SpaprDdwOps create hook.
  * Guest window changes: the SpaprDdwOps changed hook sends an event.
- * TCE faults: the tables' fault callback queues them (any thread) and a
- * bottom half sends rate-limited events.
+ * TCE faults: the tables' fault callback records them (any thread) in the
+ * PHB's fault queue, the core's (il-fault.h: coalescing, bounded ring,
+ * rate limit), read by x-iommulab-query-faults with the vIOMMUs' ones; a
+ * bottom half sends their X_IOMMULAB_FAULT events.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -25,22 +27,23 @@
 #include "iommulab-spapr.h"
 #include "trace.h"
 
+/* Capacity of a PHB's TCE fault queue */
 #define IL_SPAPR_FAULTS_MAX     256
-#define IL_SPAPR_EVENTS_PER_SEC 10
+/* Events waiting for the bottom half; more are counted as suppressed */
+#define IL_SPAPR_EVENTS_PENDING 32
 #define IL_SPAPR_HOST_MAX_TCES  (1u << 24)
+/* A TCE's permission bits: 0 read, 1 write */
+#define IL_SPAPR_TCE_RW         3ULL
 #define IL_SPAPR_POLICY_MAX_TCES (1ULL << 37)
 #define IL_SPAPR_READ_MAX       (1u << 20)
 
 /* The page sizes PAPR defines for DDW that we offer, as shifts */
 static const uint8_t il_spapr_page_shifts[] = { 12, 16, 21, 24, 28, 34 };
 
-typedef struct ILSpaprFault {
-    uint32_t phb;
-    uint32_t liobn;
-    uint64_t ioba;
-    bool write;
-    uint64_t tce;
-} ILSpaprFault;
+typedef struct ILSpaprEvent {
+    ILFault f;
+    uint64_t suppressed;
+} ILSpaprEvent;
 
 static struct {
     QemuMutex lock;
@@ -48,19 +51,13 @@ static struct {
     GHashTable *refuse_create;
     /* Per LIOBN: faults since the window was enabled */
     GHashTable *window_faults;
-    ILSpaprFault faults[IL_SPAPR_FAULTS_MAX];
-    uint32_t head, len;
-    uint64_t dropped;
-    /* The last fault: one DMA refused is translated piece by piece */
-    ILSpaprFault last;
-    bool has_last;
-    /* Events not sent yet, and rate limiting */
-    ILSpaprFault pending[IL_SPAPR_EVENTS_PER_SEC];
+    /* Per PHB index: its TCE fault queue (ILFaultQueue *) */
+    GHashTable *phb_faults;
+    /* Events not sent yet (the bottom half sends them) */
+    ILSpaprEvent pending[IL_SPAPR_EVENTS_PENDING];
     uint32_t npending;
+    uint64_t lost;              /* pending overflowed: added to the next */
     bool bh_scheduled;
-    int64_t period_start_ms;
-    uint32_t sent_in_period;
-    uint64_t suppressed;
 } ils;
 
 static SpaprMachineState *il_spapr_machine(Error **errp)
@@ -140,7 +137,7 @@ static IommulabSpaprWindow *il_spapr_window_info(SpaprTceTable *tcet)
     uint32_t i, used = 0;
 
     for (i = 0; i < tcet->nb_table; i++) {
-        used += (tcet->table[i] & 3) != 0;
+        used += (tcet->table[i] & IL_SPAPR_TCE_RW) != 0;
     }
     w->liobn = tcet->liobn;
     w->bus_offset = tcet->bus_offset;
@@ -206,95 +203,198 @@ static IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb)
     return p;
 }
 
-/* TCE faults: called from translation, in any thread, under RCU. */
+/* TCE faults */
+
+static void il_spapr_free_queue(gpointer q)
+{
+    il_fault_queue_destroy(q);
+    g_free(q);
+}
+
+/* The PHB's fault queue, created on first use (under ils.lock) */
+static ILFaultQueue *il_spapr_queue(uint32_t phb, bool create)
+{
+    ILFaultQueue *q = g_hash_table_lookup(ils.phb_faults,
+                                          GUINT_TO_POINTER(phb));
+
+    if (!q && create) {
+        q = g_new0(ILFaultQueue, 1);
+        if (il_fault_queue_init(q, IL_SPAPR_FAULTS_MAX) != IL_OK) {
+            g_free(q);
+            return NULL;
+        }
+        g_hash_table_insert(ils.phb_faults, GUINT_TO_POINTER(phb), q);
+    }
+    return q;
+}
+
+static SpaprPhbState *il_spapr_phb_by_index(uint32_t index)
+{
+    SpaprMachineState *spapr = (SpaprMachineState *)
+        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
+    SpaprPhbState *sphb;
+
+    if (spapr) {
+        QLIST_FOREACH(sphb, &spapr->phbs, list) {
+            if (sphb->index == index) {
+                return sphb;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* A PHB's TCE fault as x-iommulab-query-faults and the event show it */
+static void il_spapr_fault_to_qapi(const ILFault *f, IommulabFault *qf)
+{
+    SpaprPhbState *sphb = il_spapr_phb_by_index(f->dev);
+
+    iommulab_fault_to_qapi(f, qf);
+    qf->iommu = sphb ? object_get_canonical_path(OBJECT(sphb)) :
+                g_strdup_printf("PHB %" PRIu32, f->dev);
+    qf->device = g_strdup(qf->iommu);
+    qf->has_phb = true;
+    qf->phb = f->dev;
+}
 
 static void il_spapr_fault_bh(void *opaque)
 {
-    ILSpaprFault ev[IL_SPAPR_EVENTS_PER_SEC];
+    ILSpaprEvent ev[IL_SPAPR_EVENTS_PENDING];
     uint32_t i, n;
-    uint64_t suppressed;
+    uint64_t lost;
 
     qemu_mutex_lock(&ils.lock);
     n = ils.npending;
     memcpy(ev, ils.pending, n * sizeof(ev[0]));
     ils.npending = 0;
     ils.bh_scheduled = false;
-    suppressed = ils.suppressed;
-    ils.suppressed = 0;
+    lost = ils.lost;
+    ils.lost = 0;
     qemu_mutex_unlock(&ils.lock);
 
     for (i = 0; i < n; i++) {
-        IommulabSpaprTceFault f = {
-            .phb = ev[i].phb,
-            .liobn = ev[i].liobn,
-            .ioba = ev[i].ioba,
-            .access = ev[i].write ? IOMMULAB_ACCESS_WRITE :
-                                    IOMMULAB_ACCESS_READ,
-            .tce = ev[i].tce,
-        };
-        qapi_event_send_x_iommulab_spapr_tce_fault(&f, i ? 0 : suppressed);
+        IommulabFaultEvent e = { };
+
+        il_spapr_fault_to_qapi(&ev[i].f, qapi_IommulabFaultEvent_base(&e));
+        e.suppressed = ev[i].suppressed + (i ? 0 : lost);
+        qapi_event_send_x_iommulab_fault(&e);
+        g_free(e.iommu);
+        g_free(e.device);
     }
 }
 
+/* Called from translation, in any thread, under RCU. */
 static void il_spapr_tce_fault(void *opaque, SpaprTceTable *tcet, hwaddr addr,
                                IOMMUAccessFlags flag, uint64_t tce)
 {
     SpaprPhbState *sphb = opaque;
-    ILSpaprFault f = {
-        .phb = sphb->index,
+    ILFault f = {
+        .dev = sphb->index,
+        .access = (flag & IOMMU_WO) ? IL_ACCESS_WRITE : IL_ACCESS_READ,
+        .stage = IL_STAGE_TCE,
+        .reason = (tce & IL_SPAPR_TCE_RW) ?
+                  IL_REASON_PERMISSION : IL_REASON_NOT_PRESENT,
+        .iova = tcet->bus_offset + addr,
+        .page_shift = tcet->page_shift,
         .liobn = tcet->liobn,
-        .ioba = tcet->bus_offset + addr,
-        .write = flag & IOMMU_WO,
         .tce = tce,
     };
-    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     gpointer key = GUINT_TO_POINTER(tcet->liobn);
+    ILFaultQueue *q;
+    ILFaultEvent ev;
     uintptr_t count;
 
-    trace_iommulab_spapr_tce_fault(f.phb, f.liobn, f.ioba, f.write, tce);
-
+    trace_iommulab_spapr_tce_fault(f.dev, f.liobn, f.iova,
+                                   f.access == IL_ACCESS_WRITE, tce);
     qemu_mutex_lock(&ils.lock);
-    if (ils.has_last && ils.last.liobn == f.liobn &&
-        ils.last.write == f.write && ils.last.tce == f.tce &&
-        (ils.last.ioba >> tcet->page_shift) == (f.ioba >> tcet->page_shift)) {
-        /* The rest of the same refused access (same page, same TCE) */
+    q = il_spapr_queue(sphb->index, false);
+    if (!q) {
+        /* hooked tables always have one (il_spapr_hook_tables()) */
         qemu_mutex_unlock(&ils.lock);
         return;
     }
-    ils.last = f;
-    ils.has_last = true;
-    count = (uintptr_t)g_hash_table_lookup(ils.window_faults, key);
-    g_hash_table_insert(ils.window_faults, key, (gpointer)(count + 1));
-    if (ils.len < IL_SPAPR_FAULTS_MAX) {
-        ils.faults[(ils.head + ils.len) % IL_SPAPR_FAULTS_MAX] = f;
-        ils.len++;
-    } else {
-        ils.dropped++;
+    il_fault_report(q, &f, qemu_clock_get_ms(QEMU_CLOCK_REALTIME), &ev);
+    if (ev.recorded) {
+        /* not the rest of the same refused access (same page, same TCE) */
+        count = (uintptr_t)g_hash_table_lookup(ils.window_faults, key);
+        g_hash_table_insert(ils.window_faults, key, (gpointer)(count + 1));
     }
-    if (now - ils.period_start_ms >= 1000) {
-        ils.period_start_ms = now;
-        ils.sent_in_period = 0;
-    }
-    if (ils.sent_in_period < IL_SPAPR_EVENTS_PER_SEC &&
-        ils.npending < IL_SPAPR_EVENTS_PER_SEC) {
-        ils.pending[ils.npending++] = f;
-        ils.sent_in_period++;
+    if (ev.emit && ils.npending < IL_SPAPR_EVENTS_PENDING) {
+        ils.pending[ils.npending].f = f;
+        ils.pending[ils.npending].suppressed = ev.suppressed;
+        ils.npending++;
         if (!ils.bh_scheduled) {
             ils.bh_scheduled = true;
             aio_bh_schedule_oneshot(qemu_get_aio_context(), il_spapr_fault_bh,
                                     NULL);
         }
-    } else {
-        ils.suppressed++;
+    } else if (ev.emit) {
+        ils.lost += ev.suppressed + 1;
     }
     qemu_mutex_unlock(&ils.lock);
+}
+
+bool iommulab_spapr_is_phb(Object *obj)
+{
+    return object_dynamic_cast(obj, TYPE_SPAPR_PCI_HOST_BRIDGE);
+}
+
+static void il_spapr_collect_phb(SpaprPhbState *sphb, bool clear,
+                                 IommulabFaultList ***tail,
+                                 uint64_t *dropped)
+{
+    ILFaultQueue *q;
+    uint32_t i;
+
+    qemu_mutex_lock(&ils.lock);
+    q = il_spapr_queue(sphb->index, false);
+    for (i = 0; q && i < il_fault_count(q); i++) {
+        IommulabFault *qf = g_new0(IommulabFault, 1);
+
+        il_spapr_fault_to_qapi(il_fault_get(q, i), qf);
+        QAPI_LIST_APPEND(*tail, qf);
+    }
+    if (q) {
+        *dropped += il_fault_dropped(q);
+        if (clear) {
+            il_fault_clear(q);
+        }
+    }
+    qemu_mutex_unlock(&ils.lock);
+}
+
+void iommulab_spapr_collect_faults(Object *phb, bool clear,
+                                   IommulabFaultList ***tail,
+                                   uint64_t *dropped)
+{
+    SpaprMachineState *spapr = (SpaprMachineState *)
+        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
+    SpaprPhbState *sphb;
+
+    if (phb) {
+        il_spapr_collect_phb(SPAPR_PCI_HOST_BRIDGE(phb), clear, tail,
+                             dropped);
+        return;
+    }
+    if (spapr) {
+        QLIST_FOREACH(sphb, &spapr->phbs, list) {
+            il_spapr_collect_phb(sphb, clear, tail, dropped);
+        }
+    }
 }
 
 static void il_spapr_hook_tables(SpaprPhbState *sphb)
 {
     SpaprTceTable *tcet;
+    bool have_queue;
     int i;
 
+    qemu_mutex_lock(&ils.lock);
+    have_queue = il_spapr_queue(sphb->index, true);
+    qemu_mutex_unlock(&ils.lock);
+    if (!have_queue) {
+        return;
+    }
     for (i = 0; i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
         tcet = il_spapr_table(sphb, i);
         if (tcet) {
@@ -655,42 +755,6 @@ IommulabSpaprTces *qmp_x_iommulab_spapr_read_tces(uint32_t liobn,
     return r;
 }
 
-IommulabSpaprTceFaults *qmp_x_iommulab_spapr_query_faults(bool has_clear,
-                                                          bool clear,
-                                                          Error **errp)
-{
-    IommulabSpaprTceFaults *r;
-    IommulabSpaprTceFaultList **tail;
-    uint32_t i;
-
-    if (!il_spapr_machine(errp)) {
-        return NULL;
-    }
-    r = g_new0(IommulabSpaprTceFaults, 1);
-    tail = &r->faults;
-    qemu_mutex_lock(&ils.lock);
-    for (i = 0; i < ils.len; i++) {
-        ILSpaprFault *f = &ils.faults[(ils.head + i) % IL_SPAPR_FAULTS_MAX];
-        IommulabSpaprTceFault *q = g_new0(IommulabSpaprTceFault, 1);
-
-        q->phb = f->phb;
-        q->liobn = f->liobn;
-        q->ioba = f->ioba;
-        q->access = f->write ? IOMMULAB_ACCESS_WRITE :
-                               IOMMULAB_ACCESS_READ;
-        q->tce = f->tce;
-        QAPI_LIST_APPEND(tail, q);
-    }
-    r->dropped = ils.dropped;
-    if (has_clear && clear) {
-        ils.head = 0;
-        ils.len = 0;
-        ils.dropped = 0;
-        ils.has_last = false;
-    }
-    qemu_mutex_unlock(&ils.lock);
-    return r;
-}
 
 /* Hardware facts (x-iommulab-query-hw-info) */
 
@@ -750,6 +814,7 @@ IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev)
     PCIBus *root = pci_device_root_bus(pdev);
     Object *phb = OBJECT(BUS(root)->parent);
     IommulabHwInfo *info;
+    ILFaultQueue *q;
 
     if (!object_dynamic_cast(phb, TYPE_SPAPR_PCI_HOST_BRIDGE)) {
         return NULL;
@@ -764,7 +829,10 @@ IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev)
     info->page_sizes = SPAPR_PCI_HOST_BRIDGE(phb)->page_size_mask;
     info->nesting = false;
     info->dirty_tracking = false;
-    info->fault_queue_size = IL_SPAPR_FAULTS_MAX;
+    qemu_mutex_lock(&ils.lock);
+    q = il_spapr_queue(SPAPR_PCI_HOST_BRIDGE(phb)->index, true);
+    info->fault_queue_size = q ? il_fault_capacity(q) : 0;
+    qemu_mutex_unlock(&ils.lock);
     info->spapr_pe = iommulab_spapr_pe_info(phb);
     return info;
 }
@@ -837,6 +905,8 @@ static void iommulab_spapr_register(void)
     qemu_mutex_init(&ils.lock);
     ils.refuse_create = g_hash_table_new(NULL, NULL);
     ils.window_faults = g_hash_table_new(NULL, NULL);
+    ils.phb_faults = g_hash_table_new_full(NULL, NULL, NULL,
+                                           il_spapr_free_queue);
     spapr_ddw_set_ops(&il_spapr_ddw_ops, NULL);
     qemu_add_machine_init_done_notifier(&il_spapr_machine_done_notifier);
 }

@@ -24,4 +24,16 @@ IommulabHwInfo *iommulab_spapr_requester_hw_info(PCIDevice *pdev);
 /* The PE facts of pseries PHB @phb (a spapr-pci-host-bridge); pseries only */
 IommulabHwSpaprPe *iommulab_spapr_pe_info(Object *phb);
 
+/* Whether @obj is a pseries PHB (false without pseries) */
+bool iommulab_spapr_is_phb(Object *obj);
+
+/*
+ * x-iommulab-query-faults: append the TCE faults of pseries PHB @phb (all
+ * PHBs if NULL) to *tail, add what they dropped to *dropped, and empty
+ * their queues with @clear.  Nothing without pseries.
+ */
+void iommulab_spapr_collect_faults(Object *phb, bool clear,
+                                   IommulabFaultList ***tail,
+                                   uint64_t *dropped);
+
 #endif
