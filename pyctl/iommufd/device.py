@@ -62,6 +62,8 @@ def _pt(ictx: Ictx, hwpt_id: int) -> HwptPaging | HwptNested:
 
 def do_attach(ictx: Ictx, dev: Device, hwpt: HwptPaging | HwptNested) -> int:
     """iommufd_hw_pagetable_attach() for a device attached nowhere."""
+    if dev.hwpt_id is not None:  # igroup->hwpt is another HWPT: EINVAL
+        raise IommufdError("EINVAL", f"device {dev.id} is attached to HWPT {dev.hwpt_id}")
     paging = ictx.paging_of(hwpt.id)
     iopt = ictx.ioas(paging.ioas_id).iopt
     # iommufd_device_attach_reserved_iova(): EADDRINUSE, EINVAL (MSI mix)
