@@ -155,12 +155,9 @@ class QemuProcess:
                 s.close()
             self._close_listener()
             raise
-        for s in theirs:  # QEMU holds its ends now
-            if s is not self._listener:
-                s.close()
-        if self._listener is not None:
-            self._listener.close()  # QEMU listens; the path stays until shutdown
-            self._listener = None
+        for s in theirs:  # QEMU holds its ends and the listening socket now
+            s.close()
+        self._listener = None  # the path stays until shutdown
         try:
             self._qmp = QmpSession.connect(
                 qmp_pair[0], connect_timeout=timeout, timeout=self.qmp_timeout, name="iommulab"

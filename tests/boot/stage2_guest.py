@@ -30,12 +30,14 @@ def stage2_guest(
     devices: Sequence[str] = (f"iommulab-spapr-s2,id={S2}",),
     append: str = "",
     extra_args: Sequence[str] = (),
+    disk_bytes: int = DISK_BYTES,
     **kwargs: Any,
 ) -> tuple[GuestConfig, Path]:
-    """A paused guest with NVMe (on a fresh disk in ``workdir``) and ``-device`` each of
-    ``devices``; it pauses at power-off so the device state can be read afterwards."""
+    """A paused guest with NVMe (on a fresh disk of ``disk_bytes`` in ``workdir``) and
+    ``-device`` each of ``devices``; it pauses at power-off so the device state can be
+    read afterwards."""
     image = build_image(MACHINES[machine].arch)
-    disk = create_raw_disk(workdir / "nvme.raw", DISK_BYTES)
+    disk = create_raw_disk(workdir / "nvme.raw", disk_bytes)
     cfg = GuestConfig(
         machine=machine,
         kernel=image.kernel,

@@ -318,7 +318,7 @@ class FailurePaths(GuestBoot):
         self.assertIn("no iommulab.host=", run.result("wait-host")["error"])
 
     def test_bad_scenario_argument(self) -> None:
-        """An nvme-rw size outside 4K..256M is refused by the agent."""
+        """An nvme-rw size that is not a multiple of 4 KiB is refused by the agent."""
         run, _ = self.boot("q35", [Scenario("nvme-rw", {"size": "3000"})])
         self.assertIsNone(run.error)
         rw = run.result("nvme-rw")

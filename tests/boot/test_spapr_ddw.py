@@ -131,8 +131,8 @@ class SpaprDdwPolicy(Test):  # type: ignore[misc]
                 self.log.info("DDW policy: %s", pol)
                 # The PHB was reset before QMP was up: reset its windows so
                 # that the default window follows the policy (the guest's
-                # device tree is rebuilt from them at CAS).  Not system_reset:
-                # the launcher runs QEMU with -no-reboot.
+                # device tree is rebuilt from them at CAS); only the windows,
+                # not the whole machine (system_reset).
                 inst.qmp.cmd("x-iommulab-spapr-window-reset")
             inst.qmp.cmd("cont")
             inst.wait_for(BOOT_PATTERN, BOOT_TIMEOUT)
