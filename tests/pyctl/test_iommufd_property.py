@@ -214,10 +214,10 @@ class IoasMachine(RuleBasedStateMachine):
         pos = 0
         if cur < s + n:
             err = "ENOENT"
-        elif prot & 2 and not all(p[2] for p in pieces):
-            err = "EPERM"
         else:
             err, pos = self._ref_place(dref, fixed, iova_of(dst_page), n, pieces[0][0])
+            if err is None and prot & 2 and not all(p[2] for p in pieces):
+                err = "EPERM"  # iopt_insert_area(): after the IOVA is placed
         got = self._expect(
             err,
             lambda: self.ctx.ioas_copy(
