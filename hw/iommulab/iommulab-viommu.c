@@ -5,7 +5,8 @@
  * so that every device on the buses below gets an IOMMU memory region whose
  * translate() goes through the iommulab core: blocked, bypass, a stage-2
  * (paging) domain, or a nested domain (guest stage 1 over stage 2).  The
- * control plane programs it over QMP (iommulab-qmp.c, docs/qmp.md).
+ * control plane programs it over QMP: the qmp_x_iommulab_* commands below
+ * (docs/qmp.md), devices named through iommulab_resolve() (iommulab-qmp.c).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
