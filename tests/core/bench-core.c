@@ -150,7 +150,7 @@ int main(int argc, char **argv)
     uint64_t n = argc > 2 ? strtoull(argv[2], NULL, 0) : 10000000;
     const uint64_t base = 0x7f1234560000ULL;
     unsigned flags = IL_TR_NOCACHE;
-    volatile uint64_t sink = 0;
+    volatile uint64_t sink = 0; /* the results are used: no dead loop */
     struct timespec t0, t1;
     ILEngine e;
     ILDomain *d;

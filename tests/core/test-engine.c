@@ -390,12 +390,74 @@ static void test_devices(void)
     CHECK_EQ(il_fail_nth_live(), 0);
 }
 
+/* The per-domain index of the IOTLB: counts, evictions, block entries. */
+static void test_iotlb_index(void)
+{
+    ILMapping pg = { .iova = 0x1000, .size = 0x1000, .addr = 0x5000,
+                     .perm = IL_PERM_RW };
+    ILMapping blk = { .iova = 4 * MiB, .size = 2 * MiB, .addr = 2 * MiB,
+                      .perm = IL_PERM_RW };
+    ILMapping cut = { .iova = 5 * MiB, .size = 0x1000 };
+    ILDomain *d1, *d2;
+    ILEngine e;
+    ILResult r;
+    size_t bad;
+    uint64_t bytes;
+
+    /* one slot: every fill evicts the other domain's entry */
+    CHECK_EQ(il_engine_init(&e, 1, 4, mem_read, NULL), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 2, 48), IL_OK);
+    d1 = il_domain_find(&e, 1);
+    d2 = il_domain_find(&e, 2);
+    CHECK_EQ(il_domain_map(&e, 1, &pg, 1, &bad), IL_OK);
+    CHECK_EQ(il_domain_map(&e, 2, &pg, 1, &bad), IL_OK);
+    CHECK(tr(&e, d1, 0x1008, IL_ACCESS_READ, &r));
+    CHECK_EQ(il_domain_iotlb_entries(d1), 1);
+    CHECK(tr(&e, d2, 0x1008, IL_ACCESS_READ, &r));
+    CHECK_EQ(il_domain_iotlb_entries(d1), 0);
+    CHECK_EQ(il_domain_iotlb_entries(d2), 1);
+    CHECK_EQ(il_iotlb_valid(&e), 1);
+    CHECK(il_iotlb_check(&e));
+    /* unmapping in d1 leaves d2's entry */
+    CHECK_EQ(il_domain_unmap(&e, 1, &pg, 1, &bad, &bytes), IL_OK);
+    CHECK_EQ(il_iotlb_valid(&e), 1);
+    CHECK(tr(&e, d2, 0x1008, IL_ACCESS_READ, &r));
+    CHECK_EQ(e.c.hits, 1);
+    il_invalidate_domain(&e, d1);
+    CHECK_EQ(il_domain_iotlb_entries(d2), 1);
+    CHECK_EQ(il_domain_free(&e, 2), IL_OK);
+    CHECK_EQ(il_iotlb_valid(&e), 0);
+    CHECK(il_iotlb_check(&e));
+    il_engine_destroy(&e);
+
+    /*
+     * A 2 MiB entry filed under its first page: cutting a page elsewhere in
+     * the block drops it (the range is widened to the largest leaf cached).
+     */
+    CHECK_EQ(il_engine_init(&e, 64, 4, mem_read, NULL), IL_OK);
+    CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
+    d1 = il_domain_find(&e, 1);
+    CHECK_EQ(il_domain_map(&e, 1, &blk, 1, &bad), IL_OK);
+    CHECK(tr(&e, d1, 4 * MiB + 8, IL_ACCESS_WRITE, &r));
+    CHECK_EQ(r.shift, 21);
+    CHECK_EQ(il_domain_iotlb_entries(d1), 1);
+    CHECK_EQ(il_domain_unmap(&e, 1, &cut, 1, &bad, &bytes), IL_OK);
+    CHECK_EQ(bytes, 0x1000);
+    CHECK_EQ(il_domain_iotlb_entries(d1), 0);
+    CHECK(tr(&e, d1, 4 * MiB + 8, IL_ACCESS_WRITE, &r));
+    CHECK_EQ(r.shift, 12);
+    CHECK(il_iotlb_check(&e));
+    il_engine_destroy(&e);
+}
+
 int main(void)
 {
     test_paging();
     test_nested();
     test_domain_limit();
     test_devices();
+    test_iotlb_index();
     printf("ok\n");
     return 0;
 }

@@ -139,6 +139,7 @@ static void iotlb_consistent(ILEngine *e)
 {
     uint32_t valid = 0;
 
+    CHECK(il_iotlb_check(e));
     for (uint32_t i = 0; i < il_iotlb_size(e); i++) {
         const ILTlbEntry *t = &e->tlb[i];
         ILResult r;

@@ -236,6 +236,7 @@ int main(int argc, char **argv)
             }
             checks++;
         }
+        CHECK(il_iotlb_check(&e));
     }
     printf("%u checked translations, %u stale reads before invalidation; "
            "iotlb hits %" PRIu64 " walks %" PRIu64 "\nok\n", checks, stale,

@@ -269,6 +269,7 @@ int main(int argc, char **argv)
             counts[4]++;
         }
         CHECK_EQ(d->s2.mapped, model_mapped());
+        CHECK(il_iotlb_check(&e));
     }
     printf("maps %u unmaps %u invalidations %u walks %u translations %u; "
            "iotlb hits %" PRIu64 " misses %" PRIu64 "\n", counts[0],

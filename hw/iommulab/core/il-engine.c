@@ -15,10 +15,13 @@ ILError il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
     if (tlb_entries == 0 || (tlb_entries & (tlb_entries - 1))) {
         tlb_entries = 4096;
     }
-    e->tlb = il_zalloc_array(tlb_entries, sizeof(*e->tlb));
+    /* The entries, then the per-slot links of the domain index. */
+    e->tlb = il_zalloc_array(tlb_entries,
+                             sizeof(*e->tlb) + sizeof(*e->tlb_link));
     if (!e->tlb) {
         return IL_ERR_NOMEM;
     }
+    e->tlb_link = (ILTlbLink *)(e->tlb + tlb_entries);
     if (il_fault_queue_init(&e->faults, fq_cap) != IL_OK) {
         il_free(e->tlb);
         memset(e, 0, sizeof(*e));
@@ -194,73 +197,215 @@ ILError il_domain_alloc_nested(ILEngine *e, uint32_t id, uint32_t parent,
     return IL_OK;
 }
 
-/* Drop every IOTLB entry for which match() is true. */
-typedef bool TlbMatchFn(const ILTlbEntry *t, const void *arg);
-
-static void tlb_drop(ILEngine *e, TlbMatchFn *match, const void *arg)
+/*
+ * The IOTLB's index by domain: each domain lists the slots holding its
+ * entries (a doubly linked list through e->tlb_link), so that unmap and
+ * invalidation cost what they touch, not a scan of every slot.  The hit path
+ * never reads it; a fill links the slot, evicting another domain's entry
+ * unlinks it.  The domain is written through a const pointer: the index is
+ * the engine's bookkeeping, and every domain is the engine's own allocation.
+ */
+static void tlb_link(ILEngine *e, uint32_t slot, const ILDomain *dom)
 {
-    for (uint32_t i = 0; i <= e->tlb_mask; i++) {
-        ILTlbEntry *t = &e->tlb[i];
+    ILDomain *d = (ILDomain *)dom;
+    ILTlbLink *l = &e->tlb_link[slot];
 
-        if (t->dom && match(t, arg)) {
-            t->dom = NULL;
-            e->tlb_valid--;
+    l->prev = IL_TLB_NIL;
+    if (d->tlb_count) {
+        l->next = d->tlb_head;
+        e->tlb_link[d->tlb_head].prev = slot;
+    } else {
+        l->next = IL_TLB_NIL;
+        d->tlb_max_shift = 0;
+    }
+    d->tlb_head = slot;
+    d->tlb_count++;
+}
+
+static void tlb_unlink(ILEngine *e, uint32_t slot)
+{
+    ILDomain *d = (ILDomain *)e->tlb[slot].dom;
+    const ILTlbLink *l = &e->tlb_link[slot];
+
+    if (l->prev != IL_TLB_NIL) {
+        e->tlb_link[l->prev].next = l->next;
+    } else {
+        d->tlb_head = l->next;
+    }
+    if (l->next != IL_TLB_NIL) {
+        e->tlb_link[l->next].prev = l->prev;
+    }
+    d->tlb_count--;
+}
+
+/* Out of line: only a miss that fills the IOTLB gets here. */
+static void tlb_fill(ILEngine *e, ILTlbEntry *t, const ILDomain *d,
+                     uint64_t page, const ILResult *r)
+{
+    uint32_t slot = (uint32_t)(t - e->tlb);
+
+    if (t->dom != d) {
+        if (t->dom) {
+            tlb_unlink(e, slot);        /* evicts another domain's entry */
+        } else {
+            e->tlb_valid++;
         }
+        t->dom = d;
+        tlb_link(e, slot, d);
+    }
+    if (r->shift > d->tlb_max_shift) {
+        ((ILDomain *)d)->tlb_max_shift = r->shift;
+    }
+    t->page = page;
+    t->mask = (1ULL << r->shift) - 1;
+    t->out = r->addr & ~t->mask;
+    t->perm = r->perm;
+    t->shift = r->shift;
+}
+
+static void tlb_drop_slot(ILEngine *e, uint32_t slot)
+{
+    tlb_unlink(e, slot);
+    e->tlb[slot].dom = NULL;
+    e->tlb_valid--;
+}
+
+/* Every entry of d. */
+static void tlb_drop_domain(ILEngine *e, const ILDomain *dom)
+{
+    ILDomain *d = (ILDomain *)dom;
+    uint32_t slot = d->tlb_head;
+
+    for (uint32_t n = d->tlb_count; n; n--) {
+        e->tlb[slot].dom = NULL;
+        slot = e->tlb_link[slot].next;
+    }
+    e->tlb_valid -= d->tlb_count;
+    d->tlb_count = 0;
+}
+
+/* Every entry of d's nested children (d paging). */
+static void tlb_drop_children(ILEngine *e, const ILDomain *d)
+{
+    for (const ILDomain *c = d->first_child; c; c = c->next_sibling) {
+        tlb_drop_domain(e, c);
     }
 }
 
-static bool match_domain(const ILTlbEntry *t, const void *arg)
+/* Does the leaf an entry caches overlap [first, last]? */
+static inline bool tlb_overlaps(const ILTlbEntry *t, uint64_t first,
+                                uint64_t last)
 {
-    const ILDomain *d = arg;
+    uint64_t lo = (t->page << IL_PAGE_SHIFT) & ~t->mask;
 
-    return t->dom == d || t->dom->parent == d;
+    return lo <= last && first <= lo + t->mask;
 }
 
-typedef struct RangeArg {
-    const ILDomain *d;
-    uint64_t first;
-    uint64_t last;
-} RangeArg;
-
-static bool match_range(const ILTlbEntry *t, const void *arg)
+/*
+ * The entries of d whose leaf overlaps [first, last].  An entry is filed
+ * under the page of the lookup that filled it, at slot il_tlb_index(d, page),
+ * and its leaf is at most 1 << d->tlb_max_shift: so the entries sought are
+ * at the slots of the pages of the range widened to that alignment.  Probe
+ * those slots when they are fewer than d's entries, else walk d's list.
+ */
+static void tlb_drop_range(ILEngine *e, const ILDomain *d, uint64_t first,
+                           uint64_t last)
 {
-    const RangeArg *ra = arg;
-    uint64_t mask = (1ULL << t->shift) - 1;
-    uint64_t first = (t->page << IL_PAGE_SHIFT) & ~mask;
-    uint64_t last = first + mask;
+    uint64_t mask, lo, hi;
+    uint32_t slot, n;
 
-    if (ra->d && t->dom != ra->d) {
-        return false;
+    if (!d->tlb_count) {
+        return;
     }
-    return first <= ra->last && ra->first <= last;
+    mask = (1ULL << d->tlb_max_shift) - 1;
+    lo = (first & ~mask) >> IL_PAGE_SHIFT;
+    hi = (last | mask) >> IL_PAGE_SHIFT;
+    if (hi - lo < d->tlb_count) {
+        for (uint64_t page = lo; ; page++) {
+            const ILTlbEntry *t;
+
+            slot = il_tlb_index(e, d, page);
+            t = &e->tlb[slot];
+            if (t->dom == d && t->page == page &&
+                tlb_overlaps(t, first, last)) {
+                tlb_drop_slot(e, slot);
+            }
+            if (page == hi) {
+                break;
+            }
+        }
+        return;
+    }
+    slot = d->tlb_head;
+    for (n = d->tlb_count; n; n--) {
+        uint32_t next = e->tlb_link[slot].next;
+
+        if (tlb_overlaps(&e->tlb[slot], first, last)) {
+            tlb_drop_slot(e, slot);
+        }
+        slot = next;
+    }
 }
 
-static bool match_range_or_child(const ILTlbEntry *t, const void *arg)
+bool il_iotlb_check(const ILEngine *e)
 {
-    const RangeArg *ra = arg;
+    uint32_t listed = 0, valid = 0;
 
-    return t->dom->parent == ra->d || match_range(t, arg);
+    for (size_t i = 0; i < e->ndomains; i++) {
+        const ILDomain *d = e->domains[i];
+        uint32_t slot = d->tlb_head, prev = IL_TLB_NIL;
+
+        for (uint32_t n = 0; n < d->tlb_count; n++) {
+            if (slot > e->tlb_mask || e->tlb[slot].dom != d ||
+                e->tlb_link[slot].prev != prev ||
+                e->tlb[slot].shift > d->tlb_max_shift ||
+                il_tlb_index(e, d, e->tlb[slot].page) != slot) {
+                return false;
+            }
+            prev = slot;
+            slot = e->tlb_link[slot].next;
+        }
+        if (d->tlb_count && slot != IL_TLB_NIL) {
+            return false;
+        }
+        listed += d->tlb_count;
+    }
+    for (uint32_t i = 0; i <= e->tlb_mask; i++) {
+        valid += e->tlb[i].dom != NULL;
+    }
+    return listed == valid && valid == e->tlb_valid;
 }
 
 void il_invalidate_all(ILEngine *e)
 {
     memset(e->tlb, 0, (e->tlb_mask + 1) * sizeof(*e->tlb));
     e->tlb_valid = 0;
+    for (size_t i = 0; i < e->ndomains; i++) {
+        e->domains[i]->tlb_count = 0;
+    }
     e->c.invalidations++;
 }
 
 void il_invalidate_domain(ILEngine *e, const ILDomain *d)
 {
-    tlb_drop(e, match_domain, d);
+    tlb_drop_domain(e, d);
+    tlb_drop_children(e, d);
     e->c.invalidations++;
 }
 
 void il_invalidate_range(ILEngine *e, const ILDomain *d, uint64_t iova,
                          uint64_t size)
 {
-    RangeArg ra = { .d = d, .first = iova, .last = iova + (size - 1) };
+    uint64_t last = iova + (size - 1);
 
-    tlb_drop(e, d && d->children ? match_range_or_child : match_range, &ra);
+    if (!d) {
+        for (size_t i = 0; i < e->ndomains; i++) {
+            tlb_drop_range(e, e->domains[i], iova, last);
+        }
+    } else {
+        tlb_drop_range(e, d, iova, last);
+        tlb_drop_children(e, d);
+    }
     e->c.invalidations++;
 }
 
@@ -276,7 +421,7 @@ ILError il_domain_free(ILEngine *e, uint32_t id)
     if (d->devices || d->children) {
         return IL_ERR_BUSY;
     }
-    tlb_drop(e, match_domain, d);
+    tlb_drop_domain(e, d);
     if (d->parent) {
         ILDomain **pp = &d->parent->first_child;
 
@@ -338,23 +483,23 @@ ILError il_domain_unmap(ILEngine *e, uint32_t id, const ILMapping *ranges,
         return err;
     }
     for (size_t i = 0; i < n; i++) {
-        RangeArg ra = {
-            .d = d, .first = ranges[i].iova,
-            .last = ranges[i].iova + (ranges[i].size - 1),
-        };
         uint64_t b = il_s2_unmap_reserved(&d->s2, ranges[i].iova,
                                           ranges[i].size, &res);
 
         if (b) {
-            /*
-             * Nested children: their stage-1 tables and outputs are IPAs
-             * anywhere in this domain, so all of their entries go.
-             */
-            tlb_drop(e, d->children ? match_range_or_child : match_range,
-                     &ra);
+            tlb_drop_range(e, d, ranges[i].iova,
+                           ranges[i].iova + (ranges[i].size - 1));
             e->c.invalidations++;
         }
         bytes += b;
+    }
+    /*
+     * Nested children: their stage-1 tables and outputs are IPAs anywhere in
+     * this domain, so all of their entries go (once for the batch: nothing
+     * translates before it returns).
+     */
+    if (bytes) {
+        tlb_drop_children(e, d);
     }
     il_s2_unmap_release(&d->s2, &res);
     *unmapped = bytes;
@@ -644,15 +789,7 @@ bool il_translate_slow(ILEngine *e, ILMode mode, const ILDomain *d,
                       IL_REASON_PERMISSION);
         }
         if (ok && t) {
-            if (!t->dom) {
-                e->tlb_valid++;
-            }
-            t->dom = d;
-            t->page = page;
-            t->mask = (1ULL << r->shift) - 1;
-            t->out = r->addr & ~t->mask;
-            t->perm = r->perm;
-            t->shift = r->shift;
+            tlb_fill(e, t, d, page, r);
         }
     } else if (mode == IL_MODE_BYPASS) {
         r->addr = iova;

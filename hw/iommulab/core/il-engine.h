@@ -40,6 +40,13 @@ struct ILDomain {
     uint32_t devs_cap;
     ILDomain *first_child;  /* paging: its nested domains */
     ILDomain *next_sibling; /* nested: the parent's next child */
+    /*
+     * The engine's index of this domain's IOTLB entries (a list through
+     * ILEngine.tlb_link), so that unmap and invalidation visit only them.
+     */
+    uint32_t tlb_head;      /* first slot; meaningful if tlb_count */
+    uint32_t tlb_count;     /* valid IOTLB entries of this domain */
+    uint8_t tlb_max_shift;  /* no entry's leaf is larger (if tlb_count) */
 };
 
 /*
@@ -56,6 +63,14 @@ typedef struct ILTlbEntry {
     uint8_t perm;
     uint8_t shift;
 } ILTlbEntry;
+
+/* Per IOTLB slot, apart from the entries so that a hit does not see it. */
+typedef struct ILTlbLink {
+    uint32_t prev;          /* slots of the same domain, IL_TLB_NIL ends */
+    uint32_t next;
+} ILTlbLink;
+
+#define IL_TLB_NIL UINT32_MAX
 
 typedef struct ILCounters {
     uint64_t hits;
@@ -77,6 +92,7 @@ typedef struct ILEngine {
     ILFaultQueue faults;    /* what il_translate() refused */
     ILReadFn *read;
     void *read_opaque;
+    ILTlbLink *tlb_link;    /* per slot (in tlb's allocation) */
 } ILEngine;
 
 /* Result of a translation. */
@@ -237,6 +253,18 @@ static inline uint32_t il_iotlb_valid(const ILEngine *e)
 {
     return e->tlb_valid;
 }
+
+/* IOTLB entries of one domain (its nested children's not included). */
+static inline uint32_t il_domain_iotlb_entries(const ILDomain *d)
+{
+    return d->tlb_count;
+}
+
+/*
+ * Tests: true if the per-domain index of the IOTLB is consistent (every
+ * valid slot listed once, under its domain, counts and sizes right).
+ */
+bool il_iotlb_check(const ILEngine *e);
 
 static inline const ILCounters *il_engine_counters(const ILEngine *e)
 {
