@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,18 +72,12 @@ class SpaprMemoryHotplug(Test):  # type: ignore[misc]
 
     def test_pseries_dimm_hotplug(self) -> None:
         build = qemu_build_dir()
-        # the control plane's own QMP monitor (a short path: sun_path has 108 bytes)
-        control = Path(tempfile.mkdtemp(prefix="iommulab-ctl-")) / "control.sock"
         cfg, disk = stage2_guest(
             Path(self.workdir),
             "pseries",
             SCENARIOS,
             "iommulab-hotplug",
             append="movable_node",
-            extra_args=(
-                "-chardev", f"socket,id=ctl0,path={control},server=on,wait=off",
-                "-mon", "chardev=ctl0,mode=control",
-            ),
             memory_slots=2,
             max_memory_mib=MAX_MEMORY_MIB,
             host_channel=True,
@@ -94,7 +87,7 @@ class SpaprMemoryHotplug(Test):  # type: ignore[misc]
         try:
             inst.start()
             q = inst.qmp
-            be = SpaprQmpBackend(str(control), iommu=S2)
+            be = SpaprQmpBackend(q, iommu=S2)  # the launcher's QMP session, shared
             try:
                 ctx = IommufdContext(be)
                 ioas = ctx.ioas_alloc()
