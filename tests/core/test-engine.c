@@ -293,6 +293,116 @@ static void test_domain_limit(void)
     il_engine_destroy(&e);
 }
 
+/* Tables of all paging domains, as the engine counts them. */
+static uint64_t sum_tables(const ILEngine *e)
+{
+    uint64_t n = 0;
+
+    for (size_t i = 0; i < il_domain_count(e); i++) {
+        const ILDomain *d = il_domain_at(e, i);
+
+        n += il_domain_type(d) == IL_DOMAIN_PAGING ? d->s2.tables : 0;
+    }
+    CHECK_EQ(n, il_engine_tables(e));
+    CHECK_EQ(n * 4096, il_engine_table_bytes(e));
+    return n;
+}
+
+/* The engine-wide page-table limit, shared by all paging domains. */
+static void test_table_limit(void)
+{
+    ILMapping page0 = { .iova = 0, .size = 0x1000, .addr = 0x1000,
+                        .perm = IL_PERM_RW };
+    ILMapping far = { .iova = 1ULL << 39, .size = 0x1000, .addr = 0x2000,
+                      .perm = IL_PERM_RW };
+    ILMapping two[2] = { page0, far };
+    ILMapping gib = { .iova = 1ULL << 30, .size = 1ULL << 30,
+                      .addr = 1ULL << 30, .perm = IL_PERM_RW };
+    ILMapping blk = { .iova = 1ULL << 39, .size = 2 * MiB, .addr = 2 * MiB,
+                      .perm = IL_PERM_R };
+    ILMapping cut = { .iova = (1ULL << 30) + 2 * MiB + 0x1000,
+                      .size = 0x1000 };
+    ILDomain *d1, *d3;
+    ILEngine e;
+    ILResult r;
+    size_t bad;
+    uint64_t bytes;
+
+    CHECK_EQ(il_engine_init(&e, 64, 4, mem_read, NULL), IL_OK);
+    CHECK_EQ(il_engine_table_limit(&e), IL_ENGINE_TABLE_LIMIT_DEFAULT);
+    CHECK_EQ(il_engine_set_table_limit(&e, 0), IL_ERR_INVAL);
+    CHECK_EQ(il_engine_set_table_limit(&e, 4095), IL_ERR_INVAL);
+    CHECK_EQ(il_engine_set_table_limit(&e, UINT64_MAX), IL_OK);
+    CHECK_EQ(il_engine_table_limit(&e), UINT64_MAX);
+    /* 12 tables, rounded down */
+    CHECK_EQ(il_engine_set_table_limit(&e, 12 * 4096 + 4095), IL_OK);
+    CHECK_EQ(il_engine_table_limit(&e), 12 * 4096);
+    CHECK(strcmp(il_strerror(IL_ERR_LIMIT), il_strerror(IL_ERR_NOMEM)));
+    CHECK(strstr(il_strerror(IL_ERR_LIMIT), "limit shared by all domains"));
+
+    /* three domains, a 4 KiB page each (root + 3 tables at ias 48) */
+    for (uint32_t id = 1; id <= 3; id++) {
+        CHECK_EQ(il_domain_alloc_paging(&e, id, 48), IL_OK);
+    }
+    CHECK_EQ(il_domain_map(&e, 1, &page0, 1, &bad), IL_OK);
+    CHECK_EQ(il_domain_map(&e, 2, &page0, 1, &bad), IL_OK);
+    CHECK_EQ(sum_tables(&e), 9);
+    d1 = il_domain_find(&e, 1);
+    d3 = il_domain_find(&e, 3);
+    /* 6 more tables do not fit: the batch is rolled back */
+    CHECK_EQ(il_domain_map(&e, 3, two, 2, &bad), IL_ERR_LIMIT);
+    CHECK_EQ(bad, 1);
+    CHECK_EQ(d3->s2.tables, 1);
+    CHECK_EQ(d3->s2.mapped, 0);
+    CHECK_EQ(sum_tables(&e), 9);
+    CHECK_EQ(il_domain_map(&e, 3, &page0, 1, &bad), IL_OK);
+    CHECK_EQ(sum_tables(&e), 12);
+    /* full: no new paging domain (its root), nested ones need no table */
+    CHECK_EQ(il_domain_alloc_paging(&e, 4, 48), IL_ERR_LIMIT);
+    CHECK(il_domain_find(&e, 4) == NULL);
+    CHECK_EQ(il_domain_alloc_nested(&e, 5, 1, 0), IL_OK);
+    CHECK_EQ(il_engine_set_table_limit(&e, 11 * 4096), IL_ERR_BUSY);
+    CHECK_EQ(il_engine_table_limit(&e), 12 * 4096);
+    /* the domain's own budget still answers for itself */
+    d3->s2.max_tables = d3->s2.tables;
+    CHECK_EQ(il_engine_set_table_limit(&e, 100 * 4096), IL_OK);
+    CHECK_EQ(il_domain_map(&e, 3, &far, 1, &bad), IL_ERR_NOMEM);
+    d3->s2.max_tables = IL_S2_MAX_TABLES;
+    CHECK_EQ(il_engine_set_table_limit(&e, 12 * 4096), IL_OK);
+
+    /* a block split that needs 2 tables when there are none */
+    CHECK_EQ(il_domain_unmap(&e, 1, &page0, 1, &bad, &bytes), IL_OK);
+    CHECK_EQ(sum_tables(&e), 9);
+    CHECK_EQ(il_domain_map(&e, 1, &gib, 1, &bad), IL_OK);
+    CHECK_EQ(il_domain_map(&e, 2, &blk, 1, &bad), IL_OK);
+    CHECK_EQ(sum_tables(&e), 12);
+    CHECK(tr(&e, d1, cut.iova, IL_ACCESS_WRITE, &r));
+    CHECK_EQ(il_domain_unmap(&e, 1, &cut, 1, &bad, &bytes), IL_ERR_LIMIT);
+    CHECK_EQ(bytes, 0);
+    CHECK_EQ(d1->s2.mapped, 1ULL << 30);
+    CHECK_EQ(sum_tables(&e), 12);
+    CHECK(tr(&e, d1, cut.iova, IL_ACCESS_WRITE, &r));
+    CHECK_EQ(r.shift, 30);
+    CHECK_EQ(e.c.hits, 1);                  /* the entry was kept */
+    /* freeing a domain gives its tables back to all */
+    CHECK_EQ(il_domain_free(&e, 2), IL_OK);
+    CHECK_EQ(sum_tables(&e), 6);
+    CHECK_EQ(il_domain_unmap(&e, 1, &cut, 1, &bad, &bytes), IL_OK);
+    CHECK_EQ(bytes, 0x1000);
+    CHECK_EQ(sum_tables(&e), 8);
+    CHECK(!tr(&e, d1, cut.iova, IL_ACCESS_READ, &r));
+    CHECK(tr(&e, d1, cut.iova + 0x1000, IL_ACCESS_READ, &r));
+    CHECK_EQ(r.shift, 12);
+    CHECK_EQ(il_domain_alloc_paging(&e, 4, 48), IL_OK);
+    CHECK_EQ(sum_tables(&e), 9);
+    /* a reset frees every table; the limit stays */
+    CHECK_EQ(il_domain_free(&e, 5), IL_OK);
+    il_engine_reset(&e);
+    CHECK_EQ(il_engine_tables(&e), 0);
+    CHECK_EQ(il_engine_table_limit(&e), 12 * 4096);
+    il_engine_destroy(&e);
+}
+
 typedef struct Seen {
     uint32_t dev[8];
     uint32_t dom[8];
@@ -458,6 +568,7 @@ int main(void)
     test_domain_limit();
     test_devices();
     test_iotlb_index();
+    test_table_limit();
     printf("ok\n");
     return 0;
 }

@@ -13,6 +13,10 @@
  * leak).  Then the same operation is retried without failure and must
  * succeed, and the sequence goes on.  After each run the engine is
  * destroyed and nothing may be left allocated.
+ *
+ * Then the same sequence is run with the engine-wide page-table limit at 1,
+ * 2, 3, ... tables: the op that meets it must fail with IL_ERR_LIMIT, with
+ * the same "nothing changed" checks, and succeed once the limit is lifted.
  */
 #include <string.h>
 #include "check.h"
@@ -50,6 +54,7 @@ typedef struct Snap {
     uint32_t tlb_valid;
     ILCounters c;
     uint32_t nfaults;
+    uint64_t tables;            /* the engine's count, all domains */
     long live;
 } Snap;
 
@@ -63,6 +68,8 @@ static void snap_map(void *opaque, const ILMapping *m)
 
 static void snap_take(const ILEngine *e, Snap *s)
 {
+    uint64_t sum = 0;
+
     memset(s, 0, sizeof(*s));
     s->ndomains = il_domain_count(e);
     CHECK(s->ndomains <= SNAP_DOMAINS);
@@ -96,7 +103,12 @@ static void snap_take(const ILEngine *e, Snap *s)
     s->tlb_valid = il_iotlb_valid(e);
     s->c = *il_engine_counters(e);
     s->nfaults = il_faults_count(e);
+    s->tables = il_engine_tables(e);
     s->live = il_fail_nth_live();
+    for (size_t i = 0; i < s->ndomains; i++) {
+        sum += s->dom[i].tables;
+    }
+    CHECK_EQ(sum, s->tables);
 }
 
 static void snap_same(const Snap *a, const Snap *b)
@@ -128,6 +140,7 @@ static void snap_same(const Snap *a, const Snap *b)
     CHECK_EQ(a->tlb_valid, b->tlb_valid);
     CHECK(memcmp(&a->c, &b->c, sizeof(a->c)) == 0);
     CHECK_EQ(a->nfaults, b->nfaults);
+    CHECK_EQ(a->tables, b->tables);
     CHECK_EQ(a->live, b->live);
 }
 
@@ -361,10 +374,12 @@ static void build_ops(void)
 }
 
 /*
- * One run with the nth allocation failing.  Returns false when the run
- * completed without reaching the nth allocation (nothing left to try).
+ * One run with the nth allocation failing, or (nth 0) with the engine's
+ * page-table limit at limit tables.  Returns false when the run completed
+ * without reaching the nth allocation or the limit (nothing left to try).
+ * After the limit is met once, it is lifted for the rest of the run.
  */
-static bool run(unsigned long nth, const char **failed_op)
+static bool run(unsigned long nth, uint64_t limit, const char **failed_op)
 {
     ILEngine e;
     Snap before, after;
@@ -381,15 +396,20 @@ static bool run(unsigned long nth, const char **failed_op)
             snap_take(&e, &before);
         }
         err = ops[i].fn(&e, ops[i].arg);
+        if (i == 0 && err == IL_OK && limit) {
+            CHECK_EQ(il_engine_set_table_limit(&e, limit * 4096), IL_OK);
+        }
         if (err == IL_OK) {
             /* a failed allocation is never swallowed */
             CHECK(!il_fail_nth_fired());
             continue;
         }
-        /* Only the injected failure may fail an op, and cleanly. */
-        if (err != IL_ERR_NOMEM || !il_fail_nth_fired()) {
-            fprintf(stderr, "fail_nth %lu: op %u '%s' returned %s\n", nth,
-                    i, ops[i].name, il_strerror(err));
+        /* Only the injected failure or the limit may fail an op, once. */
+        if (limit ? err != IL_ERR_LIMIT || fired :
+            err != IL_ERR_NOMEM || !il_fail_nth_fired()) {
+            fprintf(stderr, "fail_nth %lu limit %" PRIu64 ": op %u '%s' "
+                    "returned %s\n", nth, limit, i, ops[i].name,
+                    il_strerror(err));
             exit(1);
         }
         fired = true;
@@ -404,12 +424,44 @@ static bool run(unsigned long nth, const char **failed_op)
         }
         /* the same op again, without failure: the state is usable */
         il_fail_nth_set(0);
+        if (limit) {
+            CHECK_EQ(il_engine_set_table_limit(&e, UINT64_MAX), IL_OK);
+        }
         CHECK_EQ(ops[i].fn(&e, ops[i].arg), IL_OK);
     }
     il_engine_destroy(&e);
     il_fail_nth_set(0);
     CHECK_EQ(il_fail_nth_live(), 0);
     return fired;
+}
+
+/*
+ * The same sequence with the engine-wide page-table limit at 1, 2, 3, ...
+ * tables, until it fits: the op that meets the limit fails with
+ * IL_ERR_LIMIT, nothing changed, and succeeds once the limit is lifted.
+ */
+static void limit_sweep(void)
+{
+    static const char *const need[] = {
+        "alloc paging", "map blocks and pages", "map",
+        "unmap splitting blocks",
+    };
+    unsigned per_need[sizeof(need) / sizeof(need[0])] = { 0 };
+    const char *op = NULL;
+    uint64_t limit;
+
+    for (limit = 1; run(0, limit, &op); limit++) {
+        for (unsigned i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+            per_need[i] += !strcmp(op, need[i]);
+        }
+        CHECK(limit < 100000);
+    }
+    printf("table limit: the sequence needs %" PRIu64 " tables; met by\n",
+           limit);
+    for (unsigned i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+        printf("  %-26s %u\n", need[i], per_need[i]);
+        CHECK(per_need[i] > 0);
+    }
 }
 
 int main(void)
@@ -424,7 +476,7 @@ int main(void)
     const char *op = NULL;
 
     build_ops();
-    for (nth = 1; run(nth, &op); nth++) {
+    for (nth = 1; run(nth, 0, &op); nth++) {
         for (unsigned i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
             per_need[i] += !strcmp(op, need[i]);
         }
@@ -436,6 +488,7 @@ int main(void)
         printf("  %-26s %u\n", need[i], per_need[i]);
         CHECK(per_need[i] > 0);     /* every allocating op met a failure */
     }
+    limit_sweep();
     printf("ok\n");
     return 0;
 }

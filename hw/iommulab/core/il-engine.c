@@ -30,6 +30,21 @@ ILError il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
     e->tlb_mask = tlb_entries - 1;
     e->read = read;
     e->read_opaque = read_opaque;
+    e->tables.max_tables = IL_ENGINE_TABLE_LIMIT_DEFAULT / IL_S2_TABLE_BYTES;
+    return IL_OK;
+}
+
+ILError il_engine_set_table_limit(ILEngine *e, uint64_t bytes)
+{
+    uint64_t max = bytes / IL_S2_TABLE_BYTES;
+
+    if (max == 0) {
+        return IL_ERR_INVAL;
+    }
+    if (max < e->tables.tables) {
+        return IL_ERR_BUSY;
+    }
+    e->tables.max_tables = max;
     return IL_OK;
 }
 
@@ -143,7 +158,7 @@ ILError il_domain_alloc_paging(ILEngine *e, uint32_t id, unsigned ias)
     }
     d->id = id;
     d->type = IL_DOMAIN_PAGING;
-    err = il_s2_init(&d->s2, ias);
+    err = il_s2_init_pool(&d->s2, ias, &e->tables);
     if (err != IL_OK) {
         il_free(d);
         return err;

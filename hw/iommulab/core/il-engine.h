@@ -93,6 +93,7 @@ typedef struct ILEngine {
     ILReadFn *read;
     void *read_opaque;
     ILTlbLink *tlb_link;    /* per slot (in tlb's allocation) */
+    ILTablePool tables;     /* page tables of all paging domains */
 } ILEngine;
 
 /* Result of a translation. */
@@ -104,9 +105,17 @@ typedef struct ILResult {
     uint8_t reason;         /* on failure: ILFaultReason */
 } ILResult;
 
-/* il_translate() flags */
 /* Domains one engine holds: each costs at least a root table (4 KiB). */
 #define IL_MAX_DOMAINS  4096
+
+/*
+ * Page-table memory all paging domains of an engine may hold together,
+ * unless il_engine_set_table_limit() says otherwise: 1 GiB (262,144 tables
+ * of 4 KiB).  Each domain is also held to IL_S2_MAX_TABLES.
+ */
+#define IL_ENGINE_TABLE_LIMIT_DEFAULT (1ULL << 30)
+
+/* il_translate() flags */
 
 #define IL_TR_NOCACHE   1u  /* neither use nor fill the IOTLB */
 #define IL_TR_NOCOUNT   2u  /* leave the counters alone */
@@ -117,10 +126,39 @@ typedef struct ILResult {
 /*
  * tlb_entries: a power of two; fq_cap: fault queue capacity (> 0).
  * IL_ERR_NOMEM if the IOTLB or the queue cannot be allocated; the engine is
- * then left zeroed (il_engine_destroy() on it is a no-op).
+ * then left zeroed (il_engine_destroy() on it is a no-op).  The page-table
+ * limit is IL_ENGINE_TABLE_LIMIT_DEFAULT until il_engine_set_table_limit().
  */
 ILError il_engine_init(ILEngine *e, uint32_t tlb_entries, uint32_t fq_cap,
                        ILReadFn *read, void *read_opaque);
+
+/*
+ * The engine-wide page-table memory limit, in bytes (rounded down to whole
+ * 4 KiB tables; UINT64_MAX: none but each domain's budget).  A domain
+ * allocation (its root table), map or block-splitting unmap that would take
+ * the paging domains together past it fails with IL_ERR_LIMIT and changes
+ * nothing.  Meant to be set right after il_engine_init(); IL_ERR_INVAL if
+ * smaller than one table, IL_ERR_BUSY (limit unchanged) if below what the
+ * domains hold now.
+ */
+ILError il_engine_set_table_limit(ILEngine *e, uint64_t bytes);
+
+static inline uint64_t il_engine_table_limit(const ILEngine *e)
+{
+    return e->tables.max_tables >= UINT64_MAX / IL_S2_TABLE_BYTES ?
+           UINT64_MAX : e->tables.max_tables * IL_S2_TABLE_BYTES;
+}
+
+/* Page tables the paging domains hold now (and their bytes, 4 KiB each). */
+static inline uint64_t il_engine_tables(const ILEngine *e)
+{
+    return e->tables.tables;
+}
+
+static inline uint64_t il_engine_table_bytes(const ILEngine *e)
+{
+    return e->tables.tables * IL_S2_TABLE_BYTES;
+}
 void il_engine_destroy(ILEngine *e);
 /* Drop all domains (none may be referenced), faults, IOTLB, counters. */
 void il_engine_reset(ILEngine *e);

@@ -42,17 +42,38 @@ static inline unsigned s2_perm(uint64_t e)
     return ((e & S2_R) ? IL_PERM_R : 0) | ((e & S2_W) ? IL_PERM_W : 0);
 }
 
-/* NULL when over budget or out of memory: the caller rolls back. */
+/* IL_OK if n more tables fit the domain's budget and the pool. */
+static ILError s2_room(const ILS2 *s2, uint64_t n)
+{
+    if (n > s2->max_tables - s2->tables) {
+        return IL_ERR_NOMEM;
+    }
+    if (s2->pool && n > s2->pool->max_tables - s2->pool->tables) {
+        return IL_ERR_LIMIT;
+    }
+    return IL_OK;
+}
+
+/*
+ * NULL when over budget, over the pool's limit or out of memory (s2->fail
+ * says which): the caller rolls back.
+ */
 static ILS2Table *s2_table_new(ILS2 *s2)
 {
     ILS2Table *t;
 
-    if (s2->tables >= s2->max_tables) {
+    s2->fail = s2_room(s2, 1);
+    if (s2->fail != IL_OK) {
         return NULL;
     }
     t = il_zalloc(sizeof(*t));
-    if (t) {
-        s2->tables++;
+    if (!t) {
+        s2->fail = IL_ERR_NOMEM;
+        return NULL;
+    }
+    s2->tables++;
+    if (s2->pool) {
+        s2->pool->tables++;
     }
     return t;
 }
@@ -61,6 +82,9 @@ static void s2_table_free(ILS2 *s2, ILS2Table *t)
 {
     il_free(t);
     s2->tables--;
+    if (s2->pool) {
+        s2->pool->tables--;
+    }
 }
 
 const char *il_strerror(ILError err)
@@ -96,11 +120,14 @@ const char *il_strerror(ILError err)
         return "would exceed the domain's page-table budget or host memory";
     case IL_ERR_NOSPC:
         return "too many domains";
+    case IL_ERR_LIMIT:
+        return "would exceed the page-table memory limit shared by all "
+               "domains";
     }
     return "unknown error";
 }
 
-ILError il_s2_init(ILS2 *s2, unsigned ias)
+ILError il_s2_init_pool(ILS2 *s2, unsigned ias, ILTablePool *pool)
 {
     if (ias < IL_S2_IAS_MIN || ias > IL_S2_IAS_MAX) {
         return IL_ERR_INVAL;
@@ -110,8 +137,14 @@ ILError il_s2_init(ILS2 *s2, unsigned ias)
     s2->levels = (ias - IL_PAGE_SHIFT + IL_LEVEL_BITS - 1) / IL_LEVEL_BITS;
     s2->top_shift = IL_PAGE_SHIFT + IL_LEVEL_BITS * (s2->levels - 1);
     s2->max_tables = IL_S2_MAX_TABLES;
+    s2->pool = pool;
     s2->root = s2_table_new(s2);
-    return s2->root ? IL_OK : IL_ERR_NOMEM;
+    return s2->root ? IL_OK : s2->fail;
+}
+
+ILError il_s2_init(ILS2 *s2, unsigned ias)
+{
+    return il_s2_init_pool(s2, ias, NULL);
 }
 
 /* Free a subtree; returns the bytes it mapped. */
@@ -405,7 +438,7 @@ ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
                 s2_unmap(s2, maps[j].iova, maps[j].size, NULL);
             }
             *bad_index = i;
-            return IL_ERR_NOMEM;
+            return s2->fail;
         }
     }
     return IL_OK;
@@ -621,15 +654,17 @@ ILError il_s2_unmap_reserve(ILS2 *s2, const ILMapping *ranges, size_t n,
     if (err != IL_OK) {
         return err;
     }
-    if (count > s2->max_tables - s2->tables) {
-        return IL_ERR_NOMEM;
+    err = s2_room(s2, count);
+    if (err != IL_OK) {
+        return err;
     }
     while (res->count < count) {
         ILS2Table *t = s2_table_new(s2);
 
         if (!t) {
+            err = s2->fail;
             il_s2_unmap_release(s2, res);
-            return IL_ERR_NOMEM;
+            return err;
         }
         /* A reserved table counts against the budget until released. */
         t->e[0] = (uint64_t)(uintptr_t)res->pool;

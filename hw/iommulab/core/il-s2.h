@@ -16,6 +16,18 @@
 
 typedef struct ILS2Table ILS2Table;
 
+/*
+ * Page-table memory shared by several stage-2 tables (an engine's paging
+ * domains), so that many domains cannot add up to more than the host should
+ * give: a table is counted as IL_S2_TABLE_BYTES.
+ */
+typedef struct ILTablePool {
+    uint64_t tables;      /* allocated and reserved by all members */
+    uint64_t max_tables;  /* what needs more fails with IL_ERR_LIMIT */
+} ILTablePool;
+
+#define IL_S2_TABLE_BYTES 4096u
+
 typedef struct ILS2 {
     ILS2Table *root;
     uint8_t ias;          /* input address bits, 21..57 */
@@ -24,6 +36,8 @@ typedef struct ILS2 {
     uint64_t mapped;      /* bytes mapped */
     uint64_t tables;      /* tables allocated, including the root */
     uint64_t max_tables;  /* budget: what needs more fails, changing nothing */
+    ILTablePool *pool;    /* NULL: the domain's budget only */
+    ILError fail;         /* why the last table allocation failed */
 } ILS2;
 
 typedef struct ILMapping {
@@ -50,6 +64,13 @@ typedef struct ILLookup {
 #define IL_S2_MAX_TABLES (1u << 16)
 
 ILError il_s2_init(ILS2 *s2, unsigned ias);
+/*
+ * The same, the tables also counted in pool (and limited by it): the root
+ * table too, so IL_ERR_LIMIT if the pool is full.  Errors of the operations
+ * below that allocate tables: IL_ERR_NOMEM (the domain's budget, or host
+ * memory) or IL_ERR_LIMIT (the pool), state unchanged either way.
+ */
+ILError il_s2_init_pool(ILS2 *s2, unsigned ias, ILTablePool *pool);
 void il_s2_destroy(ILS2 *s2);
 
 /*

@@ -46,6 +46,7 @@ typedef enum ILError {
     IL_ERR_INVAL,        /* other invalid argument */
     IL_ERR_NOMEM,        /* over the domain's table budget (IL_S2_MAX_TABLES) */
     IL_ERR_NOSPC,        /* too many domains (IL_MAX_DOMAINS) */
+    IL_ERR_LIMIT,        /* over the engine-wide page-table memory limit */
 } ILError;
 
 const char *il_strerror(ILError err);
