@@ -21,10 +21,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from test_iommufd_lib import make_ctx, snapshot
+from test_iommufd_lib import make_backend, make_ctx, snapshot
 from testvm import ViommuVm, has_viommu, qemu_binary
 
-from pyctl.iommufd import U64_MAX, IommufdContext, IommufdError
+from pyctl.iommufd import U64_MAX, IommufdContext, IommufdError, ModelOptions
 from pyctl.iommufd.objects import Ioas
 from pyctl.iommufd.qmp_backend import QmpBackend
 
@@ -265,6 +265,44 @@ class IoasMachine(RuleBasedStateMachine):
 
 TestIoasMachine = IoasMachine.TestCase
 TestIoasMachine.settings = PROFILE
+
+
+class KernelUnmapMachine(IoasMachine):
+    """The same rules with ``ModelOptions(atomic_unmap=False)``: UNMAP as the kernel's
+    iopt_unmap_iova_range(), whole areas in IOVA order until one would be split."""
+
+    def make_context(self) -> IommufdContext:
+        return IommufdContext(make_backend(), options=ModelOptions(atomic_unmap=False))
+
+    @rule(
+        which=st.integers(0, 1),
+        page=st.integers(0, NPAGES),
+        npages=st.integers(1, 12),
+    )
+    def unmap(self, which: int, page: int, npages: int) -> None:
+        ref = self.refs[which]
+        s, n = iova_of(page), npages * PG
+        done: list[int] = []
+        split = False
+        for i in ref.overlapping(s, s + n - 1):
+            if i < s or i + ref.areas[i].length > s + n:
+                split = True
+                break
+            done.append(i)
+        want = sum(ref.areas[i].length for i in done)
+        try:
+            got = self.ctx.ioas_unmap(self.ids[which], s, n)
+        except IommufdError as e:
+            assert e.errno == "ENOENT" and (split or not done), str(e)
+            assert e.data.get("unmapped", 0) == want
+        else:
+            assert not split and done and got == want
+        for i in done:
+            del ref.areas[i]
+
+
+TestKernelUnmapMachine = KernelUnmapMachine.TestCase
+TestKernelUnmapMachine.settings = PROFILE
 
 
 # ---- the same machine against the real device through QMP -------------------
