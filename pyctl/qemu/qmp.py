@@ -47,8 +47,10 @@ CONNECT_TIMEOUT = 10.0
 
 
 class _Client(QMPClient):
-    """QMPClient without the per-message debug string: the base class formats every
-    message (a JSON dump) for a debug log that is usually off."""
+    """QMPClient, cheaper per command (qemu.qmp is pinned, 0.0.6): no debug string of
+    every message (a JSON dump) unless the debug log is on, and a command is written
+    by the caller instead of being queued for the writer task (one loop turn less;
+    the sync facade never has two commands in flight).  About 40 us of 240."""
 
     def _cb_outbound(self, msg: Message) -> Message:
         if self.logger.isEnabledFor(logging.DEBUG):
@@ -59,6 +61,18 @@ class _Client(QMPClient):
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("<-- %s", msg)
         return msg
+
+    async def _issue(self, msg: Message) -> str | None:
+        # write at once instead of waking the writer task: one loop turn less
+        raw_id = msg.get("id")
+        msg_id = raw_id if isinstance(raw_id, str) else None
+        self._pending[msg_id] = asyncio.Queue(maxsize=1)
+        try:
+            await self._send(msg)
+        except BaseException:
+            del self._pending[msg_id]
+            raise
+        return msg_id
 
 
 class QmpError(Exception):
