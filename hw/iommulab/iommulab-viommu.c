@@ -19,6 +19,7 @@
 #include "qapi/qapi-events-iommulab.h"
 #include "hw/pci/pci.h"
 #include "hw/pci/pci_bus.h"
+#include "hw/pci/pci_bridge.h"
 #include "hw/qdev-properties.h"
 #include "migration/blocker.h"
 #include "exec/address-spaces.h"
@@ -86,12 +87,13 @@ static IommulabFaultReason reason_to_qapi(unsigned reason)
 
 static PCIDevice *iommulab_dev_pci(IOMMULabDev *dev)
 {
-    return dev->bus->devices[dev->devfn];
+    return dev->bus ? dev->bus->devices[dev->devfn] : NULL;
 }
 
 static uint16_t iommulab_dev_rid(IOMMULabDev *dev)
 {
-    return PCI_BUILD_BDF(pci_bus_num(dev->bus), dev->devfn);
+    return dev->bus ? PCI_BUILD_BDF(pci_bus_num(dev->bus), dev->devfn) :
+                      dev->gone_rid;
 }
 
 /* QOM path of the device, or a bus:devfn name if it is gone. */
@@ -1200,6 +1202,78 @@ IommulabHwInfo *qmp_x_iommulab_query_hw_info(const char *device, Error **errp)
     return info;
 }
 
+/* ---- hot-unplug ---- */
+
+/*
+ * A requester (bus, devfn) outlives the devices plugged in its slot: its
+ * address space is the slot's, and the next device there gets the same one
+ * from iommulab_get_address_space().  So when a device leaves, forget what
+ * it had: detach it from its domain (whose device list and count drop it,
+ * so the domain can be freed), drop the domain's IOTLB entries (the core
+ * tags entries by domain, not by device: there is nothing finer to drop),
+ * tell the IOMMU notifiers that everything is unmapped, and leave the slot
+ * in the vIOMMU's default mode for whatever is plugged there next.
+ */
+static void iommulab_dev_forget(IOMMULabDev *dev)
+{
+    IOMMULabState *s = dev->s;
+    ILDomain *old;
+    ILMode mode;
+
+    qemu_mutex_lock(&s->lock);
+    old = dev->domain;
+    mode = dev->mode;
+    if (old) {
+        il_domain_detach_dev(&s->engine, old, dev->index);
+        il_invalidate_domain(&s->engine, old);
+    }
+    dev->domain = NULL;
+    dev->mode = s->default_mode;
+    qemu_mutex_unlock(&s->lock);
+    trace_iommulab_unplug(iommulab_dev_rid(dev), dev->index, mode,
+                          old ? il_domain_id(old) : 0, s->default_mode);
+    iommulab_dev_changed(dev);
+}
+
+/*
+ * Device listener (as xen-hvm and remote-obj follow PCI devices): called
+ * after a device's unrealize, so its slot (bus->devices[devfn]) is already
+ * empty.  PCIIOMMUOps has no endpoint-removal hook (unset_iommu_device is
+ * for host IOMMU devices, called by VFIO only).  A bridge's secondary bus
+ * goes with the bridge: its devices were unrealized (and forgotten) first;
+ * its requesters stay in s->devs (the fault records name them by index)
+ * but no longer point at the bus.
+ */
+static void iommulab_device_unrealize(DeviceListener *l, DeviceState *ds)
+{
+    IOMMULabState *s = container_of(l, IOMMULabState, unplug_listener);
+    PCIDevice *pdev = (PCIDevice *)object_dynamic_cast(OBJECT(ds),
+                                                       TYPE_PCI_DEVICE);
+    PCIBridge *br = (PCIBridge *)object_dynamic_cast(OBJECT(ds),
+                                                     TYPE_PCI_BRIDGE);
+    IOMMULabDev **devs;
+
+    if (!pdev || pdev == PCI_DEVICE(s)) {
+        return;
+    }
+    devs = g_hash_table_lookup(s->bus_devs, pci_get_bus(pdev));
+    if (devs && devs[pdev->devfn] && !s->keep_bus_iommu) {
+        iommulab_dev_forget(devs[pdev->devfn]);
+    }
+    devs = br ? g_hash_table_lookup(s->bus_devs, pci_bridge_get_sec_bus(br))
+              : NULL;
+    for (unsigned i = 0; devs && i < PCI_DEVFN_MAX; i++) {
+        if (devs[i]) {
+            iommulab_dev_forget(devs[i]);
+            devs[i]->gone_rid = iommulab_dev_rid(devs[i]);
+            devs[i]->bus = NULL;
+        }
+    }
+    if (devs) {
+        g_hash_table_remove(s->bus_devs, pci_bridge_get_sec_bus(br));
+    }
+}
+
 /* ---- QOM ---- */
 
 static void iommulab_realize(PCIDevice *pdev, Error **errp)
@@ -1259,7 +1333,26 @@ static void iommulab_realize(PCIDevice *pdev, Error **errp)
     s->devs = g_ptr_array_new();
     if (!s->keep_bus_iommu) {
         pci_setup_iommu(bus, &iommulab_iommu_ops, s);
+        s->unplug_listener.unrealize = iommulab_device_unrealize;
+        device_listener_register(&s->unplug_listener);
+        s->unplug_listening = true;
     }
+}
+
+/*
+ * Not hotpluggable, but unrealized with its bus (a subclass on a pseries PHB
+ * that is unplugged).  The engine and the requesters stay allocated: the
+ * address spaces handed out for them may still be referenced.
+ */
+static void iommulab_exit(PCIDevice *pdev)
+{
+    IOMMULabState *s = IOMMULAB_VIOMMU(pdev);
+
+    if (s->unplug_listening) {
+        device_listener_unregister(&s->unplug_listener);
+        s->unplug_listening = false;
+    }
+    migrate_del_blocker(&s->migration_blocker);
 }
 
 static void iommulab_reset(DeviceState *ds)
@@ -1292,6 +1385,7 @@ static void iommulab_class_init(ObjectClass *klass, void *data)
     DeviceClass *dc = DEVICE_CLASS(klass);
     PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
     k->realize = iommulab_realize;
+    k->exit = iommulab_exit;
     k->vendor_id = PCI_VENDOR_ID_REDHAT;
     k->device_id = 0x00f1;
     k->class_id = 0x0806;       /* base system peripheral: IOMMU */

@@ -22,8 +22,9 @@ OBJECT_DECLARE_TYPE(IOMMULabState, IOMMULabClass, IOMMULAB_VIOMMU)
 /* One requester (bus, devfn) seen behind the vIOMMU. */
 typedef struct IOMMULabDev {
     IOMMULabState *s;
-    PCIBus *bus;
+    PCIBus *bus;                /* NULL once the bus is gone (bridge unplug) */
     uint8_t devfn;
+    uint16_t gone_rid;          /* the requester id when the bus went away */
     uint32_t index;             /* device id in the core (fault records) */
     ILMode mode;
     ILDomain *domain;           /* mode == IL_MODE_DOMAIN */
@@ -51,6 +52,9 @@ struct IOMMULabState {
     ILMode default_mode;
 
     Error *migration_blocker;
+    /* Hot-unplug of the devices behind it (iommulab_device_unrealize()) */
+    DeviceListener unplug_listener;
+    bool unplug_listening;
 
     /*
      * Set by a subclass before realize: leave the bus's IOMMU to its
