@@ -229,6 +229,11 @@ class IommufdContext:
         """VFIO_DEVICE_DETACH_IOMMUFD_PT: blocked again (nothing to do if not attached)."""
         vfio_cdev.detach(self._ictx, dev_id)
 
+    def device_removed(self, dev_id: int) -> None:
+        """The device was hot-unplugged: unbind it without programming the hardware,
+        which already forgot it (:mod:`pyctl.iommufd.unplug` follows DEVICE_DELETED)."""
+        device.removed(self._ictx, self._ictx.dev(dev_id))
+
     # ---------------------------------------------------------------- sPAPR windows
     def window_caps(self, dev_id: int) -> WindowCaps:
         return spapr.window_caps(self._ictx, dev_id)

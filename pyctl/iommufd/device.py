@@ -1,4 +1,4 @@
-"""Devices: bind, attach, replace, detach (drivers/iommu/iommufd/device.c).
+"""Devices: bind, attach, replace, detach, removal (drivers/iommu/iommufd/device.c).
 
 A device's reserved regions are what its DeviceHwInfo reports (plus, for an
 sPAPR PE, everything outside its DMA windows); they are reserved in the IOAS
@@ -157,6 +157,30 @@ def detach(ictx: Ictx, dev: Device) -> None:
     old.devices.discard(dev.id)
     dev.hwpt_id = None
     put_hwpt(ictx, old.id)
+
+
+def removed(ictx: Ictx, dev: Device) -> None:
+    """The device is gone (hot-unplug): the DEVICE object goes, with its HWPT reference.
+
+    A kernel cannot lose a bound device: VFIO's remove waits for the VMM to
+    close the device file, and that close is vfio_df_unbind_iommufd() ->
+    iommufd_device_unbind(): detach, then destroy the DEVICE.  Here the vIOMMU
+    has already forgotten the device on unplug (it detached it; its domain no
+    longer counts it), so nothing is programmed for the device: the model
+    drops its reserved regions, its HWPT's reference and the object.  An
+    automatic HWPT it was the last user of is freed (iommufd_hw_pagetable_put),
+    in the hardware too; should that free fail, the device is gone all the
+    same and the unused HWPT stays in the model and the hardware, in sync.
+    """
+    old = _pt(ictx, dev.hwpt_id) if dev.hwpt_id is not None else None
+    if old is not None:
+        ictx.ioas_of(old.id).iopt.remove_reserved(owner(dev))
+        old.devices.discard(dev.id)
+        dev.hwpt_id = None
+    del ictx.by_name[dev.name]
+    ictx.table.forget(dev.id)
+    if old is not None:
+        put_hwpt(ictx, old.id)
 
 
 def refresh_resv(ictx: Ictx, dev: Device) -> None:
