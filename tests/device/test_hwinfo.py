@@ -154,7 +154,8 @@ def expected_pe(p: dict[str, Any], stage2: str | None = None) -> dict[str, Any]:
         "page-shifts": pol["page-shifts"],
         "max-windows": pol["windows"],
         "max-tces": pol["max-tces"],
-        "levels": 1,
+        "levels": 2,  # directory and leaves (patch 0016)
+        "table-memory-limit": pol["table-memory-limit"],
         "dma64-offset": pol["dma64-offset"],
     }
     if stage2:

@@ -43,6 +43,7 @@ from pyctl.qemu.pseries_qtest import (
 RAM = 512 << 20
 VIO_LIOBN = 0x2000  # spapr-vscsi at reg 0x2000
 GiB = 1 << 30
+MiB = 1 << 20
 
 
 class Pseries(PseriesQtest):
@@ -103,6 +104,8 @@ def test_default_phb(vm: Pseries) -> None:
         "dma64-offset": 1 << 59,
         "default-window-size": GiB,
         "refuse-create": False,
+        "table-memory-limit": 256 * MiB,
+        "table-memory": 512,  # the default window's directory: 64 pointers
     }
     assert p["windows"] == [
         {
@@ -114,6 +117,8 @@ def test_default_phb(vm: Pseries) -> None:
             "entries-in-use": 0,
             "default": True,
             "faults": 0,
+            "levels": 2,
+            "table-bytes": 512,
         }
     ]
 
@@ -196,6 +201,8 @@ def test_create_follows_policy_and_sends_events(vm: Pseries) -> None:
             "entries-in-use": 0,
             "default": False,
             "faults": 0,
+            "levels": 2,
+            "table-bytes": 8,  # a directory of one pointer, no leaf yet
         }
     ]
     ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
@@ -395,6 +402,8 @@ def test_host_window_create_read_remove(vm: Pseries) -> None:
         "entries-in-use": 0,
         "default": False,
         "faults": 0,
+        "levels": 2,
+        "table-bytes": 128,  # 16 directory pointers, no leaf yet
     }
     # the guest can use it; the host reads it back in bulk
     assert vm.hcall(H_STUFF_TCE, LIOBN1, (1 << 59) + 0x20000, 0x30000 | 1, 3)[0] == H_SUCCESS

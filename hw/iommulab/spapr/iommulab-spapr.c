@@ -36,6 +36,8 @@
 #define IL_SPAPR_TCE_RW         3ULL
 #define IL_SPAPR_POLICY_MAX_TCES (1ULL << 37)
 #define IL_SPAPR_READ_MAX       (1u << 20)
+/* Smallest TCE memory limit of a PHB: a default window and a leaf */
+#define IL_SPAPR_MIN_TABLE_MEMORY (64u << 10)
 
 /* The page sizes PAPR defines for DDW that we offer, as shifts */
 static const uint8_t il_spapr_page_shifts[] = { 12, 16, 21, 24, 28, 34 };
@@ -134,17 +136,15 @@ static void il_spapr_window_faults_reset(uint32_t liobn)
 static IommulabSpaprWindow *il_spapr_window_info(SpaprTceTable *tcet)
 {
     IommulabSpaprWindow *w = g_new0(IommulabSpaprWindow, 1);
-    uint32_t i, used = 0;
 
-    for (i = 0; i < tcet->nb_table; i++) {
-        used += (tcet->table[i] & IL_SPAPR_TCE_RW) != 0;
-    }
     w->liobn = tcet->liobn;
     w->bus_offset = tcet->bus_offset;
     w->page_shift = tcet->page_shift;
     w->size = (uint64_t)tcet->nb_table << tcet->page_shift;
     w->entries = tcet->nb_table;
-    w->entries_in_use = used;
+    w->entries_in_use = spapr_tce_count_in_use(tcet);
+    w->table_bytes = tcet->bytes;
+    w->levels = spapr_tce_table_levels(tcet);
     w->q_default = tcet->def_win;
     w->faults = il_spapr_window_faults(tcet->liobn);
     return w;
@@ -197,6 +197,8 @@ static IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb)
     p->windows = sphb->ddw_max_windows;
     p->page_shifts = il_spapr_page_shift_list(sphb->page_size_mask);
     p->max_tces = sphb->ddw_max_tces;
+    p->table_memory_limit = sphb->tce_mem.limit;
+    p->table_memory = sphb->tce_mem.used;
     p->dma64_offset = sphb->dma64_win_addr;
     p->default_window_size = sphb->dma_win_size;
     p->refuse_create = il_spapr_refuses_create(sphb);
@@ -515,6 +517,16 @@ IommulabSpaprDdwPolicy *qmp_x_iommulab_spapr_set_ddw_policy(
         return NULL;
     }
 
+    if (arg->has_table_memory_limit &&
+        (arg->table_memory_limit < IL_SPAPR_MIN_TABLE_MEMORY ||
+         arg->table_memory_limit < sphb->tce_mem.used)) {
+        error_setg(errp, "table-memory-limit must be at least %u and at "
+                   "least what the TCE tables of PHB %" PRIu32 " hold now "
+                   "(%" PRIu64 " bytes)", IL_SPAPR_MIN_TABLE_MEMORY,
+                   sphb->index, sphb->tce_mem.used);
+        return NULL;
+    }
+
     if (arg->has_ddw) {
         sphb->ddw_enabled = arg->ddw;
     }
@@ -532,6 +544,9 @@ IommulabSpaprDdwPolicy *qmp_x_iommulab_spapr_set_ddw_policy(
     }
     if (arg->has_default_window_size) {
         sphb->dma_win_size = arg->default_window_size;
+    }
+    if (arg->has_table_memory_limit) {
+        sphb->tce_mem.limit = arg->table_memory_limit;
     }
     if (arg->has_refuse_create) {
         qemu_mutex_lock(&ils.lock);
@@ -634,6 +649,13 @@ IommulabSpaprWindow *qmp_x_iommulab_spapr_window_create(
     free_tcet->skipping_replay = true;
     spapr_tce_table_enable(free_tcet, page_shift, bus_offset, entries);
     free_tcet->skipping_replay = false;
+    if (!free_tcet->nb_table) {
+        error_setg(errp, "a table of %" PRIu64 " TCEs does not fit in the "
+                   "table-memory-limit of PHB %" PRIu32 " (%" PRIu64
+                   " bytes, %" PRIu64 " in use)", entries, sphb->index,
+                   sphb->tce_mem.limit, sphb->tce_mem.used);
+        return NULL;
+    }
     free_tcet->def_win = false;
     il_spapr_hook_tables(sphb);
     il_spapr_window_faults_reset(free_tcet->liobn);
@@ -744,7 +766,7 @@ IommulabSpaprTces *qmp_x_iommulab_spapr_read_tces(uint32_t liobn,
 
     buf = g_new(uint64_t, count);
     for (i = 0; i < count; i++) {
-        buf[i] = cpu_to_be64(tcet->table[start + i]);
+        buf[i] = cpu_to_be64(spapr_tce_get(tcet, (uint64_t)start + i));
     }
     r = g_new0(IommulabSpaprTces, 1);
     r->liobn = liobn;
@@ -800,8 +822,10 @@ IommulabHwSpaprPe *iommulab_spapr_pe_info(Object *phb)
     pe->page_shifts = il_spapr_page_shift_list(sphb->page_size_mask);
     pe->max_windows = sphb->ddw_max_windows;
     pe->max_tces = sphb->ddw_max_tces;
-    /* SpaprTceTable::table is one flat array of TCEs */
-    pe->levels = 1;
+    /* Directory and leaves (spapr_tce_get()); 1 for a KVM in-kernel table */
+    tcet = il_spapr_table(sphb, 0);
+    pe->levels = tcet && tcet->table ? 1 : 2;
+    pe->table_memory_limit = sphb->tce_mem.limit;
     pe->dma64_offset = sphb->dma64_win_addr;
     if (s2) {
         pe->stage2 = object_get_canonical_path(OBJECT(s2));
