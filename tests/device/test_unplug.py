@@ -245,3 +245,34 @@ def test_a_new_device_starts_in_the_default_mode_bypass() -> None:
         lab.cmd("x-iommulab-domain-free", domain=1)
     finally:
         lab.close()
+
+
+def test_unplugging_a_switch_forgets_the_devices_below_it() -> None:
+    """A PCIe switch unplugged from the root port takes its buses along: the
+    device below it leaves its domain, and the vIOMMU's requesters of the gone
+    buses no longer point at them (the query and the fault queue still work)."""
+    lab = HotplugLab(
+        extra=(
+            "-device", "x3130-upstream,id=up0,bus=rp0",
+            "-device", "xio3130-downstream,id=dn0,bus=up0,chassis=2,slot=0",
+            "-device", "edu,id=edu5,bus=dn0",
+        )
+    )  # fmt: skip
+    try:
+        lab.paging(1)
+        lab.cmd("x-iommulab-attach", device="edu5", mode="domain", domain=1)
+        assert lab.domain(1)["devices"] == 1
+        lab.slot_power(True)  # populated at reset, so already on; the guest's view
+        lab.unplug("up0")
+        assert lab.domain(1)["devices"] == 0
+        assert lab.devices() == []
+        paths = {d["device"] for d in lab.cmd("x-iommulab-query")["devices"]}
+        assert not any(p.startswith("/machine/peripheral/up0") for p in paths)
+        assert "/machine/peripheral/dn0" not in paths
+        lab.cmd("x-iommulab-query-faults")
+        lab.cmd("x-iommulab-domain-free", domain=1)
+        # the slot takes a new device, blocked
+        lab.plug("edu6")
+        assert [(d["id"], d["mode"]) for d in lab.devices()] == [("edu6", "blocked")]
+    finally:
+        lab.close()
