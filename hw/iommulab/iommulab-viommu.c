@@ -1126,6 +1126,10 @@ static IommulabHwInfo *iommulab_hw_info(IOMMULabState *s, IOMMULabDev *dev)
     info->limits->max_tables_per_domain = IL_S2_MAX_TABLES;
     info->limits->table_budget_bytes = (uint64_t)IL_S2_MAX_TABLES *
                                        IL_TABLE_ENTRIES * sizeof(uint64_t);
+    qemu_mutex_lock(&s->lock);
+    info->limits->table_memory_limit = il_engine_table_limit(&s->engine);
+    info->limits->table_memory = il_engine_table_bytes(&s->engine);
+    qemu_mutex_unlock(&s->lock);
     if (ic->hw_info) {
         ic->hw_info(s, info);
     }
@@ -1320,6 +1324,13 @@ static void iommulab_realize(PCIDevice *pdev, Error **errp)
     if (migrate_add_blocker(&s->migration_blocker, errp) < 0) {
         return;
     }
+    if (s->table_memory_limit < IL_S2_TABLE_BYTES) {
+        error_setg(errp, "table-memory-limit must be at least %u (one page "
+                   "table), not %" PRIu64, IL_S2_TABLE_BYTES,
+                   s->table_memory_limit);
+        migrate_del_blocker(&s->migration_blocker);
+        return;
+    }
     if (il_engine_init(&s->engine, s->iotlb_size, s->fault_queue_size,
                        iommulab_read_mem, s) != IL_OK) {
         error_setg(errp, "cannot allocate an IOTLB of %" PRIu32 " entries "
@@ -1328,6 +1339,8 @@ static void iommulab_realize(PCIDevice *pdev, Error **errp)
         migrate_del_blocker(&s->migration_blocker);
         return;
     }
+    /* >= one table and nothing held yet: cannot fail */
+    il_engine_set_table_limit(&s->engine, s->table_memory_limit);
     qemu_mutex_init(&s->lock);
     s->bus_devs = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     s->devs = g_ptr_array_new();
@@ -1378,6 +1391,8 @@ static const Property iommulab_properties[] = {
                        256),
     DEFINE_PROP_UINT64("msi-base", IOMMULabState, msi_base, 0xfee00000),
     DEFINE_PROP_UINT64("msi-size", IOMMULabState, msi_size, 0x100000),
+    DEFINE_PROP_SIZE("table-memory-limit", IOMMULabState, table_memory_limit,
+                     IL_ENGINE_TABLE_LIMIT_DEFAULT),
 };
 
 static void iommulab_class_init(ObjectClass *klass, void *data)

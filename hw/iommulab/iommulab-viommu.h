@@ -49,6 +49,7 @@ struct IOMMULabState {
     uint32_t fault_queue_size;
     uint64_t msi_base;
     uint64_t msi_size;
+    uint64_t table_memory_limit; /* engine-wide page-table bytes */
     ILMode default_mode;
 
     Error *migration_blocker;

@@ -51,6 +51,8 @@ def test_viommu_defaults(lab: Lab) -> None:
             "max-domains": 4096,
             "max-tables-per-domain": 1 << 16,
             "table-budget-bytes": 256 * MiB,
+            "table-memory-limit": 1024 * MiB,
+            "table-memory": 0,
         },
     }
     # the same answer by QOM path
@@ -223,6 +225,8 @@ def test_stage2_facts() -> None:
                 "max-domains": 4096,
                 "max-tables-per-domain": 1 << 16,
                 "table-budget-bytes": 256 * MiB,
+                "table-memory-limit": 1024 * MiB,
+                "table-memory": 0,
             },
             "spapr-pe": expected_pe(p, stage2="/machine/peripheral/s2"),
         }
