@@ -1240,13 +1240,37 @@ static void iommulab_dev_forget(IOMMULabDev *dev)
 }
 
 /*
+ * The requester of a device that is leaving is still used if another
+ * device's DMA goes through it: the devices behind a PCIe-to-PCI bridge
+ * share (secondary bus, 0), those behind a conventional bridge the bridge's
+ * own requester (pci_device_get_iommu_bus_devfn()).
+ */
+static bool iommulab_requester_shared(IOMMULabDev *dev, PCIDevice *gone)
+{
+    PCIBus *bus = pci_get_bus(gone);
+    PCIDevice *own = iommulab_dev_pci(dev);
+
+    if (own && own != gone) {
+        return true;
+    }
+    for (unsigned i = 0; i < PCI_DEVFN_MAX; i++) {
+        PCIDevice *p = bus->devices[i];
+
+        if (p && p != gone && pci_device_iommu_address_space(p) == &dev->as) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
  * Device listener (as xen-hvm and remote-obj follow PCI devices): called
  * after a device's unrealize, so its slot (bus->devices[devfn]) is already
- * empty.  PCIIOMMUOps has no endpoint-removal hook (unset_iommu_device is
- * for host IOMMU devices, called by VFIO only).  A bridge's secondary bus
- * goes with the bridge: its devices were unrealized (and forgotten) first;
- * its requesters stay in s->devs (the fault records name them by index)
- * but no longer point at the bus.
+ * empty; its bus is not gone yet.  PCIIOMMUOps has no endpoint-removal hook
+ * (unset_iommu_device is for host IOMMU devices, called by VFIO only).  A
+ * bridge's secondary bus goes with the bridge: its devices were unrealized
+ * (and forgotten) first; its requesters stay in s->devs (the fault records
+ * name them by index) but no longer point at the bus.
  */
 static void iommulab_device_unrealize(DeviceListener *l, DeviceState *ds)
 {
@@ -1255,14 +1279,23 @@ static void iommulab_device_unrealize(DeviceListener *l, DeviceState *ds)
                                                        TYPE_PCI_DEVICE);
     PCIBridge *br = (PCIBridge *)object_dynamic_cast(OBJECT(ds),
                                                      TYPE_PCI_BRIDGE);
+    AddressSpace *as;
     IOMMULabDev **devs;
 
     if (!pdev || pdev == PCI_DEVICE(s)) {
         return;
     }
-    devs = g_hash_table_lookup(s->bus_devs, pci_get_bus(pdev));
-    if (devs && devs[pdev->devfn] && !s->keep_bus_iommu) {
-        iommulab_dev_forget(devs[pdev->devfn]);
+    /* the requester it used, aliased or not (none if not behind us) */
+    as = pci_device_iommu_address_space(pdev);
+    for (unsigned i = 0; i < s->devs->len; i++) {
+        IOMMULabDev *dev = g_ptr_array_index(s->devs, i);
+
+        if (&dev->as == as) {
+            if (!iommulab_requester_shared(dev, pdev)) {
+                iommulab_dev_forget(dev);
+            }
+            break;
+        }
     }
     devs = br ? g_hash_table_lookup(s->bus_devs, pci_bridge_get_sec_bus(br))
               : NULL;

@@ -42,7 +42,9 @@ def pattern(seed: int, n: int = PAGE) -> bytes:
 class HotplugLab(QtestMachine):
     """q35 with the vIOMMU and an empty hotpluggable root port ``rp0``."""
 
-    def __init__(self, default_mode: str | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, default_mode: str | None = None, extra: tuple[str, ...] = (), acpi: bool = False
+    ) -> None:
         viommu = f"iommulab-viommu,id={IOMMU}"
         if default_mode:
             viommu += f",default-mode={default_mode}"
@@ -50,8 +52,9 @@ class HotplugLab(QtestMachine):
             qemu_binary(),
             [
                 "-machine", "q35", "-m", str(RAM >> 20),
-                # native PCIe hotplug on the root port (pciehp), not ACPI's
-                "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+                # native PCIe hotplug on the root port (pciehp), unless ACPI's is asked for
+                "-global",
+                f"ICH9-LPC.acpi-pci-hotplug-with-bridge-support={'on' if acpi else 'off'}",
                 "-device", viommu,
                 "-device", "pcie-root-port,id=rp0,bus=pcie.0,addr=04.0,chassis=1,slot=1",
                 *extra,
@@ -274,5 +277,44 @@ def test_unplugging_a_switch_forgets_the_devices_below_it() -> None:
         # the slot takes a new device, blocked
         lab.plug("edu6")
         assert [(d["id"], d["mode"]) for d in lab.devices()] == [("edu6", "blocked")]
+    finally:
+        lab.close()
+
+
+def test_a_requester_shared_behind_a_pcie_to_pci_bridge_stays_while_used() -> None:
+    """Behind a PCIe-to-PCI bridge every device's DMA uses one requester
+    (secondary bus, 00.0): unplugging one device leaves it attached for the
+    others; the last one out detaches it.  ACPI PCI hotplug (q35's default)
+    completes a requested unplug at a reset, with no guest to eject it, as in
+    QEMU's device-plug-test."""
+    lab = HotplugLab(
+        extra=(
+            "-device", "pcie-pci-bridge,id=br0,bus=rp0",
+            "-device", "edu,id=eduA,bus=br0,addr=1.0",
+            "-device", "edu,id=eduB,bus=br0,addr=2.0",
+        ),
+        acpi=True,
+    )  # fmt: skip
+    try:
+        lab.paging(1)
+        lab.cmd("x-iommulab-attach", device="eduA", mode="domain", domain=1)
+        assert lab.domain(1)["devices"] == 1
+        tr = lab.cmd("x-iommulab-translate", device="eduB", iova=IOVA_DST, access="write")
+        assert tr["allowed"] and tr["addr"] == DST  # the same requester
+
+        def remove(dev_id: str) -> None:
+            lab.qmp.events()
+            lab.qmp.cmd("device_del", id=dev_id)
+            lab.qmp.cmd("system_reset")
+            while lab.qmp.wait_event("DEVICE_DELETED", TIMEOUT)["data"].get("device") != dev_id:
+                pass
+
+        remove("eduA")
+        assert lab.domain(1)["devices"] == 1
+        tr = lab.cmd("x-iommulab-translate", device="eduB", iova=IOVA_DST, access="write")
+        assert tr["allowed"] and tr["addr"] == DST
+        remove("eduB")
+        assert lab.domain(1)["devices"] == 0
+        lab.cmd("x-iommulab-domain-free", domain=1)
     finally:
         lab.close()
