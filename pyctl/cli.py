@@ -28,7 +28,6 @@ from pyctl.qemu.qmp import ExecuteError, QmpError, QmpSession, parse_address
 from pyctl.report import UserError, counter_rows, object_relations, object_rows
 from pyctl.tables import as_json, table
 
-X86_MSI = (0xFEE00000, 0xFEEFFFFF)
 #: seconds to connect and be greeted (a monitor that already has a client never greets)
 CONNECT_TIMEOUT = 10.0
 
@@ -180,9 +179,15 @@ def view_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None
     if dom is None:
         raise CliError(f"no domain {args.domain} in {args.iommu}")
     top = (1 << dom["ias"]) - 1
+    # the reserved regions are the device's own report (its IOMMU_GET_HW_INFO)
+    hw = qmp_cmd(qmp, "x-iommulab-query-hw-info", device=args.iommu)
+    resv = [
+        Band(r["start"], r["start"] + r["size"] - 1, r["type"].upper())
+        for r in hw["reserved-regions"]
+    ]
     rows = [
         Row("aperture", [Band(0, top, f"{dom['ias']}-bit")], COLORS["windows"]),
-        Row("reserved", [Band(*X86_MSI, "MSI")], COLORS["reserved"]),
+        Row("reserved", resv, COLORS["reserved"]),
         Row(
             "mappings",
             [Band(m["iova"], m["iova"] + m["size"] - 1) for m in dom["mappings"]],

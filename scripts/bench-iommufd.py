@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # the test VMs (testvm.ViommuVm) live with the tests
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
 
-from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext
+from pyctl.iommufd import InMemoryBackend, IommufdContext, x86_device
 from pyctl.iommufd.allocator import HoleSet, alloc_alignment, hole_fit
 
 PG = 4096
@@ -103,7 +103,7 @@ def bench_allocator(n: int, ops: int, plain_ops: int) -> None:
 
 
 def bench_model(n: int, ops: int) -> None:
-    be = InMemoryBackend([DeviceHwInfo("nvme0", "x86")])
+    be = InMemoryBackend([x86_device("nvme0")])
     ctx = IommufdContext(be)
     ioas = ctx.ioas_alloc()
     ctx.attach(ctx.bind("nvme0"), ioas)

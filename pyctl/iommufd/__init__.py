@@ -1,7 +1,6 @@
 """The Linux iommufd object model (IOAS, HWPT, DEVICE) programming a vIOMMU backend."""
 
 from .backend import (
-    X86_MSI_WINDOW,
     DeviceHwInfo,
     HardwareBackend,
     HwState,
@@ -23,7 +22,7 @@ from .context import (
     WindowChange,
 )
 from .errors import BackendError, IommufdError
-from .memory_backend import InMemoryBackend
+from .memory_backend import X86_MSI_WINDOW, InMemoryBackend, x86_device
 from .rebuild import RebuildError
 from .uapi import FIXED_IOVA, NEST_PARENT, READABLE, U64_MAX, WRITEABLE
 
@@ -55,4 +54,5 @@ __all__ = [
     "WindowBackend",
     "WindowCaps",
     "WindowChange",
+    "x86_device",
 ]

@@ -23,11 +23,6 @@ Platform = Literal["x86", "spapr"]
 ResvKind = Literal["direct", "direct-relaxable", "reserved", "msi", "sw-msi"]
 Range = tuple[int, int]
 
-#: The interrupt window of x86 (the LAPIC's MSI address range), which x86 IOMMUs
-#: report as an IOMMU_RESV_MSI region.  A fact of that hardware: the in-memory
-#: backend gives it to its x86 devices; the model never assumes it.
-X86_MSI_WINDOW: Range = (0xFEE00000, 0xFEEFFFFF)
-
 
 @dataclass(frozen=True, slots=True)
 class MapEntry:
@@ -90,9 +85,6 @@ class SpaprPeInfo:
 #: 4 KiB, 2 MiB and 1 GiB pages (bit n set = 2**n bytes)
 DEFAULT_PGSIZE_BITMAP = (1 << 12) | (1 << 21) | (1 << 30)
 
-#: Marks a DeviceHwInfo built without ``msi_window`` (see ``DeviceHwInfo.msi_window``).
-_MSI_UNREPORTED: Range = (-1, -1)
-
 
 @dataclass(frozen=True, slots=True)
 class DeviceHwInfo:
@@ -113,18 +105,12 @@ class DeviceHwInfo:
     nesting: bool = True
     #: reserved regions other than the MSI window, as (start, last, kind)
     reserved: tuple[ResvRegion, ...] = ()
-    #: the MSI window (an IOMMU_RESV_MSI region), None when the device has none.
-    #: Left out, an "x86" device gets X86_MSI_WINDOW: backends that do not yet
-    #: read the device's own report (QmpBackend before x-iommulab-query-hw-info)
-    #: keep their old behaviour; every other caller passes what the device says.
-    msi_window: Range | None = _MSI_UNREPORTED
+    #: the MSI window (an IOMMU_RESV_MSI region), None when the device has none
+    msi_window: Range | None = None
     #: sPAPR PE facts (None for a paging IOMMU's requester)
     spapr: SpaprPeInfo | None = None
 
     def __post_init__(self) -> None:
-        if self.msi_window is _MSI_UNREPORTED:
-            msi = X86_MSI_WINDOW if self.platform == "x86" else None
-            object.__setattr__(self, "msi_window", msi)
         object.__setattr__(self, "reserved", tuple(ResvRegion(*r) for r in self.reserved))
 
     def resv_regions(self) -> list[ResvRegion]:

@@ -10,11 +10,11 @@ to test the model's rollback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sortedcontainers import SortedDict
 
 from .backend import (
-    X86_MSI_WINDOW,
     Access,
     AttachMode,
     DeviceHwInfo,
@@ -24,6 +24,7 @@ from .backend import (
     HwDomain,
     HwState,
     MapEntry,
+    Range,
     SpaprPeInfo,
     Translation,
     Window,
@@ -101,8 +102,9 @@ class InMemoryBackend:
         """Put a device behind this IOMMU; the facts it reports are ``info``'s.
 
         This is the hardware: an sPAPR device reports its PE (default window,
-        page shifts, TCE limit) from ``spapr_caps`` unless ``info`` already does;
-        an x86 device reports the x86 MSI window unless built with another.
+        page shifts, TCE limit) from ``spapr_caps`` unless ``info`` already does.
+        An x86 device's MSI window is whatever ``info`` says: build it with
+        :func:`x86_device` for the LAPIC window x86 IOMMUs report.
         """
         if info.platform == "spapr" and info.spapr is None:
             caps = self.spapr_caps
@@ -467,4 +469,22 @@ class InMemoryBackend:
             self._events.append(WindowEvent(device, "removed", win))
 
 
-__all__ = ["DEFAULT_SPAPR_CAPS", "DEFAULT_SPAPR_WINDOW", "X86_MSI_WINDOW", "InMemoryBackend"]
+#: The interrupt window of x86 (the LAPIC's MSI address range), which x86 IOMMUs
+#: report as an IOMMU_RESV_MSI region: a fact of the hardware this backend plays.
+X86_MSI_WINDOW: Range = (0xFEE00000, 0xFEEFFFFF)
+
+
+def x86_device(name: str, **facts: Any) -> DeviceHwInfo:
+    """A requester of an x86 paging IOMMU, as such hardware reports it: the
+    LAPIC's MSI window reserved (``IOMMU_RESV_MSI``), other facts as given."""
+    facts.setdefault("msi_window", X86_MSI_WINDOW)
+    return DeviceHwInfo(name, "x86", **facts)
+
+
+__all__ = [
+    "DEFAULT_SPAPR_CAPS",
+    "DEFAULT_SPAPR_WINDOW",
+    "X86_MSI_WINDOW",
+    "InMemoryBackend",
+    "x86_device",
+]

@@ -29,6 +29,7 @@ from .backend import (
     Translation,
 )
 from .errors import BackendError
+from .hwinfo import device_hw_info
 
 #: mappings per x-iommulab-map command (QEMU's JSON parser caps tokens per message)
 MAP_CHUNK = 8192
@@ -45,7 +46,6 @@ class QmpBackend:
         address: Address | QmpSession,
         iommu: str = "viommu0",
         timeout: float = 60.0,
-        ias: int = 48,
         map_chunk: int = MAP_CHUNK,
         connect_timeout: float = 10.0,
     ) -> None:
@@ -54,7 +54,6 @@ class QmpBackend:
         self.map_chunk = map_chunk
         self.iommu = iommu
         self.timeout = timeout
-        self.ias = ias
         self._owned = not isinstance(address, QmpSession)
         self.session = (
             address
@@ -99,15 +98,22 @@ class QmpBackend:
 
     # -- devices ---------------------------------------------------------------
     def _refresh_devices(self) -> None:
+        """Every requester behind the vIOMMU, with the facts the device reports
+        for it (``x-iommulab-query-hw-info``: the lab's IOMMU_GET_HW_INFO)."""
         info = self._cmd("x-iommulab-query")
-        self._devices.clear()
-        self._aliases.clear()
+        devices: dict[str, DeviceHwInfo] = {}
+        aliases: dict[str, str] = {}
         for d in info["devices"]:
             path = d["device"]
-            self._devices[path] = DeviceHwInfo(path, "x86", ias=self.ias)
-            self._aliases[path] = path
+            answer = self.execute("x-iommulab-query-hw-info", {"device": path})
+            try:
+                devices[path] = device_hw_info(answer, path)
+            except ValueError as e:
+                raise BackendError(f"{path}: {e}") from e
+            aliases[path] = path
             if "id" in d:
-                self._aliases[d["id"]] = path
+                aliases[d["id"]] = path
+        self._devices, self._aliases = devices, aliases
 
     def devices(self) -> list[DeviceHwInfo]:
         self._refresh_devices()

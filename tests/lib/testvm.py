@@ -12,6 +12,7 @@ tests/lib; scripts add it to sys.path).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -87,7 +88,10 @@ class PseriesVm(_TestVm):
     """A pseries under ``-accel qtest`` (no guest; RTAS and hypercalls through ``vm.qt``)
     with ``edu0`` on PHB 0 and, with ``second_phb``, ``edu1`` on PHB 1 (``phb1``)."""
 
-    def __init__(self, second_phb: bool = True, mem_mib: int = 512) -> None:
+    def __init__(
+        self, second_phb: bool = True, mem_mib: int = 512, devices: Sequence[str] = ()
+    ) -> None:
+        """``devices``: more ``-device`` arguments (e.g. an ``iommulab-spapr-s2``)."""
         found = ppc64_binary()
         if found is None:
             raise FileNotFoundError(f"no qemu-system-ppc64 in {qemu_build_dir()}")
@@ -103,4 +107,5 @@ class PseriesVm(_TestVm):
                 "-device", "spapr-pci-host-bridge,index=1,id=phb1",
                 "-device", "edu,id=edu1,bus=phb1.0,dma_mask=0xffffffffffffffff",
             ]  # fmt: skip
+        argv += [a for d in devices for a in ("-device", d)]
         super().__init__(argv, "iommulab-ppc-", qtest=True)

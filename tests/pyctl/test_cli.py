@@ -228,6 +228,10 @@ def test_errors_against_qemu_are_one_line(capsys: pytest.CaptureFixture[str]) ->
         sock = str(vm.qmp_path)
         with QmpBackend(sock) as hw:
             hw.domain_alloc(1, "paging")
+        # the picture draws the reserved regions the device reports (its MSI window)
+        svg = vm.workdir / "d1.svg"
+        assert _run(["--qmp", sock, "picture", "--domain", "1", "-o", str(svg)])[0] == 0
+        assert ">MSI<" in svg.read_text()
         # the picture's output cannot be written: one line, nothing written
         rc, _ = _run(["--qmp", sock, "picture", "--domain", "1", "-o", "/missing-dir/x.svg"])
         assert rc == 1
@@ -263,3 +267,21 @@ def test_boot_viommu_on_pseries_is_a_usage_error(capsys: pytest.CaptureFixture[s
     assert cli.main(["boot", "pseries", "--viommu"], out) == 1
     assert "--viommu is the q35 paging vIOMMU" in one_error_line(capsys)
     assert out.getvalue() == ""
+
+
+@needs_ppc
+def test_map_ram_on_a_4g_pseries_through_stage2(capsys: pytest.CaptureFixture[str]) -> None:
+    """pseries RAM covers 0xfee00000 (x86's MSI window): the s2 device reports no
+    reserved region, so all 4 GiB map at IOVA = GPA (the model once guessed x86's
+    window for every requester and stopped at 75%)."""
+    with PseriesVm(second_phb=False, mem_mib=4096, devices=["iommulab-spapr-s2,id=s2"]) as vm:
+        sock = str(vm.qmp_path)
+        rc, text = _run(["--qmp", sock, "--iommu", "s2", "map-ram", "s2", "--batch", "256M"])
+        assert "attached to IOAS" in text
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        assert err.splitlines()[-1].endswith("(100%)")
+        with QmpBackend(sock, iommu="s2") as hw:
+            (dom,) = hw.query().domains
+            assert [(m.iova, m.size) for m in dom.mappings] == [(0, 4 << 30)]
+            assert hw.translate("s2", 0xFEE00000, "write").addr == 0xFEE00000

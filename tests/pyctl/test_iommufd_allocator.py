@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyctl.iommufd import x86_device
 from pyctl.iommufd.allocator import HoleSet, alloc_alignment, hole_fit
 from pyctl.iommufd.errors import IommufdError
 from pyctl.iommufd.pinning import PinAccount
@@ -117,9 +118,9 @@ def test_pin_limit_is_all_or_nothing() -> None:
 
 def test_many_areas() -> None:
     """A large IOAS stays consistent (the benchmark goes to 1,000,000)."""
-    from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext
+    from pyctl.iommufd import InMemoryBackend, IommufdContext
 
-    ctx = IommufdContext(InMemoryBackend([DeviceHwInfo("d", "x86")]))
+    ctx = IommufdContext(InMemoryBackend([x86_device("d")]))
     ioas = ctx.ioas_alloc()
     ctx.attach(ctx.bind("d"), ioas)
     iovas = [ctx.ioas_map(ioas, i * 0x1000, 0x1000, 6) for i in range(20000)]

@@ -24,6 +24,7 @@ from pyctl.iommufd import (
     IommulabHwptData,
     IommulabInvalidateEntry,
     ModelOptions,
+    x86_device,
 )
 from pyctl.iommufd.uapi import (
     PAGE_SIZE,
@@ -96,11 +97,11 @@ class Row:
     devices: tuple[DeviceHwInfo, ...] = ()
 
 
-BIG_PAGES = DeviceHwInfo("big0", "x86", pgsize_bitmap=1 << 21)
+BIG_PAGES = x86_device("big0", pgsize_bitmap=1 << 21)
 MSI_MIX = DeviceHwInfo(
     "mix0", "x86", reserved=((0x8000000, 0x80FFFFF, "sw-msi"),), msi_window=(MSI, MSI + MIB - 1)
 )
-RELAX = DeviceHwInfo("relax0", "x86", reserved=((0x100000, 0x1FFFFF, "direct-relaxable"),))
+RELAX = x86_device("relax0", reserved=((0x100000, 0x1FFFFF, "direct-relaxable"),))
 NO_MSI = DeviceHwInfo("plain0", "x86", msi_window=None)
 
 ROWS: dict[str, Row] = {

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from testvm import ViommuVm, has_viommu, qemu_binary
 
-from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext, IommufdError
+from pyctl.iommufd import InMemoryBackend, IommufdContext, IommufdError, x86_device
 from pyctl.iommufd.guestmap import GuestRamMap
 from pyctl.iommufd.qmp_backend import QmpBackend
 from pyctl.qemu.guestram import RamRange
@@ -100,7 +100,7 @@ class _FakeQmp:
 
 
 def _ctx(limit_pages: int | None = None) -> tuple[IommufdContext, int]:
-    ctx = IommufdContext(InMemoryBackend([DeviceHwInfo("d0", "x86")]), limit_pages=limit_pages)
+    ctx = IommufdContext(InMemoryBackend([x86_device("d0")]), limit_pages=limit_pages)
     ioas = ctx.ioas_alloc()
     ctx.attach(ctx.bind("d0"), ioas)
     return ctx, ioas

@@ -10,6 +10,7 @@ from pyctl.iommufd import (
     InMemoryBackend,
     IommufdContext,
     ResvRegion,
+    x86_device,
 )
 from pyctl.iommufd.uapi import U64_MAX
 
@@ -35,7 +36,7 @@ def test_identity_map_over_the_x86_msi_window_when_the_device_has_none() -> None
 
 
 def test_x86_device_reserves_its_reported_window() -> None:
-    ctx = _ctx(DeviceHwInfo("nvme0", "x86"))
+    ctx = _ctx(x86_device("nvme0"))
     ioas = ctx.ioas_alloc()
     dev = ctx.bind("nvme0")
     assert ctx.get_hw_info(dev).msi_window == X86_MSI_WINDOW

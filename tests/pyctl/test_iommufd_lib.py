@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext, IommufdError
+from pyctl.iommufd import DeviceHwInfo, InMemoryBackend, IommufdContext, IommufdError, x86_device
 from pyctl.iommufd.objects import Device, HwptNested, HwptPaging, Ioas
 
 RW = 6  # READABLE | WRITEABLE
@@ -21,9 +21,9 @@ GIB = 1 << 30
 def make_backend() -> InMemoryBackend:
     return InMemoryBackend(
         [
-            DeviceHwInfo("nvme0", "x86"),
-            DeviceHwInfo("edu0", "x86"),
-            DeviceHwInfo("wide0", "x86", ias=57),
+            x86_device("nvme0"),
+            x86_device("edu0"),
+            x86_device("wide0", ias=57),
             DeviceHwInfo("/machine/peripheral/nvme-ppc", "spapr", ias=64, nesting=False),
             DeviceHwInfo("/machine/peripheral/nvme-ppc2", "spapr", ias=64, nesting=False),
         ]

@@ -10,12 +10,12 @@ from testvm import ViommuVm, has_viommu, qemu_binary
 from pyctl.iommufd import (
     NEST_PARENT,
     U64_MAX,
-    DeviceHwInfo,
     HwState,
     InMemoryBackend,
     IommufdContext,
     IommulabHwptData,
     RebuildError,
+    x86_device,
 )
 from pyctl.iommufd.objects import Device, HwptNested, HwptPaging, Ioas
 from pyctl.iommufd.qmp_backend import QmpBackend
@@ -207,7 +207,7 @@ class _Orphaned(InMemoryBackend):
 
 
 def test_rebuild_nested_without_parent_is_an_error() -> None:
-    hw = _Orphaned([DeviceHwInfo("d0", "x86")])
+    hw = _Orphaned([x86_device("d0")])
     ctx = IommufdContext(hw)
     dev = ctx.bind("d0")
     ioas = ctx.ioas_alloc()
