@@ -20,6 +20,7 @@ import pytest
 from conftest import EDU_BUF, EDU_BUF_SIZE, RAM, qemu_binary
 from qemu.qmp import ExecuteError
 
+from pyctl.qemu.pseries_qtest import PseriesQtest
 from pyctl.qemu.qtest_machine import QtestMachine
 
 IOMMU = "viommu0"
@@ -318,3 +319,68 @@ def test_a_requester_shared_behind_a_pcie_to_pci_bridge_stays_while_used() -> No
         lab.cmd("x-iommulab-domain-free", domain=1)
     finally:
         lab.close()
+
+
+# --- pseries: the stage 2 beneath a PHB (iommulab-spapr-s2) when a PHB goes ---
+
+
+def spapr_unplug_phb(vm: PseriesQtest, phb_id: str) -> None:
+    """device_del of a PHB, completed by a reset (the DRC releases a PHB whose
+    unplug was requested, spapr_drc_reset_all), as a guest's release would."""
+    vm.qmp.events()
+    vm.qmp.cmd("device_del", id=phb_id)
+    vm.qmp.cmd("system_reset")
+    while vm.qmp.wait_event("DEVICE_DELETED", TIMEOUT)["data"].get("device") != phb_id:
+        pass
+
+
+def test_spapr_s2_whose_phb_is_unplugged_serves_nothing() -> None:
+    """s2 on PHB 0's bus serving PHB 1 (phb=1): PHB 1 goes, s2 stays and
+    describes no PE any more (it pointed at the PHB)."""
+    vm = PseriesQtest(
+        qemu_binary("ppc64"),
+        [
+            "-device", "spapr-pci-host-bridge,index=1,id=phb1",
+            "-device", "edu,id=edu1,bus=phb1.0",
+            "-device", "iommulab-spapr-s2,id=s2,bus=pci.0,phb=1",
+        ],
+    )  # fmt: skip
+    try:
+        assert vm.cmd("x-iommulab-query-hw-info", device="s2")["spapr-pe"]["phb"] == 1
+        vm.cmd("x-iommulab-domain-alloc", iommu="s2", domain=1, type="paging")
+        vm.cmd("x-iommulab-attach", iommu="s2", device="s2", mode="domain", domain=1)
+        spapr_unplug_phb(vm, "phb1")
+        info = vm.cmd("x-iommulab-query-hw-info", device="s2")
+        assert info["type"] == "spapr-stage2" and "spapr-pe" not in info
+        assert [p["phb"] for p in vm.cmd("x-iommulab-spapr-query-phbs")] == [0]
+        vm.cmd("x-iommulab-query-faults")
+        # the domain stays the control plane's (the requester is s2's own)
+        assert vm.cmd("x-iommulab-query", iommu="s2")["domains"][0]["devices"] == 1
+    finally:
+        vm.close()
+
+
+def test_spapr_s2_unplugged_with_its_bus_gives_the_phb_back() -> None:
+    """s2 on PHB 1's bus serving PHB 0 (phb=0): PHB 1 goes with s2 on it; PHB
+    0's TCE tables output to system memory again (no stage 2 left over)."""
+    vm = PseriesQtest(
+        qemu_binary("ppc64"),
+        [
+            "-device", "spapr-pci-host-bridge,index=1,id=phb1",
+            "-device", "iommulab-spapr-s2,id=s2,bus=phb1.0,phb=0",
+        ],
+    )  # fmt: skip
+
+    def stage2_of_phb0() -> str | None:
+        pe: dict[str, Any] = vm.cmd("x-iommulab-query-hw-info", device="edu0")["spapr-pe"]
+        return pe.get("stage2")
+
+    try:
+        assert stage2_of_phb0() == "/machine/peripheral/s2"
+        spapr_unplug_phb(vm, "phb1")
+        assert stage2_of_phb0() is None
+        with pytest.raises(ExecuteError, match="'s2' is not an iommulab-viommu"):
+            vm.cmd("x-iommulab-query", iommu="s2")
+        vm.cmd("x-iommulab-query-faults")
+    finally:
+        vm.close()

@@ -51,11 +51,14 @@ typedef struct IOMMULabSpaprS2 {
     uint32_t phb;               /* PHB index (pseries) or id (PowerNV) */
     SpaprPhbState *sphb;        /* pseries: the PHB; NULL on PowerNV */
     IOMMULabDev *req;           /* the PHB's stage-2 requester */
+    DeviceListener phb_gone;    /* pseries: the PHB unplugged (its tables) */
+    bool phb_listening;
 } IOMMULabSpaprS2;
 
 typedef struct IOMMULabSpaprS2Class {
     IOMMULabClass parent_class;
     DeviceRealize parent_realize;
+    PCIUnregisterFunc *parent_exit;
 } IOMMULabSpaprS2Class;
 
 OBJECT_DECLARE_TYPE(IOMMULabSpaprS2, IOMMULabSpaprS2Class, IOMMULAB_SPAPR_S2)
@@ -159,6 +162,24 @@ static bool il_s2_check_spapr(SpaprPhbState *sphb, Error **errp)
     return true;
 }
 
+/*
+ * Unplug.  The device itself is not hotpluggable, but a pseries PHB is, with
+ * what is on its root bus: the PHB whose tables output into this device
+ * (phb=) may go while the device stays on another PHB, or the device may go
+ * with its bus while the PHB it serves stays.  The first leaves no tables
+ * to serve (and no PE to describe); the second sends that PHB's TCE output
+ * back to system memory, as a PHB without a stage 2 has it.
+ */
+static void il_s2_phb_unrealize(DeviceListener *l, DeviceState *ds)
+{
+    IOMMULabSpaprS2 *s2 = container_of(l, IOMMULabSpaprS2, phb_gone);
+
+    if (s2->sphb && OBJECT(ds) == OBJECT(s2->sphb)) {
+        trace_iommulab_spapr_s2_phb_gone(s2->phb);
+        s2->sphb = NULL;
+    }
+}
+
 static void il_s2_realize(DeviceState *ds, Error **errp)
 {
     ERRP_GUARD();
@@ -223,7 +244,38 @@ static void il_s2_realize(DeviceState *ds, Error **errp)
         pnv_phb4_set_dma_output_as(pnv, as);
     }
 #endif
+    if (sphb) {
+        s2->phb_gone.unrealize = il_s2_phb_unrealize;
+        device_listener_register(&s2->phb_gone);
+        s2->phb_listening = true;
+    }
     trace_iommulab_spapr_s2_realize(s2->phb, s2->req->index);
+}
+
+static void il_s2_exit(PCIDevice *pdev)
+{
+    IOMMULabSpaprS2 *s2 = IOMMULAB_SPAPR_S2(pdev);
+    IOMMULabSpaprS2Class *sc = IOMMULAB_SPAPR_S2_GET_CLASS(pdev);
+    SpaprTceTable *tcet;
+    int i;
+
+    if (s2->phb_listening) {
+        device_listener_unregister(&s2->phb_gone);
+        s2->phb_listening = false;
+    }
+    for (i = 0; s2->sphb && i < SPAPR_PCI_DMA_MAX_WINDOWS; i++) {
+        tcet = s2->sphb->dma_liobn[i] ?
+               spapr_tce_find_by_liobn(s2->sphb->dma_liobn[i]) : NULL;
+        if (tcet && tcet->output_as == &s2->req->as) {
+            /* fails only with VFIO notifiers, refused at realize */
+            spapr_tce_set_output_as(tcet, NULL, NULL);
+        }
+    }
+    if (s2->sphb) {
+        trace_iommulab_spapr_s2_exit(s2->phb);
+        s2->sphb = NULL;
+    }
+    sc->parent_exit(pdev);
 }
 
 /*
@@ -259,13 +311,16 @@ static const Property il_s2_properties[] = {
 static void il_s2_class_init(ObjectClass *klass, void *data)
 {
     DeviceClass *dc = DEVICE_CLASS(klass);
+    PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
     IOMMULabClass *ic = IOMMULAB_VIOMMU_CLASS(klass);
     IOMMULabSpaprS2Class *sc = IOMMULAB_SPAPR_S2_CLASS(klass);
 
     ic->hw_info = il_s2_hw_info;
     device_class_set_parent_realize(dc, il_s2_realize, &sc->parent_realize);
+    sc->parent_exit = k->exit;
+    k->exit = il_s2_exit;
     dc->desc = "iommulab stage 2 beneath a pseries PHB's TCE windows";
-    /* The TCE tables keep pointing at it: no unplug */
+    /* Not on its own (its PHB may go, with or without it: il_s2_exit) */
     dc->hotpluggable = false;
     device_class_set_props(dc, il_s2_properties);
 }
