@@ -10,6 +10,7 @@ H_HARDWARE; both change nothing (read back).  qtest, no guest.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,54 @@ def test_dma_within_the_limit(vm: PseriesQtest) -> None:
     assert vm.qt.memread(DMA_PAGE, 4096) == b"\x77" * 4096
     f = vm.cmd("x-iommulab-query-faults", iommu=vm.phb()["path"])["faults"]
     assert [(x["iova"], x["reason"]) for x in f] == [(0, "not-present")]
+
+
+def wait_migration(vm: PseriesQtest) -> str:
+    for _ in range(600):
+        status: str = vm.cmd("query-migrate").get("status", "")
+        if status in ("completed", "failed"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError("migration did not end")
+
+
+def peak_rss(vm: PseriesQtest) -> int:
+    assert vm.proc is not None
+    for line in Path(f"/proc/{vm.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * KiB
+    raise AssertionError("no VmHWM")
+
+
+def test_migration_keeps_tces_without_a_flat_table(tmp_path: Path) -> None:
+    """2^24 TCEs (a 128 MiB flat table): the stream has them all, neither side
+    allocates them; the incoming side has leaves only where TCEs are not 0."""
+    stream = tmp_path / "vm.mig"
+    src = PseriesQtest(qemu_binary("ppc64"), ram=512 * MiB)
+    try:
+        st, liobn, hi, lo = src.create(12, 36)
+        assert st == RTAS_SUCCESS
+        base = (hi << 32) | lo
+        last = (1 << 24) - 1
+        assert src.hcall(H_PUT_TCE, liobn, base, DMA_PAGE | 3)[0] == H_SUCCESS
+        assert src.hcall(H_PUT_TCE, liobn, base + last * 4096, DMA_PAGE | 1)[0] == H_SUCCESS
+        assert src.hcall(H_PUT_TCE, LIOBN0, 0x5000, DMA_PAGE | 2)[0] == H_SUCCESS
+        windows = src.windows()
+        src.cmd("stop")
+        src.cmd("migrate", uri=f"file:{stream}")
+        assert wait_migration(src) == "completed"
+        assert stream.stat().st_size > (1 << 24) * 8  # the flat format
+        assert peak_rss(src) < 100 * MiB, peak_rss(src)
+    finally:
+        src.close()
+    dst = PseriesQtest(qemu_binary("ppc64"), ["-incoming", "defer"], ram=512 * MiB)
+    try:
+        dst.cmd("migrate-incoming", uri=f"file:{stream}")
+        assert wait_migration(dst) == "completed"
+        assert dst.windows() == windows  # table-bytes: the same leaves
+        assert dst.tces(liobn, 0, 2) == [DMA_PAGE | 3, 0]
+        assert dst.tces(liobn, last - 1, 2) == [0, DMA_PAGE | 1]
+        assert dst.tces(LIOBN0, 5, 1) == [DMA_PAGE | 2]
+        assert peak_rss(dst) < 100 * MiB, peak_rss(dst)
+    finally:
+        dst.close()
