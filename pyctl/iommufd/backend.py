@@ -109,6 +109,8 @@ class DeviceHwInfo:
     msi_window: Range | None = None
     #: sPAPR PE facts (None for a paging IOMMU's requester)
     spapr: SpaprPeInfo | None = None
+    #: input bits of its nested domains' stage-1 tables (the guest's table format)
+    s1_ias: int = 48
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reserved", tuple(ResvRegion(*r) for r in self.reserved))

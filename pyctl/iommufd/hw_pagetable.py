@@ -48,8 +48,6 @@ class IommulabInvalidateEntry:
 
 #: invalidate the whole stage-1 of the nested HWPT (iova/size must be 0)
 IOMMULAB_INV_ALL = 1 << 0
-#: the stage-1 format of the iommulab vIOMMU (its driver's rule for nested data)
-_S1_IAS = 48
 
 
 def compatible(hwpt: HwptPaging, info: DeviceHwInfo) -> bool:
@@ -153,12 +151,13 @@ def _nested_alloc(
     root = u64("s1_root", data.s1_root)
     if root % PAGE_SIZE:
         raise IommufdError("EINVAL", f"stage-1 root {root:#x} is not 4 KiB aligned")
-    if data.ias != _S1_IAS:
-        raise IommufdError("EINVAL", f"stage-1 address width {data.ias} is not {_S1_IAS}")
+    s1_ias = dev.info.s1_ias  # the stage-1 format the device reports
+    if data.ias != s1_ias:
+        raise IommufdError("EINVAL", f"stage-1 address width {data.ias} is not {s1_ias}")
     nid = ictx.table.new_id()
     with hw_errors():
         ictx.backend.domain_alloc(nid, "nested", parent=parent.id, s1_root=root)
-    ictx.table.add(HwptNested(nid, parent.id, root, _S1_IAS))
+    ictx.table.add(HwptNested(nid, parent.id, root, s1_ias))
     parent.children.add(nid)
     return nid
 
@@ -192,7 +191,7 @@ def hwpt_invalidate(
                 raise IommufdError("EINVAL", f"entry {i}: ALL with a range", entry_num=i)
             todo.append((None, None))
             continue
-        if not sz or io % PAGE_SIZE or sz % PAGE_SIZE or io + sz > (1 << _S1_IAS):
+        if not sz or io % PAGE_SIZE or sz % PAGE_SIZE or io + sz > (1 << obj.ias):
             raise IommufdError("EINVAL", f"entry {i}: bad range {io:#x}+{sz:#x}", entry_num=i)
         todo.append((io, sz))
     for io_, sz_ in todo:

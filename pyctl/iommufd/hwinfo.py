@@ -64,6 +64,9 @@ def device_hw_info(answer: Mapping[str, Any], name: str | None = None) -> Device
             int(pe["levels"]),
         )
     ias = answer.get("ias")
+    s1 = answer.get("stage1")
+    # stage 1 is reported only where nesting is offered; the field then is moot
+    more = {"s1_ias": int(s1["ias"])} if s1 else {}
     return DeviceHwInfo(
         name or answer.get("device") or answer["iommu"],
         platform,
@@ -73,4 +76,5 @@ def device_hw_info(answer: Mapping[str, Any], name: str | None = None) -> Device
         reserved=tuple(reserved),
         msi_window=msi_window,
         spapr=spapr,
+        **more,
     )
