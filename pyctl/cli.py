@@ -3,7 +3,7 @@
   iommulab demo                          the main job (see pyctl.demo)
   iommulab boot MACHINE [...]            boot a guest with NVMe, run agent scenarios
   iommulab --qmp SOCK devices|domains|mappings|counters|faults|translate|picture
-  iommulab --qmp SOCK objects|windows|map-ram      through the iommufd model / sPAPR windows
+  iommulab --qmp SOCK objects|windows|map-ram|orphans   through the iommufd model / sPAPR windows
 
 Views print tables for people, or JSON with --json.  Every error is one
 ``error: ...`` line on stderr and exit status 1; nothing is changed by a
@@ -264,33 +264,130 @@ class ProgressLine:
 
 
 def cmd_map_ram(args: argparse.Namespace, out: TextIO) -> None:
-    from pyctl.iommufd import U64_MAX, IommufdError
+    """Bind DEVICE, attach it to an IOAS, map all guest RAM at IOVA = GPA; resumable.
+
+    The model is rebuilt from the device first, so a run that died half-way
+    (kill -9) is finished, not refused: a bound device and the IOAS it is
+    attached to are adopted, only the RAM not mapped yet is mapped, and a run
+    with nothing left to do says so.  A failure undoes what this run did.
+    """
+    from pyctl.iommufd import IommufdError
     from pyctl.iommufd.guestmap import GuestRamMap
+    from pyctl.iommufd.recover import attachment
 
     with _backend(args) as be:
         ctx = _rebuild(be, args)
-        ioas = ctx.ioas_alloc()
-        dev: int | None = None
         try:
-            dev = ctx.bind(args.device)
-            hwpt = ctx.attach(dev, ioas)
-            progress = ProgressLine("mapping guest RAM", sys.stderr)
+            name = be.device_info(args.device).device
+        except BackendError as exc:
+            raise CliError(f"device {args.device!r}: {exc}") from exc
+        found = attachment(ctx, name)
+        dev = found.dev_id if found else None
+        ioas = found.ioas_id if found else None
+        hwpt = found.hwpt_id if found else None
+        bound, new_ioas = dev is None, ioas is None
+        progress = ProgressLine("mapping guest RAM", sys.stderr)
+        try:
+            if ioas is None:
+                ioas = ctx.ioas_alloc()
+            if dev is None:
+                dev = ctx.bind(args.device)
+            if hwpt is None:
+                hwpt = ctx.attach(dev, ioas)
             ram = GuestRamMap(ctx, ioas, be, batch=args.batch, progress=progress)
-            ranges = ram.map_all()
+            added = ram.resume()  # all or nothing itself
         except (IommufdError, BackendError, ValueError) as exc:
-            # a failed command changes nothing: undo the maps, the attach and the bind
+            # a failed command changes nothing: undo this run's attach, bind, IOAS
             with contextlib.suppress(IommufdError, BackendError):
-                ctx.ioas_unmap(ioas, 0, U64_MAX)
-                if dev is not None:
+                if bound and dev is not None:
                     ctx.unbind(dev)
-                ctx.destroy(ioas)
+                elif found is not None and found.hwpt_id is None and dev is not None:
+                    ctx.detach(dev)
+                if new_ioas and ioas is not None:
+                    ctx.destroy(ioas)
             raise CliError(str(exc)) from exc
-    rows = [{"ioas": ioas, "name": r.name, "iova": r.start, "size": r.size} for r in ranges]
+        _note_orphans(ctx, args)
+    ranges = sorted(ram.mapped.values(), key=lambda r: r.start)
+    rows = [
+        {
+            "ioas": ioas,
+            "name": r.name,
+            "iova": r.start,
+            "size": r.size,
+            "added": sum(size for rr, _, size in added if rr == r),
+        }
+        for r in ranges
+    ]
+    resumed = not (bound and new_ioas)
     if args.json:
-        as_json({"ioas": ioas, "device": dev, "hwpt": hwpt, "ranges": rows}, out)
+        doc = {"ioas": ioas, "device": dev, "hwpt": hwpt, "resumed": resumed, "ranges": rows}
+        as_json(doc, out)
         return
-    table(rows, ["ioas", "name", "iova", "size"], out)
-    print(f"DEVICE {dev} ({args.device}) attached to IOAS {ioas} via HWPT {hwpt}", file=out)
+    total = sum(size for _, _, size in added)
+    if found is not None and found.hwpt_id is not None and not added:
+        print(
+            f"nothing to do: DEVICE {dev} ({args.device}) is attached to IOAS {ioas} via HWPT "
+            f"{hwpt} and all guest RAM ({sum(r.size for r in ranges) >> 20} MiB) is mapped",
+            file=out,
+        )
+        return
+    table(rows, ["ioas", "name", "iova", "size", "added"], out)
+    what = f"DEVICE {dev} ({args.device}) attached to IOAS {ioas} via HWPT {hwpt}"
+    if resumed:
+        kept = "the bound device" + (" and its IOAS" if not new_ioas else "")
+        what += f" (resumed: adopted {kept}, mapped the missing {total >> 20} MiB)"
+    print(what, file=out)
+
+
+def _note_orphans(ctx: Any, args: argparse.Namespace) -> None:
+    """A line on stderr when the device holds domains nothing uses (a crash's leftovers)."""
+    from pyctl.iommufd.recover import orphans
+
+    found = orphans(ctx, args.nest_parent)
+    if found:
+        ids = ", ".join(str(o.domain) for o in found)
+        print(
+            f"note: {len(found)} orphan domain(s) ({ids}): 'iommulab orphans --reclaim' frees them",
+            file=sys.stderr,
+        )
+
+
+def cmd_orphans(args: argparse.Namespace, out: TextIO) -> None:
+    """Domains nothing uses (see pyctl.iommufd.recover); --reclaim frees them."""
+    from pyctl.iommufd import IommufdError
+    from pyctl.iommufd.recover import orphans, reclaim
+
+    with _backend(args) as be:
+        ctx = _rebuild(be, args)
+        found = orphans(ctx, args.nest_parent)
+        if args.reclaim:
+            try:
+                for o in found:
+                    reclaim(ctx, [o])
+                    print(f"freed domain {o.domain} ({_orphan_text(o)})", file=out, flush=True)
+            except (IommufdError, BackendError) as exc:
+                raise CliError(f"freeing domain {o.domain}: {exc}") from exc
+            if not found:
+                print("no orphan domains", file=out)
+            return
+    rows = [
+        {"domain": o.domain, "type": o.type, "parent": o.parent, "mappings": o.mappings,
+         "mapped": o.mapped}
+        for o in found
+    ]  # fmt: skip
+    if args.json:
+        as_json(rows, out)
+        return
+    if not rows:
+        print("no orphan domains", file=out)
+        return
+    table(rows, ["domain", "type", "parent", "mappings", "mapped"], out)
+
+
+def _orphan_text(o: Any) -> str:
+    if o.type == "nested":
+        return f"nested, parent {o.parent}"
+    return f"paging, {o.mappings} mapping(s), {o.mapped >> 20} MiB"
 
 
 # ------------------------------------------------------------ sPAPR windows
@@ -327,7 +424,11 @@ Command = Callable[[argparse.Namespace, TextIO], None]
 COMMANDS: dict[str, tuple[Command, str]] = {
     "objects": (cmd_objects, "the iommufd objects rebuilt from the device, with relations"),
     "windows": (cmd_windows, "a pseries PHB's DMA windows (--entries: decoded TCEs)"),
-    "map-ram": (cmd_map_ram, "bind DEVICE, map all guest RAM at IOVA = GPA (with progress)"),
+    "map-ram": (
+        cmd_map_ram,
+        "bind DEVICE, map all guest RAM at IOVA = GPA (resumes after a crash)",
+    ),
+    "orphans": (cmd_orphans, "domains nothing uses (a crash's leftovers); --reclaim frees"),
 }
 
 
@@ -372,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
             v.add_argument("-o", "--output", default="iova.svg")
     for name, (_, help_text) in COMMANDS.items():
         v = sub.add_parser(name, help=help_text)
-        if name in ("objects", "map-ram"):
+        if name in ("objects", "map-ram", "orphans"):
             v.add_argument(
                 "--shared", type=_ids, action="append", metavar="D,D",
                 help="paging domains that share one IOAS (repeatable)",
@@ -388,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "map-ram":
             v.add_argument("device", help="device to bind (qdev id or QOM path)")
             v.add_argument("--batch", type=_size, help="bytes per IOAS_MAP, e.g. 64M")
+        if name == "orphans":
+            v.add_argument("--reclaim", action="store_true", help="free them")
         if name == "windows":
             v.add_argument("--phb", type=_int, default=0, help="PHB index (default 0)")
             v.add_argument("--device", help="the PHB of this device instead")

@@ -16,6 +16,12 @@ that for one IOAS and keeps it true when memory comes and goes:
 
 Large ranges are mapped in pieces of ``batch`` bytes (one IOAS_MAP each, one
 area each) and ``progress(done_bytes, total_bytes)`` is called after each.
+
+:meth:`GuestRamMap.resume` adopts what an IOAS already maps (a control plane
+that died half-way, its IOAS rebuilt from the device: rebuild.py, recover.py):
+what is already mapped at IOVA = GPA read/write counts as done, only the gaps
+are mapped, and a guest RAM address mapped any other way is an error naming
+it, raised before anything is changed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from .context import IommufdContext
 from .uapi import FIXED_IOVA, READABLE, WRITEABLE
 
 Progress = Callable[[int, int], None]
+
+
+class GuestRamConflict(ValueError):
+    """Guest RAM whose IOVA is mapped, but not to itself read/write: resuming would
+    need to unmap someone else's mapping, which map-ram does not do."""
 
 
 class EventSource(Protocol):
@@ -92,6 +103,63 @@ class GuestRamMap:
                     self.ctx.ioas_unmap(self.ioas_id, r.start, sum(s for _, s in mapped))
                 raise
             self.mapped[r.start] = r
+
+    def missing(self, ranges: Iterable[RamRange]) -> list[tuple[RamRange, int, int]]:
+        """The parts (range, start, size) of ``ranges`` the IOAS does not map yet.
+
+        Raises :class:`GuestRamConflict` naming the first range whose IOVA is
+        mapped other than to itself read/write; nothing is changed.
+        """
+        areas = self.ctx.areas(self.ioas_id)
+        gaps: list[tuple[RamRange, int, int]] = []
+        for r in ranges:
+            cur = r.start
+            for a in areas:
+                if a.last < r.start or a.iova > r.last:
+                    continue
+                if a.phys != a.iova or not (a.read and a.write):
+                    rw = ("read" if a.read else "") + ("/write" if a.write else "")
+                    raise GuestRamConflict(
+                        f"guest RAM {r.name} [{r.start:#x}, {r.last:#x}] is already mapped "
+                        f"differently in IOAS {self.ioas_id}: IOVA {a.iova:#x}+{a.length:#x} "
+                        f"-> {a.phys:#x} ({rw.strip('/')}), not IOVA = GPA read/write; "
+                        "unmap it first"
+                    )
+                if a.iova > cur:
+                    gaps.append((r, cur, a.iova - cur))
+                cur = max(cur, a.last + 1)
+            if cur <= r.last:
+                gaps.append((r, cur, r.last + 1 - cur))
+        return gaps
+
+    def resume(self) -> list[tuple[RamRange, int, int]]:
+        """Map the guest RAM the IOAS does not map yet (all or nothing: on an error the
+        pieces mapped by this call are unmapped again); returns the parts mapped."""
+        ram = guest_ram(self.qmp)
+        gaps = self.missing(ram)
+        pieces = [
+            (s, min(self.batch or size, start + size - s))
+            for _, start, size in gaps
+            for s in range(start, start + size, self.batch or size)
+        ]
+        total = sum(size for _, size in pieces)
+        done: list[tuple[int, int]] = []
+        done_bytes = 0
+        try:
+            for start, size in pieces:
+                self.ctx.ioas_map(
+                    self.ioas_id, start, size, FIXED_IOVA | READABLE | WRITEABLE, start
+                )
+                done.append((start, size))
+                done_bytes += size
+                if self.progress is not None:
+                    self.progress(done_bytes, total)
+        except BaseException:
+            for start, size in reversed(done):
+                self.ctx.ioas_unmap(self.ioas_id, start, size)
+            raise
+        self.mapped = {r.start: r for r in ram}
+        return gaps
 
     def _unmap(self, ranges: Iterable[RamRange]) -> None:
         for r in ranges:
