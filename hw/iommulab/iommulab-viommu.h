@@ -71,13 +71,11 @@ struct IOMMULabState {
     bool no_nesting;
 };
 
-/* Input address size of a paging domain allocated without 'ias' */
-#define IOMMULAB_DEFAULT_IAS 48
-
 /*
- * The QMP commands are implemented by the device code itself
- * (qmp_x_iommulab_* in iommulab-viommu.c; iommulab-stub.c where the device
- * is not built).  A subclass specialises one thing:
+ * The QMP commands are implemented by the device code itself (the
+ * qmp_x_iommulab_* of iommulab-control.c, -query.c, -faults.c, -hwinfo.c;
+ * iommulab-stub.c where the device is not built).  A subclass specialises
+ * one thing:
  */
 struct IOMMULabClass {
     PCIDeviceClass parent_class;
