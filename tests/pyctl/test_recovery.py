@@ -26,9 +26,10 @@ from testvm import ViommuVm, has_viommu, qemu_binary
 from pyctl import cli
 from pyctl.iommufd import InMemoryBackend, IommufdContext, IommulabHwptData, x86_device
 from pyctl.iommufd.backend import HwState, MapEntry
+from pyctl.iommufd.guestmap import GuestRamConflict, GuestRamMap
 from pyctl.iommufd.qmp_backend import QmpBackend
 from pyctl.iommufd.recover import attachment, orphans, reclaim
-from pyctl.iommufd.uapi import NEST_PARENT, HwptDataType
+from pyctl.iommufd.uapi import FIXED_IOVA, NEST_PARENT, READABLE, HwptDataType
 
 MIB = 1 << 20
 RW = 7  # FIXED_IOVA | WRITEABLE | READABLE
@@ -97,6 +98,46 @@ def test_orphans_of_a_rebuilt_context() -> None:
     assert again.check_hardware() == []
     assert orphans(IommufdContext.from_hardware(hw, nest_parents=[kept]), keep=[kept]) == []
     assert [o.domain for o in orphans(IommufdContext.from_hardware(hw))] == [kept]
+
+
+class _FakeRam:
+    """guest_ram()'s QMP: two RAM ranges, [0, 1 MiB) and [4 MiB, 12 MiB)."""
+
+    def cmd(self, cmd: str, **args: object) -> str:
+        assert cmd == "human-monitor-command"
+        return (
+            'FlatView #0\n AS "memory", root: system\n Root memory region: system\n'
+            "  0000000000000000-00000000000fffff (prio 0, ram): low\n"
+            "  0000000000400000-0000000000bfffff (prio 0, ram): high\n"
+        )
+
+
+def test_resume_maps_only_the_gaps_and_refuses_other_mappings() -> None:
+    hw = InMemoryBackend([x86_device("edu0")])
+    ctx = IommufdContext(hw)
+    ioas = ctx.ioas_alloc()
+    ctx.attach(ctx.bind("edu0"), ioas)
+    ctx.ioas_map(ioas, 0x600000, 2 * MIB, RW, iova=0x600000)  # in the middle of "high"
+    ctx.ioas_map(ioas, 0, MIB, RW, iova=0)  # all of "low"
+    ram = GuestRamMap(ctx, ioas, _FakeRam(), batch=MIB)
+    gaps = ram.resume()
+    assert [(r.name, s, n) for r, s, n in gaps] == [
+        ("high", 0x400000, 2 * MIB),
+        ("high", 0x800000, 4 * MIB),
+    ]
+    assert [(a.iova, a.length) for a in ctx.areas(ioas)][:2] == [(0, MIB), (0x400000, MIB)]
+    assert sum(a.length for a in ctx.areas(ioas)) == 9 * MIB  # 6 new 1 MiB pieces
+    assert ram.resume() == []  # nothing left
+
+    # a guest RAM address mapped elsewhere, or read-only: refused, nothing changed
+    for phys, flags in ((0x20000000, RW), (0xA00000, FIXED_IOVA | READABLE)):
+        ctx2 = IommufdContext(InMemoryBackend([x86_device("edu0")]))
+        io2 = ctx2.ioas_alloc()
+        ctx2.ioas_map(io2, phys, MIB, flags, iova=0xA00000)
+        before = ctx2.areas(io2)
+        with pytest.raises(GuestRamConflict, match=r"guest RAM high \[0x400000, 0xbfffff\]"):
+            GuestRamMap(ctx2, io2, _FakeRam()).resume()
+        assert ctx2.areas(io2) == before
 
 
 # ---------------------------------------------------------------- against QEMU
