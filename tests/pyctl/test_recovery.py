@@ -211,6 +211,8 @@ def test_kill_sweep_map_ram(
             rc, text, err = _run(["--qmp", sock, *MAP_RAM], capsys)
             assert rc == 0, (n, err)
             assert "attached to IOAS" in text or text.startswith("nothing to do"), (n, text)
+            # the domain allocated before the kill is left alone, and pointed at
+            assert ("note: 1 orphan domain(s)" in err) == (n == first_alloc), (n, err)
             if n == len(commands):  # killed after its last map: all was done
                 assert text.startswith("nothing to do"), text
             rc, text, err = _run(["--qmp", sock, "orphans", "--reclaim"], capsys)
