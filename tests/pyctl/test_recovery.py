@@ -2,7 +2,7 @@
 
 The kill sweep runs ``iommulab map-ram`` in a subprocess (tests/lib/killpoint.py,
 the CLI with a test-only hook) and kills it with SIGKILL after each of its QMP
-commands in turn, each time on a fresh q35 under qtest.  After each kill one
+commands in turn, each time on a fresh paused q35 (ViommuVm).  After each kill one
 ``iommulab map-ram`` finishes the job, ``iommulab orphans --reclaim`` frees
 what the crash left, and the device holds what an uninterrupted run leaves
 (the same domains' mappings, the device attached), which the vIOMMU's own
