@@ -275,12 +275,14 @@ def cmd_map_ram(args: argparse.Namespace, out: TextIO) -> None:
     from pyctl.iommufd.guestmap import GuestRamMap
     from pyctl.iommufd.recover import attachment
 
+    if args.batch is not None and (args.batch <= 0 or args.batch % 4096):
+        raise CliError(f"--batch {args.batch} must be a positive multiple of 4096")
     with _backend(args) as be:
         ctx = _rebuild(be, args)
         try:
             name = be.device_info(args.device).device
-        except BackendError as exc:
-            raise CliError(f"device {args.device!r}: {exc}") from exc
+        except BackendError as exc:  # as bind() says it (no such device file)
+            raise CliError(str(IommufdError("ENOENT", f"device {args.device!r}: {exc}"))) from exc
         found = attachment(ctx, name)
         dev = found.dev_id if found else None
         ioas = found.ioas_id if found else None

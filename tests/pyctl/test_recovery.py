@@ -257,6 +257,19 @@ def test_map_ram_refuses_ram_mapped_differently(capsys: pytest.CaptureFixture[st
 
 
 @needs_x86
+def test_map_ram_bad_batch_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with ViommuVm(devices=1, mem_mib=128) as vm:
+        sock = str(vm.qmp_path)
+        with QmpBackend(sock) as hw:
+            before = hw.query()
+        rc, text, err = _run(["--qmp", sock, "map-ram", "edu0", "--batch", "1000"], capsys)
+        assert rc == 1 and text == ""
+        assert err == "error: --batch 1000 must be a positive multiple of 4096\n"
+        with QmpBackend(sock) as hw:
+            assert hw.query() == before
+
+
+@needs_x86
 def test_map_ram_resumes_a_bound_blocked_device(capsys: pytest.CaptureFixture[str]) -> None:
     """--blocked adopts a device bound and left blocked: attached to a new IOAS, mapped."""
     with ViommuVm(devices=1, mem_mib=128) as vm:
