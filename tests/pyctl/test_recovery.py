@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testvm import ViommuVm, has_viommu, qemu_binary
+from testvm import PseriesVm, ViommuVm, has_viommu, ppc64_binary, qemu_binary
 
 from pyctl import cli
 from pyctl.iommufd import InMemoryBackend, IommufdContext, IommulabHwptData, x86_device
@@ -40,6 +40,7 @@ _BIN = qemu_binary()
 needs_x86 = pytest.mark.skipif(
     _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
 )
+needs_ppc = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -153,9 +154,11 @@ def _shape(state: HwState) -> tuple[object, ...]:
     )
 
 
-def _killed_run(sock: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _killed_run(
+    sock: str, env: dict[str, str], argv: list[str] = MAP_RAM
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(KILLPOINT), "--qmp", sock, *MAP_RAM],
+        [sys.executable, str(KILLPOINT), "--qmp", sock, *argv],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -234,6 +237,43 @@ def test_kill_sweep_map_ram(
                 assert not hw.translate("edu0", 0xC0000, "read").allowed  # the hole
     # only the crash between HWPT allocation and attach leaves an orphan
     assert orphaned == [first_alloc]
+
+
+@needs_ppc
+def test_kill_sweep_pseries_stage2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same on pseries through the stage-2 device (the PHB's PE): every kill point of
+    map-ram of 1 GiB in 128 MiB batches, then map-ram and orphans --reclaim."""
+    argv = ["--iommu", "s2", "map-ram", "s2", "--batch", "128M"]
+
+    def vm() -> PseriesVm:
+        return PseriesVm(second_phb=False, mem_mib=1024, devices=["iommulab-spapr-s2,id=s2"])
+
+    log = tmp_path / "qmp.log"
+    with vm() as v:
+        res = _killed_run(str(v.qmp_path), {"IOMMULAB_QMP_LOG": str(log)}, argv)
+        assert res.returncode == 0, res.stderr
+        with QmpBackend(str(v.qmp_path), iommu="s2") as hw:
+            ref = hw.query()
+    commands = log.read_text().split()
+    assert commands.count("x-iommulab-map") == 8
+    orphaned = []
+    for n in range(1, len(commands) + 1):
+        with vm() as v:
+            sock = str(v.qmp_path)
+            killed = _killed_run(sock, {"IOMMULAB_KILL_AFTER": str(n)}, argv)
+            assert killed.returncode == -signal.SIGKILL, (n, killed.stderr)
+            rc, _, err = _run(["--qmp", sock, *argv], capsys)
+            assert rc == 0, (n, err)
+            rc, text, err = _run(["--qmp", sock, "--iommu", "s2", "orphans", "--reclaim"], capsys)
+            assert rc == 0, (n, err)
+            if text != "no orphan domains\n":
+                orphaned.append(n)
+            with QmpBackend(sock, iommu="s2") as hw:
+                assert _shape(hw.query()) == _shape(ref), n
+                for gpa in (0, 0x12345000, (1 << 30) - 4096):
+                    t = hw.translate("s2", gpa, "write")
+                    assert t.allowed and t.addr == gpa, (n, gpa, t)
+    assert orphaned == [commands.index("x-iommulab-domain-alloc") + 1]
 
 
 @needs_x86
