@@ -80,6 +80,12 @@ class SpaprPeInfo:
     max_tces: int | None = None
     #: TCE table levels
     levels: int = 1
+    #: what the host side may create (VFIO's SPAPR_TCE_CREATE): the page shifts
+    #: the PE's TCE tables implement, the largest window in TCEs (None: not
+    #: reported), and TCEs per read of a table
+    host_page_shifts: tuple[int, ...] = ()
+    host_max_tces: int | None = None
+    read_tces_max: int | None = None
 
 
 #: 4 KiB, 2 MiB and 1 GiB pages (bit n set = 2**n bytes)

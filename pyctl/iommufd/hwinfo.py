@@ -55,6 +55,7 @@ def device_hw_info(answer: Mapping[str, Any], name: str | None = None) -> Device
     spapr = None
     if pe is not None:
         win = pe["default-window"]
+        host = pe.get("host-windows")
         spapr = SpaprPeInfo(
             int(win["start"]),
             int(win["size"]),
@@ -62,6 +63,9 @@ def device_hw_info(answer: Mapping[str, Any], name: str | None = None) -> Device
             int(pe["max-windows"]),
             int(pe["max-tces"]),
             int(pe["levels"]),
+            host_page_shifts=tuple(int(s) for s in host["page-shifts"]) if host else (),
+            host_max_tces=int(host["max-tces"]) if host else None,
+            read_tces_max=int(host["read-tces-max"]) if host else None,
         )
     ias = answer.get("ias")
     s1 = answer.get("stage1")

@@ -8,10 +8,12 @@ PHB's ``liobns[i]`` (0: the 32-bit default window's table, 1: the DDW's),
 so an index names the same TCE table whichever window it holds now.
 
 Capabilities are the host side's (docs/spapr.md "Host-side windows", the
-equivalent of VFIO's SPAPR_TCE_CREATE): as many windows as the PHB has TCE
-tables, the six page sizes the PHB implements, at most 2^24 TCEs per window,
-the 64-bit window at the policy's ``dma64-offset``.  The guest's own policy
-(what RTAS offers the guest) is :meth:`SpaprQmpBackend.policy`.
+equivalent of VFIO's SPAPR_TCE_CREATE), all as the device reports them in
+``x-iommulab-spapr-query-phbs``: as many windows as the PHB has TCE tables,
+the page sizes and the largest window of the PHB's ``host-windows``, the
+64-bit window at the policy's ``dma64-offset``.  TCEs are read in chunks of
+``host-windows``' ``read-tces-max``.  The guest's own policy (what RTAS
+offers the guest) is :meth:`SpaprQmpBackend.policy`.
 
 Guest RTAS window changes arrive as ``X_IOMMULAB_SPAPR_WINDOW`` events;
 :meth:`window_events` turns each into one :class:`WindowEvent` per device of
@@ -32,12 +34,6 @@ from .backend import Window, WindowCaps, WindowEvent
 from .errors import BackendError
 from .qmp_backend import QmpBackend
 
-#: IOMMU page shifts a PHB's TCE tables implement (4K, 64K, 2M, 16M, 256M, 16G)
-HOST_PAGE_SHIFTS = (12, 16, 21, 24, 28, 34)
-#: TCEs a host-created window may have
-HOST_MAX_TCES = 1 << 24
-#: TCEs per x-iommulab-spapr-read-tces call
-READ_CHUNK = 1 << 20
 TCE_READ = 1 << 0
 TCE_WRITE = 1 << 1
 
@@ -146,12 +142,15 @@ class SpaprQmpBackend(QmpBackend):
     # -- WindowBackend -----------------------------------------------------------
     def window_caps(self, device: str) -> WindowCaps:
         p = self._phb(self.phb_of(device))
+        host = p["host-windows"]
+        shifts = tuple(int(s) for s in host["page-shifts"])
+        max_tces = int(host["max-tces"])
         return WindowCaps(
             windows_supported=len(p["liobns"]),
-            page_shifts=HOST_PAGE_SHIFTS,
+            page_shifts=shifts,
             ddw_offset=p["policy"]["dma64-offset"],
-            max_size=HOST_MAX_TCES << max(HOST_PAGE_SHIFTS),
-            max_tces=HOST_MAX_TCES,
+            max_size=max_tces << max(shifts),
+            max_tces=max_tces,
         )
 
     def windows(self, device: str) -> list[Window]:
@@ -205,11 +204,12 @@ class SpaprQmpBackend(QmpBackend):
         if win is None:
             raise BackendError(f"window {index} of PHB {phb} is not enabled")
         liobn = liobns[index]
+        chunk = int(p["host-windows"]["read-tces-max"])
         end = win.size >> win.page_shift if count is None else start + count
         out: list[TceEntry] = []
         pos = start
         while pos < end:
-            n = min(READ_CHUNK, end - pos)
+            n = min(chunk, end - pos)
             r = self.execute(
                 "x-iommulab-spapr-read-tces", {"liobn": liobn, "start": pos, "count": n}
             )

@@ -159,6 +159,8 @@ def expected_pe(p: dict[str, Any], stage2: str | None = None) -> dict[str, Any]:
         "levels": 2,  # directory and leaves (patch 0016)
         "table-memory-limit": pol["table-memory-limit"],
         "dma64-offset": pol["dma64-offset"],
+        # what the host side may create, the same facts in both answers
+        "host-windows": p["host-windows"],
     }
     if stage2:
         pe["stage2"] = stage2

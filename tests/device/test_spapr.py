@@ -418,6 +418,43 @@ def test_host_window_create_read_remove(vm: Pseries) -> None:
     assert not vm.events("X_IOMMULAB_SPAPR_WINDOW")
 
 
+HOST_WINDOWS = {
+    "page-shifts": [12, 16, 21, 24, 28, 34],
+    "max-tces": 1 << 24,
+    "read-tces-max": 1 << 20,
+}
+
+
+def test_host_windows_are_the_limits_enforced(vm: Pseries) -> None:
+    """host-windows (query-phbs, hw-info's PE facts) states exactly what create and read accept."""
+    hwin = vm.phb()["host-windows"]
+    assert hwin == HOST_WINDOWS
+    assert vm.cmd("x-iommulab-query-hw-info", device="edu0")["spapr-pe"]["host-windows"] == hwin
+    # every reported page shift creates a window (one TCE), no other shift does
+    for shift in range(10, 40):
+        if shift not in hwin["page-shifts"]:
+            assert "page-shift" in err(
+                vm, "x-iommulab-spapr-window-create", page_shift=shift, size=1 << shift
+            )
+            continue
+        w = vm.cmd("x-iommulab-spapr-window-create", page_shift=shift, size=1 << shift)
+        assert (w["page-shift"], w["entries"]) == (shift, 1)
+        vm.cmd("x-iommulab-spapr-window-remove", liobn=LIOBN1)
+    # the largest window: max-tces TCEs, and not one more
+    big = hwin["max-tces"] << 12
+    assert "TCEs" in err(vm, "x-iommulab-spapr-window-create", page_shift=12, size=big + 4096)
+    assert len(vm.windows()) == 1
+    w = vm.cmd("x-iommulab-spapr-window-create", page_shift=12, size=big)
+    assert w["entries"] == hwin["max-tces"]
+    # read-tces-max TCEs per read and not one more (a read of all of them is 11 MB of
+    # JSON, more than the test's QMP client buffers: the refusal names the bound)
+    n = hwin["read-tces-max"]
+    assert f"count must be 1..{n}" in err(
+        vm, "x-iommulab-spapr-read-tces", liobn=LIOBN1, count=n + 1
+    )
+    assert vm.tces(LIOBN1, (1 << 24) - 4, 4) == [0] * 4
+
+
 @pytest.mark.parametrize(
     "args,msg",
     [

@@ -40,6 +40,11 @@ PE = {
     "max-tces": 1 << 37,
     "levels": 1,
     "dma64-offset": 1 << 59,
+    "host-windows": {
+        "page-shifts": [12, 16, 21, 24, 28, 34],
+        "max-tces": 1 << 24,
+        "read-tces-max": 1 << 20,
+    },
 }
 PSERIES_S2: dict[str, Any] = {
     "type": "spapr-stage2",
@@ -83,6 +88,12 @@ def test_pseries_tce_device() -> None:
     info = device_hw_info(PSERIES_EDU)
     assert (info.platform, info.ias, info.msi_window) == ("spapr", 64, None)
     assert info.spapr is not None and info.spapr.page_shifts == (12, 16, 21, 24)
+    # the guest's policy above, what the host may create here
+    assert info.spapr.host_page_shifts == (12, 16, 21, 24, 28, 34)
+    assert (info.spapr.host_max_tces, info.spapr.read_tces_max) == (1 << 24, 1 << 20)
+    pe = {k: v for k, v in PE.items() if k != "host-windows"}
+    old = device_hw_info({**PSERIES_EDU, "spapr-pe": pe}).spapr
+    assert old is not None and (old.host_page_shifts, old.host_max_tces) == ((), None)
 
 
 def test_other_regions_and_refusals() -> None:

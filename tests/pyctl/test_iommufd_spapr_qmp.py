@@ -9,7 +9,8 @@ import pytest
 from testvm import PseriesVm, ppc64_binary
 
 from pyctl.iommufd import BackendError, Window, WindowBackend
-from pyctl.iommufd.spapr_qmp import HOST_MAX_TCES, SpaprQmpBackend, TceEntry
+from pyctl.iommufd.hwinfo import device_hw_info
+from pyctl.iommufd.spapr_qmp import SpaprQmpBackend, TceEntry
 from pyctl.qemu.qtest import QTest
 
 GIB = 1 << 30
@@ -47,7 +48,15 @@ def test_caps_windows_and_phb_of_devices(ppc: tuple[SpaprQmpBackend, QTest]) -> 
     assert be.phb_of("/machine/peripheral/edu1") == 1
     caps = be.window_caps("edu0")
     assert caps.windows_supported == 2 and caps.ddw_offset == DDW
-    assert caps.page_shifts == (12, 16, 21, 24, 28, 34) and caps.max_tces == HOST_MAX_TCES
+    # the host side's limits, as the device reports them (host-windows)
+    assert caps.page_shifts == (12, 16, 21, 24, 28, 34) and caps.max_tces == 1 << 24
+    assert caps.max_size == 1 << (24 + 34)
+    # the same facts in the PE's hw-info (what the model's GET_HW_INFO reads)
+    pe = device_hw_info(be.execute("x-iommulab-query-hw-info", {"device": "edu0"})).spapr
+    assert pe is not None and (pe.host_page_shifts, pe.host_max_tces) == (
+        caps.page_shifts,
+        caps.max_tces,
+    )
     assert be.windows("edu0") == [Window(0, 0, GIB, 12)]
     with pytest.raises(BackendError, match="nosuch"):
         be.windows("nosuch")

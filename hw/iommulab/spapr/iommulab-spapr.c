@@ -31,10 +31,12 @@
 #define IL_SPAPR_FAULTS_MAX     256
 /* Events waiting for the bottom half; more are counted as suppressed */
 #define IL_SPAPR_EVENTS_PENDING 32
+/* The largest window the host side creates (reported: host-windows) */
 #define IL_SPAPR_HOST_MAX_TCES  (1u << 24)
 /* A TCE's permission bits: 0 read, 1 write */
 #define IL_SPAPR_TCE_RW         3ULL
 #define IL_SPAPR_POLICY_MAX_TCES (1ULL << 37)
+/* TCEs per x-iommulab-spapr-read-tces (reported: host-windows) */
 #define IL_SPAPR_READ_MAX       (1u << 20)
 /* Smallest TCE memory limit of a PHB: a default window and a leaf */
 #define IL_SPAPR_MIN_TABLE_MEMORY (64u << 10)
@@ -187,6 +189,24 @@ static uint8List *il_spapr_page_shift_list(uint64_t mask)
         }
     }
     return head;
+}
+
+/*
+ * What the host side may create (x-iommulab-spapr-window-create) and read
+ * back: the control plane takes these from here, not from a copy.
+ */
+static IommulabHwSpaprHostWindows *il_spapr_host_windows(void)
+{
+    IommulabHwSpaprHostWindows *h = g_new0(IommulabHwSpaprHostWindows, 1);
+    uint8List **tail = &h->page_shifts;
+    int i;
+
+    for (i = 0; i < ARRAY_SIZE(il_spapr_page_shifts); i++) {
+        QAPI_LIST_APPEND(tail, il_spapr_page_shifts[i]);
+    }
+    h->max_tces = IL_SPAPR_HOST_MAX_TCES;
+    h->read_tces_max = IL_SPAPR_READ_MAX;
+    return h;
 }
 
 static IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb)
@@ -444,6 +464,7 @@ IommulabSpaprPhbList *qmp_x_iommulab_spapr_query_phbs(Error **errp)
         }
         p->policy = il_spapr_policy(sphb);
         p->windows = il_spapr_windows(sphb);
+        p->host_windows = il_spapr_host_windows();
         QAPI_LIST_APPEND(tail, p);
     }
     return head;
@@ -830,6 +851,7 @@ IommulabHwSpaprPe *iommulab_spapr_pe_info(Object *phb)
     if (s2) {
         pe->stage2 = object_get_canonical_path(OBJECT(s2));
     }
+    pe->host_windows = il_spapr_host_windows();
     return pe;
 }
 
