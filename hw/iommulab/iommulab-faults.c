@@ -83,7 +83,7 @@ static int iommulab_collect_faults_one(Object *obj, void *opaque)
 
 /*
  * Every lab fault is in exactly one queue, its translator's: a vIOMMU's
- * engine, or a pseries PHB's (TCE windows, iommulab-spapr.c).
+ * engine, or a pseries PHB's (TCE windows, iommulab-spapr-faults.c).
  */
 IommulabFaults *qmp_x_iommulab_query_faults(const char *iommu, bool has_clear,
                                             bool clear, Error **errp)

@@ -2,7 +2,7 @@
  * iommulab-viommu: x-iommulab-query-hw-info, the hardware facts the
  * control plane sizes its model by (the lab's IOMMU_GET_HW_INFO plus the
  * reserved regions): of a vIOMMU, of one of its requesters, or of a PCI
- * device on a pseries PHB (iommulab-spapr.c).
+ * device on a pseries PHB (spapr/iommulab-spapr-hwinfo.c).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

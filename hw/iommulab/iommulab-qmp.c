@@ -2,8 +2,8 @@
  * iommulab: the one lookup of the lab's QMP commands.
  *
  * How a QMP command reaches a device: the command is implemented by the
- * code it drives (qmp_x_iommulab_* in iommulab-viommu.c, the
- * x-iommulab-spapr-* ones in spapr/iommulab-spapr.c), and a QEMU built
+ * code it drives (qmp_x_iommulab_* in the pieces of iommulab-viommu, the
+ * x-iommulab-spapr-* ones in spapr/iommulab-spapr*.c), and a QEMU built
  * without that code links a stub that fails with a clear error
  * (iommulab-stub.c, spapr/iommulab-spapr-stub.c), as QEMU does for
  * query-pci without PCI.  Every command names its devices through

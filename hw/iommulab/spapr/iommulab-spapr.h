@@ -3,7 +3,7 @@
  *
  * The x-iommulab-spapr-* QMP commands are part of the common QAPI schema,
  * so every qemu-system binary links them: the pseries code
- * (iommulab-spapr.c) implements them, and a QEMU without it links
+ * (iommulab-spapr*.c) implements them, and a QEMU without it links
  * iommulab-spapr-stub.c, whose commands fail with a clear error.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

@@ -1,0 +1,81 @@
+/*
+ * iommulab pseries internals: what the pieces of the x-iommulab-spapr-*
+ * backend share (iommulab-spapr.c lists them).  Not for other devices:
+ * they use iommulab-spapr.h.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef HW_IOMMULAB_SPAPR_INTERNAL_H
+#define HW_IOMMULAB_SPAPR_INTERNAL_H
+
+#include "qemu/thread.h"
+#include "hw/ppc/spapr.h"
+#include "hw/pci-host/spapr.h"
+#include "hw/iommulab/iommulab-viommu.h"
+#include "iommulab-spapr.h"
+
+/* Events waiting for the bottom half; more are counted as suppressed */
+#define IL_SPAPR_EVENTS_PENDING 32
+
+typedef struct ILSpaprEvent {
+    ILFault f;
+    uint64_t suppressed;
+} ILSpaprEvent;
+
+typedef struct ILSpaprState {
+    QemuMutex lock;
+    /* Per PHB index: refuse every ibm,create-pe-dma-window */
+    GHashTable *refuse_create;
+    /* Per LIOBN: faults since the window was enabled */
+    GHashTable *window_faults;
+    /* Per PHB index: its TCE fault queue (ILFaultQueue *) */
+    GHashTable *phb_faults;
+    /* Events not sent yet (the bottom half sends them) */
+    ILSpaprEvent pending[IL_SPAPR_EVENTS_PENDING];
+    uint32_t npending;
+    uint64_t lost;              /* pending overflowed: added to the next */
+    bool bh_scheduled;
+} ILSpaprState;
+
+/* The lab's pseries state: one per process (iommulab-spapr.c) */
+extern ILSpaprState il_spapr_state;
+
+/* ---- lookups and listings (iommulab-spapr.c) ---- */
+
+/* The pseries machine, or an error naming what this machine is */
+SpaprMachineState *il_spapr_machine(Error **errp);
+
+/* PHB @index (0 without @has_phb), or an error */
+SpaprPhbState *il_spapr_find_phb(bool has_phb, uint32_t index,
+                                 Error **errp);
+
+/* The PHB's TCE tables, enabled or not; NULL where there is none. */
+SpaprTceTable *il_spapr_table(SpaprPhbState *sphb, int i);
+unsigned il_spapr_num_tables(SpaprPhbState *sphb);
+
+IommulabSpaprWindow *il_spapr_window_info(SpaprTceTable *tcet);
+IommulabSpaprWindowList *il_spapr_windows(SpaprPhbState *sphb);
+bool il_spapr_refuses_create(SpaprPhbState *sphb);
+uint8List *il_spapr_page_shift_list(uint64_t mask);
+IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb);
+
+/* ---- host windows (iommulab-spapr-windows.c) ---- */
+
+/* What the host side may create and read back (host-windows) */
+IommulabHwSpaprHostWindows *il_spapr_host_windows(void);
+
+/* ---- TCE faults (iommulab-spapr-faults.c) ---- */
+
+/* Faults of window @liobn since it was enabled; reset when it is */
+uint64_t il_spapr_window_faults(uint32_t liobn);
+void il_spapr_window_faults_reset(uint32_t liobn);
+
+/* The PHB's fault queue, created on first use (under il_spapr_state.lock) */
+ILFaultQueue *il_spapr_queue(uint32_t phb, bool create);
+void il_spapr_free_queue(gpointer q);
+
+/* Record the faults of the PHB's TCE tables (each table, once enabled) */
+void il_spapr_hook_tables(SpaprPhbState *sphb);
+void il_spapr_hook_all_tables(SpaprMachineState *spapr);
+
+#endif
