@@ -14,7 +14,7 @@
  * Operation count: argv[2] or $IL_OPS.
  */
 #include <string.h>
-#include "check.h"
+#include "test-util.h"
 #include "il-engine.h"
 
 #define PG          IL_PAGE_SIZE
@@ -33,22 +33,8 @@ static uint8_t mem[MEM];
 static uint64_t model_out[NPAGING][NPAGES];
 static uint8_t model_perm[NPAGING][NPAGES];
 static int nested_parent[NNESTED];      /* -1: not allocated */
-static uint64_t rng;
 static uint64_t evictions;              /* fills over another domain's entry */
 static uint64_t dropped;                /* entries unmaps dropped */
-
-static uint64_t rnd(void)
-{
-    rng ^= rng >> 12;
-    rng ^= rng << 25;
-    rng ^= rng >> 27;
-    return rng * 0x2545F4914F6CDD1DULL;
-}
-
-static uint64_t below(uint64_t n)
-{
-    return rnd() % n;
-}
 
 static bool mem_read(void *opaque, uint64_t addr, void *buf, size_t len)
 {
@@ -260,27 +246,6 @@ static void check_nested(ILEngine *e, unsigned k, unsigned i)
     }
 }
 
-/* The index is consistent and every valid entry is what a walk gives now. */
-static void iotlb_exact(ILEngine *e)
-{
-    CHECK(il_iotlb_check(e));
-    for (uint32_t i = 0; i < il_iotlb_size(e); i++) {
-        const ILTlbEntry *t = &e->tlb[i];
-        ILResult r;
-
-        if (!t->dom) {
-            continue;
-        }
-        CHECK(il_domain_find(e, il_domain_id(t->dom)) == t->dom);
-        CHECK(il_translate(e, IL_MODE_DOMAIN, t->dom, 0,
-                           t->page << IL_PAGE_SHIFT, 0, IL_TR_DEBUG, &r,
-                           NULL));
-        CHECK_EQ(r.addr & ~t->mask, t->out);
-        CHECK_EQ(r.perm, t->perm);
-        CHECK_EQ(r.shift, t->shift);
-    }
-}
-
 /*
  * After an invalidation of [first, last] in d (NULL: all domains): no entry
  * of d overlaps it, and a paging d's children have none left.
@@ -336,7 +301,7 @@ int main(int argc, char **argv)
     unsigned tlb = 16u << (seed % 5);           /* 16 .. 256 slots */
     ILEngine e;
 
-    rng = seed ? seed : 1;
+    rng_seed(seed);
     printf("seed %" PRIu64 " (override: test-iotlb-random SEED [OPS] or "
            "IL_SEED), %u operations, IOTLB %u\n", seed, ops, tlb);
     CHECK_EQ(il_engine_init(&e, tlb, 8, mem_read, NULL), IL_OK);
@@ -393,7 +358,7 @@ int main(int argc, char **argv)
             check_paging(&e, k, below(4) ? (k * 97 + below(8) * 13) % NPAGES
                                          : below(NPAGES));
         }
-        iotlb_exact(&e);
+        check_iotlb_exact(&e);
     }
     printf("iotlb hits %" PRIu64 " misses %" PRIu64 " invalidations %"
            PRIu64 "; fills evicting another domain's entry %" PRIu64

@@ -9,7 +9,7 @@
  * Seed: argv[1], else $IL_SEED, else a fixed default; always printed.
  */
 #include <string.h>
-#include "check.h"
+#include "test-util.h"
 #include "il-engine.h"
 
 #define PG          4096ULL
@@ -22,7 +22,6 @@
 #define RW          (IL_S1_P | IL_S1_R | IL_S1_W)
 
 static uint8_t mem[MEM];
-static uint64_t rng;
 
 typedef struct S1Leaf {
     bool present;
@@ -33,14 +32,6 @@ typedef struct S1Leaf {
 static S1Leaf s1[NS1];
 static uint64_t s2_pa[NDATA];       /* 0: unmapped */
 static unsigned s2_perm[NDATA];
-
-static uint64_t rnd(void)
-{
-    rng ^= rng >> 12;
-    rng ^= rng << 25;
-    rng ^= rng >> 27;
-    return rng * 0x2545F4914F6CDD1DULL;
-}
 
 static bool mem_read(void *opaque, uint64_t addr, void *buf, size_t len)
 {
@@ -138,7 +129,7 @@ int main(int argc, char **argv)
 
     printf("seed %" PRIu64 " (override: test-nested-random SEED [OPS] or "
            "IL_SEED), %u operations\n", seed, ops);
-    rng = seed ? seed : 1;
+    rng_seed(seed);
     il_engine_init(&e, 512, 8, mem_read, NULL);
     CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
     CHECK_EQ(il_domain_map(&e, 1, &tables, 1, &bad), IL_OK);

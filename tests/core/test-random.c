@@ -7,7 +7,7 @@
  * failure can be replayed.  Operation count: argv[2] or $IL_OPS.
  */
 #include <string.h>
-#include "check.h"
+#include "test-util.h"
 #include "il-engine.h"
 
 #define NPAGES  (1u << 15)          /* model space: 128 MiB of iova */
@@ -16,21 +16,7 @@
 
 static uint64_t model_out[NPAGES];  /* output page address */
 static uint8_t model_perm[NPAGES];  /* 0: unmapped */
-static uint64_t rng;
 static uint64_t hot[32];            /* pages translated often (IOTLB hits) */
-
-static uint64_t rnd(void)
-{
-    rng ^= rng >> 12;
-    rng ^= rng << 25;
-    rng ^= rng >> 27;
-    return rng * 0x2545F4914F6CDD1DULL;
-}
-
-static uint64_t below(uint64_t n)
-{
-    return rnd() % n;
-}
 
 static bool no_read(void *opaque, uint64_t addr, void *buf, size_t len)
 {
@@ -228,7 +214,7 @@ int main(int argc, char **argv)
 
     printf("seed %" PRIu64 " (override: test-random SEED [OPS] or IL_SEED), "
            "%u operations\n", seed, ops);
-    rng = seed ? seed : 1;
+    rng_seed(seed);
     il_engine_init(&e, 256, 8, no_read, NULL);
     CHECK_EQ(il_domain_alloc_paging(&e, 1, 48), IL_OK);
     d = il_domain_find(&e, 1);
