@@ -1,0 +1,129 @@
+"""``iommulab --qmp SOCK VIEW``: the device's state read straight over QMP (no model)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from pyctl.iovamap import COLORS, Band, Row, render_svg
+from pyctl.qemu.qmp import QmpSession
+from pyctl.report import counter_rows
+from pyctl.tables import as_json, table
+
+from .common import CliError, qmp_cmd
+
+View = Callable[[QmpSession, argparse.Namespace, TextIO], None]
+
+
+def view_devices(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    if args.json:
+        as_json(info["devices"], out)
+        return
+    table(info["devices"], ["id", "device", "requester-id", "mode", "domain"], out)
+
+
+def view_domains(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    rows = [
+        {**d, "mappings": len(d["mappings"]), "mapped": sum(m["size"] for m in d["mappings"])}
+        for d in info["domains"]
+    ]
+    if args.json:
+        as_json(info["domains"], out)
+        return
+    cols = ["domain", "type", "ias", "parent", "s1-root", "devices", "children", "mappings"]
+    table(rows, [*cols, "mapped"], out)
+
+
+def view_mappings(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    rows = [
+        {"domain": d["domain"], **m}
+        for d in info["domains"]
+        if args.domain is None or d["domain"] == args.domain
+        for m in d["mappings"]
+    ]
+    if args.json:
+        as_json(rows, out)
+        return
+    table(rows, ["domain", "iova", "size", "addr", "read", "write"], out)
+
+
+def view_counters(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    counters = qmp_cmd(qmp, "x-iommulab-query-counters", iommu=args.iommu)
+    if args.json:
+        as_json(counters, out)
+        return
+    table(counter_rows(counters), ["counter", "value"], out)
+
+
+def view_faults(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    res = qmp_cmd(qmp, "x-iommulab-query-faults", iommu=args.iommu, clear=args.clear)
+    if args.json:
+        as_json(res, out)
+        return
+    table(res["faults"], ["device", "iova", "access", "stage", "reason", "domain"], out)
+    if res.get("dropped"):
+        print(f"({res['dropped']} more faults dropped: the queue was full)", file=out)
+
+
+def view_translate(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    res = qmp_cmd(
+        qmp,
+        "x-iommulab-translate",
+        iommu=args.iommu,
+        device=args.device,
+        iova=args.iova,
+        access="write" if args.write else "read",
+    )
+    if args.json:
+        as_json(res, out)
+        return
+    table(
+        [{"iova": args.iova, **res}],
+        ["iova", "allowed", "addr", "read", "write", "stage", "reason"],
+        out,
+    )
+
+
+def view_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    dom = next((d for d in info["domains"] if d["domain"] == args.domain), None)
+    if dom is None:
+        raise CliError(f"no domain {args.domain} in {args.iommu}")
+    top = (1 << dom["ias"]) - 1
+    # the reserved regions are the device's own report (its IOMMU_GET_HW_INFO)
+    hw = qmp_cmd(qmp, "x-iommulab-query-hw-info", device=args.iommu)
+    resv = [
+        Band(r["start"], r["start"] + r["size"] - 1, r["type"].upper())
+        for r in hw["reserved-regions"]
+    ]
+    rows = [
+        Row("aperture", [Band(0, top, f"{dom['ias']}-bit")], COLORS["windows"]),
+        Row("reserved", resv, COLORS["reserved"]),
+        Row(
+            "mappings",
+            [Band(m["iova"], m["iova"] + m["size"] - 1) for m in dom["mappings"]],
+            COLORS["mappings"],
+        ),
+    ]
+    svg = render_svg(f"{info['path']} domain {args.domain} ({dom['type']})", rows)
+    try:
+        Path(args.output).write_text(svg)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.output}", file=out)
+
+
+VIEWS: dict[str, tuple[View, str]] = {
+    "devices": (view_devices, "devices behind the vIOMMU and their attachment"),
+    "domains": (view_domains, "domains the device holds"),
+    "mappings": (view_mappings, "stage-2 mappings, merged"),
+    "counters": (view_counters, "IOTLB and fault counters"),
+    "faults": (view_faults, "the fault queue"),
+    "translate": (view_translate, "translate one address for a device (debug)"),
+    "picture": (view_picture, "SVG picture of a domain's IOVA space"),
+}
