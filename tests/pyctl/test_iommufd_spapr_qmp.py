@@ -120,3 +120,19 @@ def test_read_tces_decoded(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
     assert be.read_tces("edu1", 0) == []
     with pytest.raises(BackendError, match="not enabled"):
         be.read_tces("edu0", 1)
+
+
+def test_read_tces_of_a_window_larger_than_one_read(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
+    """More TCEs than the device returns per read, and than one QMP answer of the client
+    holds (a read of read-tces-max TCEs is 11 MB of JSON): read in chunks, all decoded."""
+    be, qt = ppc
+    n = be.phbs()[0]["host-windows"]["read-tces-max"] + 1
+    w = be.create_window("edu0", 12, n << 12, DDW)
+    liobn = next(p["liobns"][1] for p in be.phbs() if p["phb"] == 0)
+    last = DDW + ((n - 1) << 12)
+    assert qt.command(f"hcall 0x{H_PUT_TCE:x} 0x{liobn:x} 0x{DDW:x} 0x1003")[0] == "0"
+    assert qt.command(f"hcall 0x{H_PUT_TCE:x} 0x{liobn:x} 0x{last:x} 0x2001")[0] == "0"
+    assert be.read_tces("edu0", w.index) == [
+        TceEntry(0, DDW, 0x1000, True, True),
+        TceEntry(n - 1, last, 0x2000, True, False),
+    ]
