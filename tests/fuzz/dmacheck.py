@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fuzzlab import EDU_BUF, Finding, Lab, Step
+from fuzzlab import EDU_BUF, Finding, Lab, Step, free_domain
 
 from pyctl.qemu.pseries_qtest import H_PUT_TCE, LIOBN0
 
@@ -33,7 +33,7 @@ def _qmp(lab: Lab, name: str, **args: Any) -> Any:
 def dma_check(lab: Lab, policy: dict[str, Any] | None = None) -> None:
     """Raise a Finding unless bytes land through the new domain and nowhere else."""
     state = lab.lab_state()
-    dom = max([d["domain"] for d in state["domains"]] + [1000]) + 1
+    dom = free_domain([d["domain"] for d in state["domains"]])
     pattern = bytes((i * 7 + 3) & 0xFF for i in range(64))
     canary = b"\x5a" * 64
     _qmp(lab, "x-iommulab-domain-alloc", iommu=lab.iommu, domain=dom, type="paging")

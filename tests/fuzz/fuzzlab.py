@@ -279,6 +279,12 @@ class Lab:
         return self.run(Step("rtas", name, [a & 0xFFFFFFFF for a in args], nret))
 
 
+def free_domain(used: list[int], low: int = 1000) -> int:
+    """The lowest domain id from ``low`` up that ``used`` lacks (ids are uint32)."""
+    taken = set(used)
+    return next(d for d in range(low, low + len(taken) + 1) if d not in taken)
+
+
 def paths(a: Any, b: Any, at: str = "") -> list[str]:
     """Where two JSON values differ: ``path: old -> new`` (a few, short)."""
     if isinstance(a, dict) and isinstance(b, dict):

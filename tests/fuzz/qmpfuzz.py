@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from fuzzlab import EDU_BUF, Finding, Lab, Step, diff, paths
+from fuzzlab import EDU_BUF, Finding, Lab, Step, diff, free_domain, paths
 
 from pyctl.qemu.pseries_qtest import H_PUT_TCE, LIOBN0
 
@@ -341,7 +341,7 @@ class QmpFuzzer:
         """A fresh domain mapping 16 KiB of RAM, edu0 (pseries: the PHB, s2) attached to it,
         so that traffic fills the IOTLB; refusals here are checked like any other."""
         lab = self.lab
-        dom = max([*self.mem.domains, 2000]) + 1
+        dom = free_domain(self.mem.domains, 2000)
         pseries = lab.target == "pseries"
         m = {
             "iova": PSERIES_RAM if pseries else 0x100000,
