@@ -65,3 +65,15 @@ def test_oracle_sees_a_refusal_that_changed_state() -> None:
         assert not out.ok and out.error_class == "GenericError" and out.error
     finally:
         lab.close()
+
+
+def test_oracle_sees_a_dead_qemu() -> None:
+    """QEMU killed between two steps: the next step is a crash finding with QEMU's output."""
+    lab = Lab("q35", binary("q35"))
+    try:
+        assert lab.vm.proc is not None
+        lab.vm.proc.kill()
+        with pytest.raises(Finding, match=r"crash: QEMU died at .*x-iommulab-query"):
+            lab.run(Step("qmp", "x-iommulab-query", {"iommu": "viommu0"}))
+    finally:
+        lab.close()
