@@ -74,6 +74,22 @@ static void iommulab_set_error(Error **errp, ILError err, const char *what,
                il_strerror(err));
 }
 
+/*
+ * Map and unmap name a paging domain: its absence or another type is the
+ * error, whatever the ranges were (true when @err was one of those).
+ */
+static bool iommulab_paging_domain_error(Error **errp, uint32_t domain,
+                                         ILError err)
+{
+    if (err != IL_ERR_NOENT && err != IL_ERR_TYPE) {
+        return false;
+    }
+    error_setg(errp, "domain %" PRIu32 " %s", domain,
+               err == IL_ERR_NOENT ? "does not exist" :
+               "is not a paging domain");
+    return true;
+}
+
 void qmp_x_iommulab_domain_alloc(const char *iommu, uint32_t domain,
                                  IommulabDomainType type, bool has_parent,
                                  uint32_t parent, bool has_s1_root,
@@ -208,10 +224,7 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
                                       false);
     }
     qemu_mutex_unlock(&s->lock);
-    if (err == IL_ERR_NOENT || err == IL_ERR_TYPE) {
-        error_setg(errp, "domain %" PRIu32 " %s", domain,
-                   err == IL_ERR_NOENT ? "does not exist" :
-                   "is not a paging domain");
+    if (iommulab_paging_domain_error(errp, domain, err)) {
         return;
     }
     if (err != IL_OK) {
@@ -277,10 +290,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
                                       true);
     }
     qemu_mutex_unlock(&s->lock);
-    if (err == IL_ERR_NOENT || err == IL_ERR_TYPE) {
-        error_setg(errp, "domain %" PRIu32 " %s", domain,
-                   err == IL_ERR_NOENT ? "does not exist" :
-                   "is not a paging domain");
+    if (iommulab_paging_domain_error(errp, domain, err)) {
         return NULL;
     }
     if (err != IL_OK) {

@@ -62,22 +62,6 @@ ILFaultQueue *il_spapr_queue(uint32_t phb, bool create)
     return q;
 }
 
-static SpaprPhbState *il_spapr_phb_by_index(uint32_t index)
-{
-    SpaprMachineState *spapr = (SpaprMachineState *)
-        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
-    SpaprPhbState *sphb;
-
-    if (spapr) {
-        QLIST_FOREACH(sphb, &spapr->phbs, list) {
-            if (sphb->index == index) {
-                return sphb;
-            }
-        }
-    }
-    return NULL;
-}
-
 /* A PHB's TCE fault as x-iommulab-query-faults and the event show it */
 static void il_spapr_fault_to_qapi(const ILFault *f, IommulabFault *qf)
 {

@@ -46,6 +46,8 @@ extern ILSpaprState il_spapr_state;
 SpaprMachineState *il_spapr_machine(Error **errp);
 
 /* PHB @index (0 without @has_phb), or an error */
+/* The pseries PHB with index @index; NULL if none (or not pseries) */
+SpaprPhbState *il_spapr_phb_by_index(uint32_t index);
 SpaprPhbState *il_spapr_find_phb(bool has_phb, uint32_t index,
                                  Error **errp);
 

@@ -41,6 +41,7 @@
 #endif
 #include "hw/iommulab/iommulab-viommu.h"
 #include "iommulab-spapr.h"
+#include "iommulab-spapr-internal.h"
 #include "trace.h"
 
 #define TYPE_IOMMULAB_SPAPR_S2 "iommulab-spapr-s2"
@@ -75,23 +76,6 @@ static PnvPHB4 *il_s2_pnv_phb4(Object *host)
 }
 #endif
 
-/* The pseries PHB with index @index, if there is one */
-static Object *il_s2_spapr_phb_by_index(uint32_t index)
-{
-    SpaprMachineState *spapr = (SpaprMachineState *)
-        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
-    SpaprPhbState *sphb;
-
-    if (spapr) {
-        QLIST_FOREACH(sphb, &spapr->phbs, list) {
-            if (sphb->index == index) {
-                return OBJECT(sphb);
-            }
-        }
-    }
-    return NULL;
-}
-
 /* The PHB named by the "phb" property, or the one of the device's bus */
 static Object *il_s2_host(IOMMULabSpaprS2 *s2, PCIBus *bus, Error **errp)
 {
@@ -107,7 +91,7 @@ static Object *il_s2_host(IOMMULabSpaprS2 *s2, PCIBus *bus, Error **errp)
         return OBJECT(BUS(bus)->parent);
     }
     if (!qemu_strtou64(name, NULL, 10, &index) && index <= UINT32_MAX) {
-        Object *phb = il_s2_spapr_phb_by_index(index);
+        Object *phb = OBJECT(il_spapr_phb_by_index(index));
 
         if (!phb) {
             error_setg(errp, "phb=%s: there is no pseries PHB with index %s",

@@ -45,25 +45,38 @@ SpaprMachineState *il_spapr_machine(Error **errp)
     return spapr;
 }
 
+SpaprPhbState *il_spapr_phb_by_index(uint32_t index)
+{
+    SpaprMachineState *spapr = (SpaprMachineState *)
+        object_dynamic_cast(qdev_get_machine(), TYPE_SPAPR_MACHINE);
+    SpaprPhbState *sphb;
+
+    if (spapr) {
+        QLIST_FOREACH(sphb, &spapr->phbs, list) {
+            if (sphb->index == index) {
+                return sphb;
+            }
+        }
+    }
+    return NULL;
+}
+
 SpaprPhbState *il_spapr_find_phb(bool has_phb, uint32_t index,
                                  Error **errp)
 {
-    SpaprMachineState *spapr = il_spapr_machine(errp);
     SpaprPhbState *sphb;
 
-    if (!spapr) {
+    if (!il_spapr_machine(errp)) {
         return NULL;
     }
     if (!has_phb) {
         index = 0;
     }
-    QLIST_FOREACH(sphb, &spapr->phbs, list) {
-        if (sphb->index == index) {
-            return sphb;
-        }
+    sphb = il_spapr_phb_by_index(index);
+    if (!sphb) {
+        error_setg(errp, "no pseries PHB with index %" PRIu32, index);
     }
-    error_setg(errp, "no pseries PHB with index %" PRIu32, index);
-    return NULL;
+    return sphb;
 }
 
 /* The PHB's TCE tables, enabled or not; NULL where there is none. */
