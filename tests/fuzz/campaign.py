@@ -31,6 +31,7 @@ class Result:
     stats: Stats
     seconds: float
     finding: Finding | None = None
+    big_answers: bool = False
     steps: list[dict[str, object]] = field(default_factory=list)
 
     def report(self, tail: int = 12) -> str:
@@ -40,7 +41,7 @@ class Result:
             f"{self.finding.kind.upper()} on {self.target}, seed {self.seed}, at call "
             f"{len(self.steps)}: {self.finding.message}",
             f"reproduce: scripts/fuzz-campaign.py --target {self.target} --seed {self.seed} "
-            f"--calls {len(self.steps)}",
+            f"--calls {len(self.steps)}" + (" --big-answers" if self.big_answers else ""),
             f"last {min(tail, len(self.steps))} of {len(self.steps)} steps:",
         ]
         lines += [json.dumps(s)[:400] for s in self.steps[-tail:]]
@@ -64,7 +65,7 @@ def run(
     rnd = random.Random(seed)
     t0 = time.monotonic()
     lab = Lab(target, binary)
-    res = Result(target, seed, lab.stats, 0.0)
+    res = Result(target, seed, lab.stats, 0.0, big_answers=big_answers)
     try:
         policy = None
         if lab.phbs:

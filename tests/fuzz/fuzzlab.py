@@ -152,7 +152,10 @@ class Lab:
         return self.vm
 
     def close(self) -> None:
-        self.vm.close()
+        try:
+            self.vm.close()
+        except Exception:  # a client that lost its connection cannot say quit
+            self.vm.kill()
 
     # --- the one way a step runs: bounded, checked for death ---
     def _guard(self, step: Step, fn: Callable[[], Any]) -> Any:
