@@ -45,8 +45,8 @@ core_tests() {
 }
 run_stage "core: meson unit tests" core_tests
 
-run_stage "pytest: control plane and device tests" \
-    "$venv/pytest" -q tests/pyctl tests/device --junitxml="$results/pytest.xml"
+run_stage "pytest: control plane, device and fuzz tests" \
+    "$venv/pytest" -q tests/pyctl tests/device tests/fuzz --junitxml="$results/pytest.xml"
 
 reports=(build/meson-logs/testlog.junit.xml "$results/pytest.xml")
 if [ -z "${IOMMULAB_SKIP_BOOT:-}" ]; then
