@@ -7,12 +7,25 @@
  */
 #include "qemu/osdep.h"
 #include "qapi/qapi-commands-iommulab.h"
+#include "qapi/error.h"
 #include "hw/pci/pci.h"
 #include "iommulab-internal.h"
 
+/*
+ * Mappings one answer carries at most: a whole answer (all domains) and a
+ * page alike.  At ~125 JSON bytes for the largest mapping that is ~8 MB, so
+ * an answer stays a few MB whatever a domain holds (pyctl sizes its read
+ * buffer from this, pyctl/qemu/qmp.py).
+ */
+#define IOMMULAB_QUERY_MAX_MAPPINGS (1u << 16)
+
+typedef struct MappingPage {
+    IommulabMappingList **tail;
+} MappingPage;
+
 static void iommulab_collect_mapping(void *opaque, const ILMapping *m)
 {
-    IommulabMappingList ***tail = opaque;
+    MappingPage *p = opaque;
     IommulabMapping *im = g_new0(IommulabMapping, 1);
 
     im->iova = m->iova;
@@ -20,7 +33,7 @@ static void iommulab_collect_mapping(void *opaque, const ILMapping *m)
     im->addr = m->addr;
     im->read = m->perm & IL_PERM_R;
     im->write = m->perm & IL_PERM_W;
-    QAPI_LIST_APPEND(*tail, im);
+    QAPI_LIST_APPEND(p->tail, im);
 }
 
 static IommulabAttachMode mode_to_qapi(ILMode mode)
@@ -30,46 +43,98 @@ static IommulabAttachMode mode_to_qapi(ILMode mode)
            IOMMULAB_ATTACH_MODE_BLOCKED;
 }
 
-IommulabInfo *qmp_x_iommulab_query(const char *iommu, Error **errp)
+/*
+ * @d with the mappings at or above @start, at most @max of them.  Returns
+ * true if more remain (*next: where the next page starts).
+ */
+static IommulabDomainInfo *domain_info(const ILDomain *d, uint64_t start,
+                                       uint64_t max, bool *more,
+                                       uint64_t *next)
 {
-    IOMMULabState *s = iommulab_find(iommu, errp);
-    IommulabInfo *info;
-    IommulabDomainInfoList **dtail;
-    IommulabDeviceInfoList **vtail;
+    IommulabDomainInfo *di = g_new0(IommulabDomainInfo, 1);
+    MappingPage page = { .tail = &di->mappings };
 
-    if (!s) {
-        return NULL;
+    di->domain = il_domain_id(d);
+    di->devices = il_domain_devices(d);
+    di->children = il_domain_children(d);
+    di->ias = il_domain_ias(d);
+    *more = il_domain_walk_page(d, start, max, iommulab_collect_mapping,
+                                &page, next);
+    if (il_domain_type(d) == IL_DOMAIN_PAGING) {
+        di->type = IOMMULAB_DOMAIN_TYPE_PAGING;
+    } else {
+        di->type = IOMMULAB_DOMAIN_TYPE_NESTED;
+        di->has_parent = true;
+        di->parent = il_domain_id(il_domain_parent(d));
+        di->has_s1_root = true;
+        di->s1_root = il_domain_s1_root(d);
     }
-    info = g_new0(IommulabInfo, 1);
-    dtail = &info->domains;
-    vtail = &info->devices;
+    return di;
+}
 
-    info->path = object_get_canonical_path(OBJECT(s));
-    info->default_mode = mode_to_qapi(s->default_mode);
-    qemu_mutex_lock(&s->lock);
-    info->iotlb_size = il_iotlb_size(&s->engine);
-    info->fault_queue_size = il_faults_capacity(&s->engine);
+static size_t mapping_count(const IommulabMappingList *l)
+{
+    size_t n = 0;
+
+    for (; l; l = l->next) {
+        n++;
+    }
+    return n;
+}
+
+/*
+ * Every domain, all mappings: at most IOMMULAB_QUERY_MAX_MAPPINGS in all.
+ * A domain's walk stops one past what is left, so a refused answer costs
+ * no more than an accepted one.
+ */
+static bool all_domains(IOMMULabState *s, IommulabInfo *info, Error **errp)
+{
+    IommulabDomainInfoList **dtail = &info->domains;
+    uint64_t left = IOMMULAB_QUERY_MAX_MAPPINGS;
+
     for (size_t i = 0; i < il_domain_count(&s->engine); i++) {
         const ILDomain *d = il_domain_at(&s->engine, i);
-        IommulabDomainInfo *di = g_new0(IommulabDomainInfo, 1);
-        IommulabMappingList **mtail = &di->mappings;
+        uint64_t next;
+        bool more;
+        IommulabDomainInfo *di = domain_info(d, 0, left + 1, &more, &next);
+        size_t n = mapping_count(di->mappings);
 
-        di->domain = il_domain_id(d);
-        di->devices = il_domain_devices(d);
-        di->children = il_domain_children(d);
-        di->ias = il_domain_ias(d);
-        il_domain_for_each_mapping(d, iommulab_collect_mapping, &mtail);
-        if (il_domain_type(d) == IL_DOMAIN_PAGING) {
-            di->type = IOMMULAB_DOMAIN_TYPE_PAGING;
-        } else {
-            di->type = IOMMULAB_DOMAIN_TYPE_NESTED;
-            di->has_parent = true;
-            di->parent = il_domain_id(il_domain_parent(d));
-            di->has_s1_root = true;
-            di->s1_root = il_domain_s1_root(d);
-        }
         QAPI_LIST_APPEND(dtail, di);
+        if (n > left) {
+            error_setg(errp, "the domains hold more than %u mappings, more "
+                       "than one answer carries: page them with 'domain', "
+                       "'start' and 'max-mappings' (domain %u is the first "
+                       "over)", IOMMULAB_QUERY_MAX_MAPPINGS, il_domain_id(d));
+            return false;
+        }
+        left -= n;
     }
+    return true;
+}
+
+static bool one_domain(IOMMULabState *s, IommulabInfo *info, uint32_t id,
+                       uint64_t start, uint32_t max, Error **errp)
+{
+    const ILDomain *d = il_domain_find(&s->engine, id);
+    IommulabDomainInfo *di;
+    uint64_t next;
+    bool more;
+
+    if (!d) {
+        error_setg(errp, "no domain %u", id);
+        return false;
+    }
+    di = domain_info(d, start, max, &more, &next);
+    di->has_next = more;
+    di->next = more ? next : 0;
+    QAPI_LIST_PREPEND(info->domains, di);
+    return true;
+}
+
+static void devices_info(IOMMULabState *s, IommulabInfo *info)
+{
+    IommulabDeviceInfoList **vtail = &info->devices;
+
     for (unsigned j = 0; j < s->devs->len; j++) {
         IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
         PCIDevice *pdev = iommulab_dev_pci(dev);
@@ -91,7 +156,52 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, Error **errp)
         }
         QAPI_LIST_APPEND(vtail, vi);
     }
+}
+
+IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
+                                   uint32_t domain, bool has_start,
+                                   uint64_t start, bool has_max_mappings,
+                                   uint32_t max_mappings, Error **errp)
+{
+    IOMMULabState *s = iommulab_find(iommu, errp);
+    IommulabInfo *info;
+    bool ok;
+
+    if (!s) {
+        return NULL;
+    }
+    if (!has_domain && (has_start || has_max_mappings)) {
+        error_setg(errp, "'start' and 'max-mappings' page one domain's "
+                   "mappings: they need 'domain'");
+        return NULL;
+    }
+    if (has_max_mappings &&
+        (!max_mappings || max_mappings > IOMMULAB_QUERY_MAX_MAPPINGS)) {
+        error_setg(errp, "max-mappings must be 1 to %u",
+                   IOMMULAB_QUERY_MAX_MAPPINGS);
+        return NULL;
+    }
+    info = g_new0(IommulabInfo, 1);
+    info->path = object_get_canonical_path(OBJECT(s));
+    info->default_mode = mode_to_qapi(s->default_mode);
+    qemu_mutex_lock(&s->lock);
+    info->iotlb_size = il_iotlb_size(&s->engine);
+    info->fault_queue_size = il_faults_capacity(&s->engine);
+    if (has_domain) {
+        ok = one_domain(s, info, domain, has_start ? start : 0,
+                        has_max_mappings ? max_mappings :
+                        IOMMULAB_QUERY_MAX_MAPPINGS, errp);
+    } else {
+        ok = all_domains(s, info, errp);
+    }
+    if (ok) {
+        devices_info(s, info);
+    }
     qemu_mutex_unlock(&s->lock);
+    if (!ok) {
+        qapi_free_IommulabInfo(info);
+        return NULL;
+    }
     return info;
 }
 

@@ -200,6 +200,74 @@ static void walk_cb(void *opaque, const ILMapping *m)
     w->prev = *m;
 }
 
+/* Runs of a walk, kept to compare a whole walk with its pages. */
+typedef struct Runs {
+    ILMapping *v;
+    size_t n, cap;
+} Runs;
+
+static void runs_add(void *opaque, const ILMapping *m)
+{
+    Runs *r = opaque;
+
+    if (r->n == r->cap) {
+        r->cap = r->cap ? 2 * r->cap : 64;
+        r->v = realloc(r->v, r->cap * sizeof(*r->v));
+        CHECK(r->v);
+    }
+    r->v[r->n++] = *m;
+}
+
+/*
+ * il_s2_walk_page: pages of a random size, each from the last page's next,
+ * give exactly the runs of one whole walk (so next is a run boundary); a
+ * page from a random iova gives the whole walk's runs clipped to it.
+ */
+static void check_pages(const ILS2 *s2)
+{
+    Runs all = { 0 }, paged = { 0 }, from = { 0 };
+    uint64_t start = 0, next = ~0ULL, cut;
+    size_t pages = 0, i = 0;
+
+    il_s2_for_each(s2, runs_add, &all);
+    for (uint64_t max = 1 + below(8);; max = 1 + below(8), pages++) {
+        size_t before = paged.n;
+        bool more = il_s2_walk_page(s2, start, max, runs_add, &paged, &next);
+
+        CHECK(paged.n - before <= max);
+        if (!more) {
+            break;
+        }
+        CHECK_EQ(paged.n - before, max);
+        CHECK(next > start);
+        CHECK_EQ(next, all.v[paged.n].iova);
+        start = next;
+    }
+    CHECK_EQ(paged.n, all.n);
+    CHECK(!memcmp(paged.v, all.v, all.n * sizeof(*all.v)));
+    cut = below(NPAGES + 1) * PG + (below(2) ? below(PG) : 0);
+    CHECK(!il_s2_walk_page(s2, cut, 0, runs_add, &from, &next));
+    while (i < all.n && all.v[i].iova + all.v[i].size <= cut) {
+        i++;
+    }
+    CHECK_EQ(from.n, all.n - i);
+    for (size_t j = 0; j < from.n; j++, i++) {
+        uint64_t skip = cut > all.v[i].iova ? cut - all.v[i].iova : 0;
+
+        CHECK_EQ(from.v[j].iova, all.v[i].iova + skip);
+        CHECK_EQ(from.v[j].size, all.v[i].size - skip);
+        CHECK_EQ(from.v[j].addr, all.v[i].addr + skip);
+        CHECK_EQ(from.v[j].perm, all.v[i].perm);
+    }
+    i = from.n;                 /* nothing is mapped near the top of iova */
+    CHECK(!il_s2_walk_page(s2, ~0ULL, 1, runs_add, &from, &next));
+    CHECK_EQ(from.n, i);
+    (void)pages;
+    free(all.v);
+    free(paged.v);
+    free(from.v);
+}
+
 int main(int argc, char **argv)
 {
     const char *s = argc > 1 ? argv[1] : getenv("IL_SEED");
@@ -249,6 +317,7 @@ int main(int argc, char **argv)
             for (; w.next < NPAGES * PG; w.next += PG) {
                 CHECK(!model_perm[w.next / PG]);
             }
+            check_pages(&d->s2);
             counts[3]++;
         } else {
             op_translate(&e, d);

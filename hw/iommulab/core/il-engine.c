@@ -648,6 +648,15 @@ void il_domain_for_each_mapping(const ILDomain *d, ILS2WalkFn *fn,
     }
 }
 
+bool il_domain_walk_page(const ILDomain *d, uint64_t start, uint64_t max,
+                         ILS2WalkFn *fn, void *opaque, uint64_t *next)
+{
+    if (d->type != IL_DOMAIN_PAGING) {
+        return false;
+    }
+    return il_s2_walk_page(&d->s2, start, max, fn, opaque, next);
+}
+
 /*
  * Out of the walk's way (faults are rare, walks are not): inlined, it cost
  * the nested walk registers.  GCC and Clang, as QEMU requires.

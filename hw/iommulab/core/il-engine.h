@@ -269,6 +269,9 @@ static inline uint32_t il_domain_children(const ILDomain *d)
 /* Paging: the mappings, merged as il_s2_for_each(); nested: none. */
 void il_domain_for_each_mapping(const ILDomain *d, ILS2WalkFn *fn,
                                 void *opaque);
+/* One page of them, as il_s2_walk_page(); nested: none, false. */
+bool il_domain_walk_page(const ILDomain *d, uint64_t start, uint64_t max,
+                         ILS2WalkFn *fn, void *opaque, uint64_t *next);
 
 /* The domains in id order: i < il_domain_count(). */
 static inline size_t il_domain_count(const ILEngine *e)

@@ -710,6 +710,11 @@ typedef struct S2Walk {
     ILS2WalkFn *fn;
     void *opaque;
     ILMapping run;
+    uint64_t start;             /* below: skipped; across it: clipped */
+    uint64_t max;               /* runs to report (0: all) */
+    uint64_t count;             /* runs reported */
+    bool stop;                  /* max reached and another run starts at next */
+    uint64_t next;
 } S2Walk;
 
 static void s2_walk_leaf(S2Walk *w, uint64_t iova, uint64_t size,
@@ -724,6 +729,11 @@ static void s2_walk_leaf(S2Walk *w, uint64_t iova, uint64_t size,
     }
     if (r->size) {
         w->fn(w->opaque, r);
+        if (++w->count == w->max) {
+            w->stop = true;     /* no room for the run this leaf starts */
+            w->next = iova;
+            return;
+        }
     }
     r->iova = iova;
     r->size = size;
@@ -731,12 +741,23 @@ static void s2_walk_leaf(S2Walk *w, uint64_t iova, uint64_t size,
     r->perm = perm;
 }
 
+/*
+ * Leaves at or above w->start, in iova order.  Entries wholly below it are
+ * skipped by index, so a page starts after O(levels) work, not after a walk
+ * of everything before it.
+ */
 static void s2_walk_table(S2Walk *w, const ILS2Table *t, unsigned shift,
                           uint64_t base)
 {
-    for (unsigned i = 0; i < IL_TABLE_ENTRIES; i++) {
+    uint64_t first = 0;
+
+    if (w->start > base) {
+        first = (w->start - base) >> shift;   /* start lies inside this table */
+    }
+    for (uint64_t i = first; i < IL_TABLE_ENTRIES && !w->stop; i++) {
         uint64_t e = t->e[i];
         uint64_t ebase = base + ((uint64_t)i << shift);
+        uint64_t skip;
 
         if (!(e & S2_V)) {
             continue;
@@ -744,17 +765,35 @@ static void s2_walk_table(S2Walk *w, const ILS2Table *t, unsigned shift,
         if ((e & S2_T) && shift > IL_PAGE_SHIFT) {
             s2_walk_table(w, s2_child(e), shift - IL_LEVEL_BITS, ebase);
         } else {
-            s2_walk_leaf(w, ebase, 1ULL << shift, e & S2_ADDR, s2_perm(e));
+            skip = w->start > ebase ? w->start - ebase : 0;
+            s2_walk_leaf(w, ebase + skip, (1ULL << shift) - skip,
+                         (e & S2_ADDR) + skip, s2_perm(e));
         }
     }
 }
 
-void il_s2_for_each(const ILS2 *s2, ILS2WalkFn *fn, void *opaque)
+bool il_s2_walk_page(const ILS2 *s2, uint64_t start, uint64_t max,
+                     ILS2WalkFn *fn, void *opaque, uint64_t *next)
 {
-    S2Walk w = { .fn = fn, .opaque = opaque };
+    S2Walk w = { .fn = fn, .opaque = opaque, .start = start, .max = max };
 
-    s2_walk_table(&w, s2->root, s2->top_shift, 0);
+    if (s2->top_shift + IL_LEVEL_BITS >= 64 ||
+        start < (1ULL << (s2->top_shift + IL_LEVEL_BITS))) {
+        s2_walk_table(&w, s2->root, s2->top_shift, 0);
+    }
+    if (w.stop) {
+        *next = w.next;
+        return true;
+    }
     if (w.run.size) {
         fn(opaque, &w.run);
     }
+    return false;
+}
+
+void il_s2_for_each(const ILS2 *s2, ILS2WalkFn *fn, void *opaque)
+{
+    uint64_t next;
+
+    il_s2_walk_page(s2, 0, 0, fn, opaque, &next);
 }

@@ -130,5 +130,15 @@ ILError il_s2_unmap(ILS2 *s2, uint64_t iova, uint64_t size,
  */
 typedef void ILS2WalkFn(void *opaque, const ILMapping *m);
 void il_s2_for_each(const ILS2 *s2, ILS2WalkFn *fn, void *opaque);
+/*
+ * One page of that walk: the merged runs at or above @start (a run across
+ * @start reported from @start on), at most @max of them (0: no limit).
+ * Returns true if more remain, with *next the iova where the next run
+ * starts (always a run boundary, so paging from each *next reports exactly
+ * the runs of one whole walk).  Cost: O(levels) to reach @start, then the
+ * leaves of the page.
+ */
+bool il_s2_walk_page(const ILS2 *s2, uint64_t start, uint64_t max,
+                     ILS2WalkFn *fn, void *opaque, uint64_t *next);
 
 #endif
