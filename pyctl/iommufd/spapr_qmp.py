@@ -12,9 +12,9 @@ equivalent of VFIO's SPAPR_TCE_CREATE), all as the device reports them in
 ``x-iommulab-spapr-query-phbs``: as many windows as the PHB has TCE tables,
 the page sizes and the largest window of the PHB's ``host-windows``, the
 64-bit window at the policy's ``dma64-offset``.  TCEs are read in chunks of
-``host-windows``' ``read-tces-max`` or fewer (what one QMP answer of this
-client holds, :data:`READ_CHUNK_CLIENT`).  The guest's own policy (what RTAS
-offers the guest) is :meth:`SpaprQmpBackend.policy`.
+``host-windows``' ``read-tces-max`` (the QMP client's read buffer holds the
+largest, pyctl/qemu/qmp.py ``READ_LIMIT``).  The guest's own policy (what
+RTAS offers the guest) is :meth:`SpaprQmpBackend.policy`.
 
 Guest RTAS window changes arrive as ``X_IOMMULAB_SPAPR_WINDOW`` events;
 :meth:`window_events` turns each into one :class:`WindowEvent` per device of
@@ -35,10 +35,6 @@ from .backend import Window, WindowCaps, WindowEvent
 from .errors import BackendError
 from .qmp_backend import QmpBackend
 
-#: TCEs per read this client asks for at most, below the device's ``read-tces-max``:
-#: one answer is a JSON line of base64 (11 bytes per TCE), and qemu.qmp drops the
-#: connection on a line it cannot buffer (2^20 TCEs, 11 MB, do not fit; 2^18 do)
-READ_CHUNK_CLIENT = 1 << 18
 TCE_READ = 1 << 0
 TCE_WRITE = 1 << 1
 
@@ -209,7 +205,7 @@ class SpaprQmpBackend(QmpBackend):
         if win is None:
             raise BackendError(f"window {index} of PHB {phb} is not enabled")
         liobn = liobns[index]
-        chunk = min(int(p["host-windows"]["read-tces-max"]), READ_CHUNK_CLIENT)
+        chunk = int(p["host-windows"]["read-tces-max"])
         end = win.size >> win.page_shift if count is None else start + count
         out: list[TceEntry] = []
         pos = start

@@ -30,6 +30,7 @@ from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClie
 from qemu.qmp.qmp_client import GreetingError
 
 __all__ = [
+    "READ_LIMIT",
     "Address",
     "ExecuteError",
     "QmpError",
@@ -44,6 +45,23 @@ Address = str | tuple[str, int] | socket.socket
 
 #: seconds to connect and be greeted; a monitor that already has a client never greets
 CONNECT_TIMEOUT = 10.0
+
+# The read buffer: qemu.qmp drops the connection on an answer longer than its
+# read limit (10 MiB by default), so the limit is sized to the largest answer
+# the lab sends.  Bulk answers are paged in the device (docs/reliability.md
+# "Answers of any size"); the two largest pages are:
+#: TCEs one x-iommulab-spapr-read-tces returns at most (IL_SPAPR_READ_MAX, host-windows'
+#: read-tces-max): 8 bytes each, in base64: 4 * ceil(2^23 / 3) = 11,184,812 bytes
+READ_TCES_MAX = 1 << 20
+#: mappings one x-iommulab-query carries at most (IOMMULAB_QUERY_MAX_MAPPINGS): at most
+#: 123 JSON bytes each (three 20-digit numbers, two false), 8,060,928 bytes, plus at most
+#: 4,096 domains (IL_MAX_DOMAINS) of at most 201 bytes, 823,296: 8,884,224 bytes
+QUERY_MAX_MAPPINGS = 1 << 16
+_TCE_PAGE = 4 * -(-READ_TCES_MAX * 8 // 3)
+_QUERY_PAGE = QUERY_MAX_MAPPINGS * 123 + 4096 * 201
+#: the envelope, the device list and paths of a query, a fault queue (256 records by
+#: default): 4 MiB more than the largest page, rounded up to MiB: 15 MiB
+READ_LIMIT = -(-(max(_TCE_PAGE, _QUERY_PAGE) + (4 << 20)) // (1 << 20)) << 20
 
 
 class _Client(QMPClient):
@@ -118,7 +136,7 @@ class QmpSession:
         self.timeout = timeout
         self.name = name
         self._loop = asyncio.new_event_loop()
-        self._client = _Client(name)
+        self._client = _Client(name, READ_LIMIT)
         self._all = EventListener()
         self._client.register_listener(self._all)
         self.address = ""

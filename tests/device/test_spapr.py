@@ -446,8 +446,8 @@ def test_host_windows_are_the_limits_enforced(vm: Pseries) -> None:
     assert len(vm.windows()) == 1
     w = vm.cmd("x-iommulab-spapr-window-create", page_shift=12, size=big)
     assert w["entries"] == hwin["max-tces"]
-    # read-tces-max TCEs per read and not one more (a read of all of them is 11 MB of
-    # JSON, more than the test's QMP client buffers: the refusal names the bound)
+    # read-tces-max TCEs per read and not one more (a read of all 2^24 would be 180 MB
+    # of JSON: the refusal names the bound)
     n = hwin["read-tces-max"]
     assert f"count must be 1..{n}" in err(
         vm, "x-iommulab-spapr-read-tces", liobn=LIOBN1, count=n + 1

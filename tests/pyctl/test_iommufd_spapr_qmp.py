@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from testvm import PseriesVm, ppc64_binary
@@ -17,6 +19,7 @@ GIB = 1 << 30
 DDW = 1 << 59
 ARGS, RETS = 0x4000000, 0x4001000  # RTAS buffers in guest RAM
 H_PUT_TCE = 0x20
+H_STUFF_TCE = 0x138
 
 pytestmark = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
 
@@ -123,9 +126,19 @@ def test_read_tces_decoded(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
 
 
 def test_read_tces_of_a_window_larger_than_one_read(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
-    """More TCEs than the device returns per read, and than one QMP answer of the client
-    holds (a read of read-tces-max TCEs is 11 MB of JSON): read in chunks, all decoded."""
+    """More TCEs than the device returns per read (read-tces-max + 1): read in two chunks,
+    the first a whole read-tces-max (11 MB of JSON, more than qemu.qmp's default 10 MiB
+    read limit: the client's READ_LIMIT holds it), all decoded."""
     be, qt = ppc
+    reads: list[int] = []
+    execute = be.execute
+
+    def counting(command: str, args: Any = None) -> Any:
+        if command == "x-iommulab-spapr-read-tces":
+            reads.append(args["count"])
+        return execute(command, args)
+
+    be.execute = counting  # type: ignore[method-assign]
     n = be.phbs()[0]["host-windows"]["read-tces-max"] + 1
     w = be.create_window("edu0", 12, n << 12, DDW)
     liobn = next(p["liobns"][1] for p in be.phbs() if p["phb"] == 0)
@@ -135,4 +148,32 @@ def test_read_tces_of_a_window_larger_than_one_read(ppc: tuple[SpaprQmpBackend, 
     assert be.read_tces("edu0", w.index) == [
         TceEntry(0, DDW, 0x1000, True, True),
         TceEntry(n - 1, last, 0x2000, True, False),
+    ]
+    assert reads == [n - 1, 1]
+
+
+def test_read_tces_of_the_largest_window(ppc: tuple[SpaprQmpBackend, QTest]) -> None:
+    """A 2^24-TCE window (host-windows' max-tces, 128 MiB of TCEs) read back whole through
+    read_tces: 16 answers of read-tces-max; the time is printed (no timed assertion)."""
+    be, qt = ppc
+    hwin = be.phbs()[0]["host-windows"]
+    n = hwin["max-tces"]
+    assert n == 1 << 24
+    w = be.create_window("edu0", 12, n << 12, DDW)
+    liobn = next(p["liobns"][1] for p in be.phbs() if p["phb"] == 0)
+    # the guest fills 4,096 TCEs at the start of the second read, one in the middle, the last
+    first = hwin["read-tces-max"]
+    stuff = f"0x{H_STUFF_TCE:x} 0x{liobn:x} 0x{DDW + (first << 12):x} 0x7001 4096"
+    assert qt.command(f"hcall {stuff}")[0] == "0"
+    for idx, tce in ((n // 2 + 3, 0x3002), (n - 1, 0x4003)):
+        bus = DDW + (idx << 12)
+        assert qt.command(f"hcall 0x{H_PUT_TCE:x} 0x{liobn:x} 0x{bus:x} 0x{tce:x}")[0] == "0"
+    t0 = time.perf_counter()
+    got = be.read_tces("edu0", w.index)
+    took = time.perf_counter() - t0
+    print(f"read_tces of a 2^24-TCE window: {took:.2f} s")
+    assert got == [
+        *(TceEntry(first + i, DDW + ((first + i) << 12), 0x7000, True, False) for i in range(4096)),
+        TceEntry(n // 2 + 3, DDW + ((n // 2 + 3) << 12), 0x3000, False, True),
+        TceEntry(n - 1, DDW + ((n - 1) << 12), 0x4000, True, True),
     ]
