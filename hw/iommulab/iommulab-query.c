@@ -43,23 +43,15 @@ static IommulabAttachMode mode_to_qapi(ILMode mode)
            IOMMULAB_ATTACH_MODE_BLOCKED;
 }
 
-/*
- * @d with the mappings at or above @start, at most @max of them.  Returns
- * true if more remain (*next: where the next page starts).
- */
-static IommulabDomainInfo *domain_info(const ILDomain *d, uint64_t start,
-                                       uint64_t max, bool *more,
-                                       uint64_t *next)
+/* @d, no mappings yet */
+static IommulabDomainInfo *domain_info(const ILDomain *d)
 {
     IommulabDomainInfo *di = g_new0(IommulabDomainInfo, 1);
-    MappingPage page = { .tail = &di->mappings };
 
     di->domain = il_domain_id(d);
     di->devices = il_domain_devices(d);
     di->children = il_domain_children(d);
     di->ias = il_domain_ias(d);
-    *more = il_domain_walk_page(d, start, max, iommulab_collect_mapping,
-                                &page, next);
     if (il_domain_type(d) == IL_DOMAIN_PAGING) {
         di->type = IOMMULAB_DOMAIN_TYPE_PAGING;
     } else {
@@ -70,6 +62,19 @@ static IommulabDomainInfo *domain_info(const ILDomain *d, uint64_t start,
         di->s1_root = il_domain_s1_root(d);
     }
     return di;
+}
+
+/*
+ * Add to @di the mappings of @d at or above @start, at most @max of them.
+ * Returns true if more remain (*next: where the next page starts).
+ */
+static bool domain_page(IommulabDomainInfo *di, const ILDomain *d,
+                        uint64_t start, uint64_t max, uint64_t *next)
+{
+    MappingPage page = { .tail = &di->mappings };
+
+    return il_domain_walk_page(d, start, max, iommulab_collect_mapping, &page,
+                               next);
 }
 
 static size_t mapping_count(const IommulabMappingList *l)
@@ -94,10 +99,12 @@ static bool all_domains(IOMMULabState *s, IommulabInfo *info, Error **errp)
 
     for (size_t i = 0; i < il_domain_count(&s->engine); i++) {
         const ILDomain *d = il_domain_at(&s->engine, i);
+        IommulabDomainInfo *di = domain_info(d);
         uint64_t next;
-        bool more;
-        IommulabDomainInfo *di = domain_info(d, 0, left + 1, &more, &next);
-        size_t n = mapping_count(di->mappings);
+        size_t n;
+
+        domain_page(di, d, 0, left + 1, &next);
+        n = mapping_count(di->mappings);
 
         QAPI_LIST_APPEND(dtail, di);
         if (n > left) {
@@ -124,10 +131,31 @@ static bool one_domain(IOMMULabState *s, IommulabInfo *info, uint32_t id,
         error_setg(errp, "no domain %u", id);
         return false;
     }
-    di = domain_info(d, start, max, &more, &next);
+    di = domain_info(d);
+    more = domain_page(di, d, start, max, &next);
     di->has_next = more;
     di->next = more ? next : 0;
     QAPI_LIST_PREPEND(info->domains, di);
+    return true;
+}
+
+/* The domains (all, or @id) without mappings: the list a client pages. */
+static bool no_mappings(IOMMULabState *s, IommulabInfo *info, bool has_id,
+                        uint32_t id, Error **errp)
+{
+    IommulabDomainInfoList **dtail = &info->domains;
+
+    if (has_id && !il_domain_find(&s->engine, id)) {
+        error_setg(errp, "no domain %u", id);
+        return false;
+    }
+    for (size_t i = 0; i < il_domain_count(&s->engine); i++) {
+        const ILDomain *d = il_domain_at(&s->engine, i);
+
+        if (!has_id || il_domain_id(d) == id) {
+            QAPI_LIST_APPEND(dtail, domain_info(d));
+        }
+    }
     return true;
 }
 
@@ -161,7 +189,8 @@ static void devices_info(IOMMULabState *s, IommulabInfo *info)
 IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
                                    uint32_t domain, bool has_start,
                                    uint64_t start, bool has_max_mappings,
-                                   uint32_t max_mappings, Error **errp)
+                                   uint32_t max_mappings, bool has_mappings,
+                                   bool mappings, Error **errp)
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     IommulabInfo *info;
@@ -173,6 +202,11 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
     if (!has_domain && (has_start || has_max_mappings)) {
         error_setg(errp, "'start' and 'max-mappings' page one domain's "
                    "mappings: they need 'domain'");
+        return NULL;
+    }
+    if (has_mappings && !mappings && (has_start || has_max_mappings)) {
+        error_setg(errp, "'start' and 'max-mappings' page mappings: not "
+                   "with 'mappings' false");
         return NULL;
     }
     if (has_max_mappings &&
@@ -187,7 +221,9 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
     qemu_mutex_lock(&s->lock);
     info->iotlb_size = il_iotlb_size(&s->engine);
     info->fault_queue_size = il_faults_capacity(&s->engine);
-    if (has_domain) {
+    if (has_mappings && !mappings) {
+        ok = no_mappings(s, info, has_domain, domain, errp);
+    } else if (has_domain) {
         ok = one_domain(s, info, domain, has_start ? start : 0,
                         has_max_mappings ? max_mappings :
                         IOMMULAB_QUERY_MAX_MAPPINGS, errp);

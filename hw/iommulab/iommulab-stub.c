@@ -59,7 +59,8 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
 IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
                                    uint32_t domain, bool has_start,
                                    uint64_t start, bool has_max_mappings,
-                                   uint32_t max_mappings, Error **errp)
+                                   uint32_t max_mappings, bool has_mappings,
+                                   bool mappings, Error **errp)
 {
     iommulab_absent(errp);
     return NULL;

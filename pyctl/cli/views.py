@@ -18,7 +18,7 @@ View = Callable[[QmpSession, argparse.Namespace, TextIO], None]
 
 
 def view_devices(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
-    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu, mappings=False)
     if args.json:
         as_json(info["devices"], out)
         return

@@ -100,7 +100,7 @@ class QmpBackend:
     def _refresh_devices(self) -> None:
         """Every requester behind the vIOMMU, with the facts the device reports
         for it (``x-iommulab-query-hw-info``: the lab's IOMMU_GET_HW_INFO)."""
-        info = self._cmd("x-iommulab-query")
+        info = self._cmd("x-iommulab-query", mappings=False)
         devices: dict[str, DeviceHwInfo] = {}
         aliases: dict[str, str] = {}
         for d in info["devices"]:
@@ -197,8 +197,24 @@ class QmpBackend:
             args["size"] = size
         self._cmd("x-iommulab-invalidate", **args)
 
+    def _mappings(self, domain: int) -> tuple[MapEntry, ...]:
+        """All of ``domain``'s mappings, a page (QUERY_MAX_MAPPINGS) per command from the
+        last page's ``next``: each answer stays a few MB whatever the domain holds."""
+        out: list[MapEntry] = []
+        start = 0
+        while True:
+            [d] = self._cmd("x-iommulab-query", domain=domain, start=start)["domains"]
+            out.extend(
+                MapEntry(m["iova"], m["size"], m["addr"], m["read"], m["write"])
+                for m in d["mappings"]
+            )
+            if "next" not in d:
+                return tuple(out)
+            start = d["next"]
+
     def query(self) -> HwState:
-        info = self._cmd("x-iommulab-query")
+        """The domains (listed without mappings) and each paging domain's mappings, paged."""
+        info = self._cmd("x-iommulab-query", mappings=False)
         doms = tuple(
             HwDomain(
                 domain=d["domain"],
@@ -208,10 +224,7 @@ class QmpBackend:
                 s1_root=d.get("s1-root"),
                 devices=d["devices"],
                 children=d["children"],
-                mappings=tuple(
-                    MapEntry(m["iova"], m["size"], m["addr"], m["read"], m["write"])
-                    for m in d["mappings"]
-                ),
+                mappings=self._mappings(d["domain"]) if d["type"] == "paging" else (),
             )
             for d in info["domains"]
         )

@@ -126,6 +126,26 @@ def test_a_whole_answer_over_the_bound_is_refused_and_pages_still_work(lab: Lab)
     assert len(d["mappings"]) == MAX_MAPPINGS
 
 
+def test_mappings_false_lists_the_domains_without_their_mappings(lab: Lab) -> None:
+    """The list a client pages from: every domain's facts (or one domain's), no mappings,
+    also when the mappings are too many for one whole answer."""
+    lab.cmd("x-iommulab-domain-alloc", domain=1, type="paging")
+    lab.cmd("x-iommulab-domain-alloc", domain=2, type="paging")
+    lab.cmd("x-iommulab-map", domain=2, mappings=[_m(0, PAGE, 0), _m(PAGE, PAGE, 0)])
+    lab.cmd("x-iommulab-attach", device="edu0", mode="domain", domain=2)
+    whole = lab.cmd("x-iommulab-query")
+    bare = lab.cmd("x-iommulab-query", mappings=False)
+    assert [d["mappings"] for d in bare["domains"]] == [[], []]
+    assert [{**d, "mappings": []} for d in whole["domains"]] == bare["domains"]
+    assert bare["devices"] == whole["devices"]
+    [two] = lab.cmd("x-iommulab-query", domain=2, mappings=False)["domains"]
+    assert two == {**whole["domains"][1], "mappings": []}
+    _map(lab, 1, [_m(i * PAGE, PAGE, i * PAGE, write=bool(i % 2)) for i in range(MAX_MAPPINGS)])
+    with pytest.raises(ExecuteError, match="page them"):
+        lab.cmd("x-iommulab-query")
+    assert lab.cmd("x-iommulab-query", mappings=False) == bare
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
@@ -136,6 +156,9 @@ def test_a_whole_answer_over_the_bound_is_refused_and_pages_still_work(lab: Lab)
         ({"domain": 9}, "no domain 9"),
         ({"domain": 1, "start": 1 << 64}, "start"),
         ({"domain": 1, "max-mappings": 1 << 32}, "max-mappings"),
+        ({"mappings": False, "domain": 1, "start": 0}, "not with 'mappings' false"),
+        ({"mappings": False, "domain": 1, "max-mappings": 1}, "not with 'mappings' false"),
+        ({"mappings": False, "domain": 9}, "no domain 9"),
     ],
 )
 def test_bad_paging_arguments_are_refused_cleanly(
