@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pyctl.iovamap import COLORS, Band, Row, render_svg
 from pyctl.qemu.qmp import QmpSession
@@ -17,6 +17,21 @@ from .common import CliError, qmp_cmd
 View = Callable[[QmpSession, argparse.Namespace, TextIO], None]
 
 
+def _query(qmp: QmpSession, iommu: str, domain: int | None = None) -> dict[str, Any]:
+    """``x-iommulab-query`` with every domain's (or ``domain``'s) mappings, paged (one
+    answer carries at most a page: docs/qmp.md, "Paging")."""
+    sel = {} if domain is None else {"domain": domain}
+    info: dict[str, Any] = qmp_cmd(qmp, "x-iommulab-query", iommu=iommu, mappings=False, **sel)
+    for d in info["domains"]:
+        start: int | None = 0
+        while start is not None:
+            page = qmp_cmd(qmp, "x-iommulab-query", iommu=iommu, domain=d["domain"], start=start)
+            [p] = page["domains"]
+            d["mappings"] += p["mappings"]
+            start = p.get("next")
+    return info
+
+
 def view_devices(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
     info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu, mappings=False)
     if args.json:
@@ -26,7 +41,7 @@ def view_devices(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None
 
 
 def view_domains(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
-    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    info = _query(qmp, args.iommu)
     rows = [
         {**d, "mappings": len(d["mappings"]), "mapped": sum(m["size"] for m in d["mappings"])}
         for d in info["domains"]
@@ -39,7 +54,7 @@ def view_domains(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None
 
 
 def view_mappings(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
-    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    info = _query(qmp, args.iommu)
     rows = [
         {"domain": d["domain"], **m}
         for d in info["domains"]
@@ -90,7 +105,7 @@ def view_translate(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> No
 
 
 def view_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
-    info = qmp_cmd(qmp, "x-iommulab-query", iommu=args.iommu)
+    info = _query(qmp, args.iommu)
     dom = next((d for d in info["domains"] if d["domain"] == args.domain), None)
     if dom is None:
         raise CliError(f"no domain {args.domain} in {args.iommu}")

@@ -287,3 +287,29 @@ def test_map_ram_on_a_4g_pseries_through_stage2(capsys: pytest.CaptureFixture[st
             (dom,) = hw.query().domains
             assert [(m.iova, m.size) for m in dom.mappings] == [(0, 4 << 30)]
             assert hw.translate("s2", 0xFEE00000, "write").addr == 0xFEE00000
+
+
+@needs_x86
+def test_views_page_a_domain_larger_than_one_answer() -> None:
+    """65,537 unmergeable mappings (one more than one unpaged answer carries): the
+    mappings and domains views page them and show every one."""
+    n = (1 << 16) + 1
+    with ViommuVm(devices=1) as vm:
+        sock = str(vm.qmp_path)
+        with QmpBackend(sock) as hw:
+            hw.domain_alloc(1, "paging")
+            for b in range(0, n, 8192):
+                maps = [
+                    {"iova": i << 12, "size": 4096, "addr": i << 12, "read": True,
+                     "write": bool(i % 2)}
+                    for i in range(b, min(b + 8192, n))
+                ]  # fmt: skip
+                hw.execute("x-iommulab-map", {"iommu": "viommu0", "domain": 1, "mappings": maps})
+        rc, text = _run(["--qmp", sock, "--json", "mappings"])
+        assert rc == 0
+        rows = json.loads(text)
+        assert [(r["iova"], r["write"]) for r in rows] == [(i << 12, bool(i % 2)) for i in range(n)]
+        rc, text = _run(["--qmp", sock, "--json", "domains"])
+        assert rc == 0
+        [dom] = json.loads(text)
+        assert len(dom["mappings"]) == n
