@@ -75,33 +75,38 @@ class GuestRamMap:
         #: the RAM ranges mapped now, by start address
         self.mapped: dict[int, RamRange] = {}
 
-    def _pieces(self, r: RamRange) -> list[tuple[int, int]]:
-        if self.batch is None:
-            return [(r.start, r.size)]
-        return [
-            (s, min(self.batch, r.start + r.size - s))
-            for s in range(r.start, r.last + 1, self.batch)
-        ]
+    def _split(self, start: int, size: int) -> list[tuple[int, int]]:
+        """[start, start + size) in pieces of ``batch`` bytes (one IOAS_MAP each)."""
+        step = self.batch or size
+        return [(s, min(step, start + size - s)) for s in range(start, start + size, step)]
+
+    def _map_pieces(self, pieces: list[tuple[int, int]], done: int, total: int) -> int:
+        """Map ``pieces`` at IOVA = GPA, read/write, reporting progress from ``done`` of
+        ``total`` bytes; all or nothing (on an error the pieces this call mapped are
+        unmapped again).  Returns ``done`` plus the bytes mapped."""
+        mapped: list[tuple[int, int]] = []
+        try:
+            for start, size in pieces:
+                self.ctx.ioas_map(
+                    self.ioas_id, start, size, FIXED_IOVA | READABLE | WRITEABLE, start
+                )
+                mapped.append((start, size))
+                done += size
+                if self.progress is not None:
+                    self.progress(done, total)
+        except BaseException:
+            for start, size in reversed(mapped):
+                self.ctx.ioas_unmap(self.ioas_id, start, size)
+            raise
+        return done
 
     def _map(self, ranges: Iterable[RamRange]) -> None:
-        todo = [(r, self._pieces(r)) for r in ranges]
-        total = sum(r.size for r, _ in todo)
+        """Each range all or nothing; the ranges before a failing one stay mapped."""
+        todo = list(ranges)
+        total = sum(r.size for r in todo)
         done = 0
-        for r, pieces in todo:
-            mapped: list[tuple[int, int]] = []
-            try:
-                for start, size in pieces:
-                    self.ctx.ioas_map(
-                        self.ioas_id, start, size, FIXED_IOVA | READABLE | WRITEABLE, start
-                    )
-                    mapped.append((start, size))
-                    done += size
-                    if self.progress is not None:
-                        self.progress(done, total)
-            except BaseException:
-                if mapped:  # this range all or nothing; ranges before it stay mapped
-                    self.ctx.ioas_unmap(self.ioas_id, r.start, sum(s for _, s in mapped))
-                raise
+        for r in todo:
+            done = self._map_pieces(self._split(r.start, r.size), done, total)
             self.mapped[r.start] = r
 
     def missing(self, ranges: Iterable[RamRange]) -> list[tuple[RamRange, int, int]]:
@@ -137,27 +142,8 @@ class GuestRamMap:
         pieces mapped by this call are unmapped again); returns the parts mapped."""
         ram = guest_ram(self.qmp)
         gaps = self.missing(ram)
-        pieces = [
-            (s, min(self.batch or size, start + size - s))
-            for _, start, size in gaps
-            for s in range(start, start + size, self.batch or size)
-        ]
-        total = sum(size for _, size in pieces)
-        done: list[tuple[int, int]] = []
-        done_bytes = 0
-        try:
-            for start, size in pieces:
-                self.ctx.ioas_map(
-                    self.ioas_id, start, size, FIXED_IOVA | READABLE | WRITEABLE, start
-                )
-                done.append((start, size))
-                done_bytes += size
-                if self.progress is not None:
-                    self.progress(done_bytes, total)
-        except BaseException:
-            for start, size in reversed(done):
-                self.ctx.ioas_unmap(self.ioas_id, start, size)
-            raise
+        pieces = [p for _, start, size in gaps for p in self._split(start, size)]
+        self._map_pieces(pieces, 0, sum(size for _, size in pieces))
         self.mapped = {r.start: r for r in ram}
         return gaps
 
