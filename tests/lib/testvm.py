@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+import pytest
+
 from pyctl.qemu.machines import qemu_build_dir
 from pyctl.qemu.process import QemuProcess
 
@@ -39,6 +41,15 @@ def has_viommu(binary: Path) -> bool:
         [str(binary), "-device", "help"], capture_output=True, text=True, timeout=60, check=False
     )
     return f'"{VIOMMU}"' in out.stdout
+
+
+_X86 = qemu_binary()
+#: a test needs qemu-system-x86_64 built with iommulab-viommu
+needs_viommu = pytest.mark.skipif(
+    _X86 is None or not has_viommu(_X86), reason="QEMU with iommulab-viommu not built"
+)
+#: a test needs qemu-system-ppc64
+needs_ppc64 = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
 
 
 class _TestVm(QemuProcess):

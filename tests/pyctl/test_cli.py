@@ -120,19 +120,12 @@ def test_scenario_syntax() -> None:
 from testvm import (  # noqa: E402
     PseriesVm,
     ViommuVm,
-    has_viommu,
-    ppc64_binary,
-    qemu_binary,
+    needs_ppc64,
+    needs_viommu,
 )
 
 from pyctl.iommufd.qmp_backend import QmpBackend  # noqa: E402
 from pyctl.qemu.qmp import QmpSession  # noqa: E402
-
-_X86 = qemu_binary()
-needs_x86 = pytest.mark.skipif(
-    _X86 is None or not has_viommu(_X86), reason="QEMU with iommulab-viommu not built"
-)
-needs_ppc = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -141,7 +134,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-@needs_x86
+@needs_viommu
 def test_map_ram_with_progress_then_objects(capsys: pytest.CaptureFixture[str]) -> None:
     with ViommuVm(devices=2, mem_mib=512) as vm:
         sock = str(vm.qmp_path)
@@ -185,7 +178,7 @@ def test_map_ram_with_progress_then_objects(capsys: pytest.CaptureFixture[str]) 
         assert "77 is not a paging domain" in capsys.readouterr().err
 
 
-@needs_ppc
+@needs_ppc64
 def test_windows_and_decoded_entries(capsys: pytest.CaptureFixture[str]) -> None:
     with PseriesVm() as vm:
         qt = vm.qt
@@ -224,7 +217,7 @@ def test_windows_and_decoded_entries(capsys: pytest.CaptureFixture[str]) -> None
         assert "nosuch" in capsys.readouterr().err
 
 
-@needs_x86
+@needs_viommu
 def test_errors_against_qemu_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with ViommuVm(devices=1) as vm:
         sock = str(vm.qmp_path)
@@ -250,7 +243,7 @@ def test_errors_against_qemu_are_one_line(capsys: pytest.CaptureFixture[str]) ->
         assert "nosuch" in one_error_line(capsys)
 
 
-@needs_x86
+@needs_viommu
 def test_busy_monitor_times_out_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """A monitor that has a client accepts a second connection but never greets it:
     --timeout ends the wait, for the views and for the model's commands alike."""
@@ -271,7 +264,7 @@ def test_boot_viommu_on_pseries_is_a_usage_error(capsys: pytest.CaptureFixture[s
     assert out.getvalue() == ""
 
 
-@needs_ppc
+@needs_ppc64
 def test_map_ram_on_a_4g_pseries_through_stage2(capsys: pytest.CaptureFixture[str]) -> None:
     """pseries RAM covers 0xfee00000 (x86's MSI window): the s2 device reports no
     reserved region, so all 4 GiB map at IOVA = GPA (the model once guessed x86's
@@ -289,7 +282,7 @@ def test_map_ram_on_a_4g_pseries_through_stage2(capsys: pytest.CaptureFixture[st
             assert hw.translate("s2", 0xFEE00000, "write").addr == 0xFEE00000
 
 
-@needs_x86
+@needs_viommu
 def test_views_page_a_domain_larger_than_one_answer() -> None:
     """65,537 unmergeable mappings (one more than one unpaged answer carries): the
     mappings and domains views page them and show every one."""

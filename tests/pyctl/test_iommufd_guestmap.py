@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from testvm import ViommuVm, has_viommu, qemu_binary
+from testvm import ViommuVm, needs_viommu
 
 from pyctl.iommufd import InMemoryBackend, IommufdContext, IommufdError, x86_device
 from pyctl.iommufd.guestmap import GuestRamMap
@@ -15,10 +15,7 @@ from pyctl.qemu.guestram import RamRange
 MIB = 1 << 20
 GIB = 1 << 30
 
-_BIN = qemu_binary()
-needs_qemu = pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
+needs_qemu = needs_viommu
 
 
 def _covered(mappings: list[tuple[int, int, int]], r: RamRange) -> bool:

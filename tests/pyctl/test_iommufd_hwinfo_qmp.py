@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from testvm import ViommuVm, has_viommu, qemu_binary
+from testvm import ViommuVm, needs_viommu
 
 from pyctl.iommufd import X86_MSI_WINDOW, DeviceHwInfo, IommufdContext, ResvRegion
 from pyctl.iommufd.errors import BackendError
@@ -105,12 +105,7 @@ def test_other_regions_and_refusals() -> None:
         device_hw_info({**Q35_EDU, "reserved-regions": [{"start": 0, "size": 1, "type": "x"}]})
 
 
-_BIN = qemu_binary()
-
-
-@pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
+@needs_viommu
 def test_the_real_device_answer_drives_the_model() -> None:
     with ViommuVm(devices=1) as vm, QmpBackend(str(vm.qmp_path)) as hw:
         try:

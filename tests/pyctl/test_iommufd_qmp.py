@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from testvm import ViommuVm, has_viommu, qemu_binary
+from testvm import ViommuVm, needs_viommu
 
 from pyctl.iommufd import (
     IOMMULAB_INV_ALL,
@@ -22,10 +22,7 @@ from pyctl.iommufd.uapi import HwptDataType, HwptInvalidateDataType
 RW = 6
 MIB = 1 << 20
 
-_BIN = qemu_binary()
-pytestmark = pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
+pytestmark = needs_viommu
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from testvm import ViommuVm, has_viommu, qemu_binary
+from testvm import ViommuVm, needs_viommu
 
 from pyctl.iommufd import (
     NEST_PARENT,
@@ -24,10 +24,7 @@ from pyctl.iommufd.uapi import HwptDataType
 RW = 6
 MIB = 1 << 20
 
-_BIN = qemu_binary()
-needs_qemu = pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
+needs_qemu = needs_viommu
 
 
 @pytest.fixture

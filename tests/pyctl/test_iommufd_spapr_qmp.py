@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from testvm import PseriesVm, ppc64_binary
+from testvm import PseriesVm, needs_ppc64
 
 from pyctl.iommufd import BackendError, Window, WindowBackend
 from pyctl.iommufd.hwinfo import device_hw_info
@@ -21,7 +21,7 @@ ARGS, RETS = 0x4000000, 0x4001000  # RTAS buffers in guest RAM
 H_PUT_TCE = 0x20
 H_STUFF_TCE = 0x138
 
-pytestmark = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
+pytestmark = needs_ppc64
 
 
 @pytest.fixture

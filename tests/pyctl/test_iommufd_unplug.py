@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from testvm import has_viommu, qemu_binary
+from testvm import needs_viommu, qemu_binary
 
 from pyctl.iommufd import IommufdContext, IommufdError
 from pyctl.iommufd.objects import Device, HwptPaging
@@ -24,9 +24,7 @@ RW = 6
 MIB = 1 << 20
 
 _BIN = qemu_binary()
-pytestmark = pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
+pytestmark = needs_viommu
 
 
 @pytest.fixture

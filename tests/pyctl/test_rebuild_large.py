@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from testvm import ViommuVm, has_viommu, qemu_binary
+from testvm import ViommuVm, needs_viommu
 
 from pyctl.iommufd import IommufdContext, MapEntry
 from pyctl.iommufd.objects import HwptPaging, Ioas
@@ -24,10 +24,7 @@ BATCH = 8192  # mappings per x-iommulab-map
 RAM_PAGES = 1 << 16  # 256 MiB of guest RAM
 N = int(os.environ.get("IOMMULAB_REBUILD_MAPPINGS", "200000"))
 
-_BIN = qemu_binary()
-pytestmark = pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
+pytestmark = needs_viommu
 
 
 @pytest.fixture

@@ -21,7 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testvm import PseriesVm, ViommuVm, has_viommu, ppc64_binary, qemu_binary
+from testvm import (
+    PseriesVm,
+    ViommuVm,
+    needs_ppc64,
+    needs_viommu,
+)
 
 from pyctl import cli
 from pyctl.iommufd import InMemoryBackend, IommufdContext, IommulabHwptData, x86_device
@@ -35,12 +40,6 @@ MIB = 1 << 20
 RW = 7  # FIXED_IOVA | WRITEABLE | READABLE
 KILLPOINT = Path(__file__).parents[1] / "lib" / "killpoint.py"
 MAP_RAM = ["map-ram", "edu0", "--batch", "32M"]
-
-_BIN = qemu_binary()
-needs_x86 = pytest.mark.skipif(
-    _BIN is None or not has_viommu(_BIN), reason="QEMU with iommulab-viommu not built"
-)
-needs_ppc = pytest.mark.skipif(ppc64_binary() is None, reason="qemu-system-ppc64 not built")
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -178,7 +177,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HwStat
             yield hw.query(), log.read_text().split()
 
 
-@needs_x86
+@needs_viommu
 def test_kill_points_cover_every_step(reference: tuple[HwState, list[str]]) -> None:
     state, commands = reference
     assert len(commands) >= 17
@@ -196,7 +195,7 @@ def test_kill_points_cover_every_step(reference: tuple[HwState, list[str]]) -> N
     assert sum(m.size for m in dom.mappings) == 512 * MIB - 256 * 1024
 
 
-@needs_x86
+@needs_viommu
 def test_kill_sweep_map_ram(
     reference: tuple[HwState, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -239,7 +238,7 @@ def test_kill_sweep_map_ram(
     assert orphaned == [first_alloc]
 
 
-@needs_ppc
+@needs_ppc64
 def test_kill_sweep_pseries_stage2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The same on pseries through the stage-2 device (the PHB's PE): every kill point of
     map-ram of 1 GiB in 128 MiB batches, then map-ram and orphans --reclaim."""
@@ -276,7 +275,7 @@ def test_kill_sweep_pseries_stage2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert orphaned == [commands.index("x-iommulab-domain-alloc") + 1]
 
 
-@needs_x86
+@needs_viommu
 def test_map_ram_refuses_ram_mapped_differently(capsys: pytest.CaptureFixture[str]) -> None:
     with ViommuVm(devices=1, mem_mib=128) as vm:
         sock = str(vm.qmp_path)
@@ -296,7 +295,7 @@ def test_map_ram_refuses_ram_mapped_differently(capsys: pytest.CaptureFixture[st
             assert hw.query() == before
 
 
-@needs_x86
+@needs_viommu
 def test_map_ram_bad_batch_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     with ViommuVm(devices=1, mem_mib=128) as vm:
         sock = str(vm.qmp_path)
@@ -309,7 +308,7 @@ def test_map_ram_bad_batch_changes_nothing(capsys: pytest.CaptureFixture[str]) -
             assert hw.query() == before
 
 
-@needs_x86
+@needs_viommu
 def test_map_ram_resumes_a_bound_blocked_device(capsys: pytest.CaptureFixture[str]) -> None:
     """--blocked adopts a device bound and left blocked: attached to a new IOAS, mapped."""
     with ViommuVm(devices=1, mem_mib=128) as vm:
@@ -323,7 +322,7 @@ def test_map_ram_resumes_a_bound_blocked_device(capsys: pytest.CaptureFixture[st
             assert dom.devices == 1
 
 
-@needs_x86
+@needs_viommu
 def test_orphans_against_qemu(capsys: pytest.CaptureFixture[str]) -> None:
     with ViommuVm(devices=1, mem_mib=128) as vm:
         sock = str(vm.qmp_path)
