@@ -14,7 +14,6 @@
  * Operation count: argv[2] or $IL_OPS.
  */
 #include <string.h>
-#include "test-util.h"
 #include "il-engine.h"
 
 #define PG          IL_PAGE_SIZE
@@ -27,31 +26,17 @@
 #define S1_LEAVES   512u
 #define IOVA_BASE   0x7f0000000000ULL
 #define MEM         0x10000u
+
 #define RW          (IL_S1_P | IL_S1_R | IL_S1_W)
 
-static uint8_t mem[MEM];
+#define TEST_MEM_SIZE MEM   /* the guest memory of test-util.h */
+#include "test-util.h"
+
 static uint64_t model_out[NPAGING][NPAGES];
 static uint8_t model_perm[NPAGING][NPAGES];
 static int nested_parent[NNESTED];      /* -1: not allocated */
 static uint64_t evictions;              /* fills over another domain's entry */
 static uint64_t dropped;                /* entries unmaps dropped */
-
-static bool mem_read(void *opaque, uint64_t addr, void *buf, size_t len)
-{
-    (void)opaque;
-    if (addr >= MEM || len > MEM - addr) {
-        return false;
-    }
-    memcpy(buf, &mem[addr], len);
-    return true;
-}
-
-static void put(uint64_t pa, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        mem[pa + i] = v >> (8 * i);
-    }
-}
 
 /* Stage-1 leaf i maps IOVA_BASE + i pages to model page s1_page(i). */
 static unsigned s1_page(unsigned i)

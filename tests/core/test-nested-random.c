@@ -9,11 +9,11 @@
  * Seed: argv[1], else $IL_SEED, else a fixed default; always printed.
  */
 #include <string.h>
-#include "test-util.h"
 #include "il-engine.h"
 
 #define PG          4096ULL
 #define MEM         (8 << 20)
+
 #define NS1         2048            /* stage-1 leaves: 4 L1 tables */
 #define NDATA       256             /* data IPA pages at DATA_IPA */
 #define DATA_IPA    0x100000ULL
@@ -21,7 +21,8 @@
 #define IOVA_BASE   0x7f0000000000ULL
 #define RW          (IL_S1_P | IL_S1_R | IL_S1_W)
 
-static uint8_t mem[MEM];
+#define TEST_MEM_SIZE MEM   /* the guest memory of test-util.h */
+#include "test-util.h"
 
 typedef struct S1Leaf {
     bool present;
@@ -32,23 +33,6 @@ typedef struct S1Leaf {
 static S1Leaf s1[NS1];
 static uint64_t s2_pa[NDATA];       /* 0: unmapped */
 static unsigned s2_perm[NDATA];
-
-static bool mem_read(void *opaque, uint64_t addr, void *buf, size_t len)
-{
-    (void)opaque;
-    if (addr >= MEM || len > MEM - addr) {
-        return false;
-    }
-    memcpy(buf, &mem[addr], len);
-    return true;
-}
-
-static void put(uint64_t pa, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        mem[pa + i] = v >> (8 * i);
-    }
-}
 
 /* Tables are at IPA == PA (stage 2 maps [0, 1 MiB) identity). */
 static void write_leaf(unsigned i)

@@ -7,6 +7,7 @@
 #ifndef IL_TEST_UTIL_H
 #define IL_TEST_UTIL_H
 
+#include <string.h>
 #include "check.h"
 #include "il-engine.h"
 
@@ -57,5 +58,28 @@ static inline void check_iotlb_exact(ILEngine *e)
     }
     CHECK_EQ(valid, il_iotlb_valid(e));
 }
+
+#ifdef TEST_MEM_SIZE
+/* The test's guest memory: stage-1 tables live here, read by the engine */
+static uint8_t mem[TEST_MEM_SIZE];
+
+static bool mem_read(void *opaque, uint64_t addr, void *buf, size_t len)
+{
+    (void)opaque;
+    if (addr >= TEST_MEM_SIZE || len > TEST_MEM_SIZE - addr) {
+        return false;
+    }
+    memcpy(buf, &mem[addr], len);
+    return true;
+}
+
+/* Write the little-endian 64-bit table entry @v at @pa */
+static void put(uint64_t pa, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        mem[pa + i] = v >> (8 * i);
+    }
+}
+#endif
 
 #endif
