@@ -170,7 +170,7 @@ class QmpSession:
                 self._wait(self._client.connect(address), connect_timeout, "connect")
                 return
             except QmpError as exc:
-                self._abort()
+                self._drop_half_open()
                 last = attempt + 1 == attempts
                 if last or not isinstance(exc.__cause__, ConnectError):
                     raise
@@ -200,7 +200,7 @@ class QmpSession:
                 raise QmpError(f"cannot connect to QMP at {self.address}: {_reason(exc)}") from exc
             raise QmpError(f"{what}: QMP connection lost: {_reason(exc)}") from exc
 
-    def _abort(self) -> None:
+    def _drop_half_open(self) -> None:
         """Drop a half-made connection (the client goes back to IDLE)."""
         with contextlib.suppress(Exception):  # the error that matters is the caller's
             self._loop.run_until_complete(self._client.disconnect())
