@@ -15,12 +15,19 @@
 #include "qapi/error.h"
 #include "qom/object.h"
 #include "iommulab-viommu.h"
+#include "iommulab-payload.h"
 
 Object *iommulab_resolve(const char *name, const char *type,
                          const char *what, Error **errp)
 {
     Object *obj = NULL;
 
+    /* refused before any lookup, and never echoed: it may be megabytes */
+    if (strnlen(name, IOMMULAB_NAME_MAX + 1) > IOMMULAB_NAME_MAX) {
+        error_setg(errp, "a name longer than %d bytes is not %s (give its "
+                   "id or QOM path)", IOMMULAB_NAME_MAX, what);
+        return NULL;
+    }
     if (!strchr(name, '/')) {
         g_autofree char *path = g_strdup_printf("/machine/peripheral/%s",
                                                 name);
