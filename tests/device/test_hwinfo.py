@@ -161,6 +161,7 @@ def expected_pe(p: dict[str, Any], stage2: str | None = None) -> dict[str, Any]:
         "dma64-offset": pol["dma64-offset"],
         # what the host side may create, the same facts in both answers
         "host-windows": p["host-windows"],
+        "blocked": p["blocked"],
     }
     if stage2:
         pe["stage2"] = stage2

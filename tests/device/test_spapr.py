@@ -119,6 +119,7 @@ def test_default_phb(vm: Pseries) -> None:
             "faults": 0,
             "levels": 2,
             "table-bytes": 512,
+            "owner": "host",  # machine reset: the platform's default window
         }
     ]
 
@@ -203,6 +204,7 @@ def test_create_follows_policy_and_sends_events(vm: Pseries) -> None:
             "faults": 0,
             "levels": 2,
             "table-bytes": 8,  # a directory of one pointer, no leaf yet
+            "owner": "guest",  # made by RTAS
         }
     ]
     ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
@@ -220,6 +222,8 @@ def test_create_follows_policy_and_sends_events(vm: Pseries) -> None:
     ev = vm.events("X_IOMMULAB_SPAPR_WINDOW")
     assert [(e["data"]["action"], e["data"]["liobn"]) for e in ev] == [("reset", LIOBN0)]
     assert ev[0]["data"]["window"]["default"] is True
+    # the default window the guest's reset made is the guest's
+    assert ev[0]["data"]["window"]["owner"] == "guest"
 
 
 def test_refuse_create(vm: Pseries) -> None:
@@ -404,6 +408,7 @@ def test_host_window_create_read_remove(vm: Pseries) -> None:
         "faults": 0,
         "levels": 2,
         "table-bytes": 128,  # 16 directory pointers, no leaf yet
+        "owner": "host",
     }
     # the guest can use it; the host reads it back in bulk
     assert vm.hcall(H_STUFF_TCE, LIOBN1, (1 << 59) + 0x20000, 0x30000 | 1, 3)[0] == H_SUCCESS
@@ -422,6 +427,7 @@ HOST_WINDOWS = {
     "page-shifts": [12, 16, 21, 24, 28, 34],
     "max-tces": 1 << 24,
     "read-tces-max": 1 << 20,
+    "put-tces-max": 1 << 19,
 }
 
 

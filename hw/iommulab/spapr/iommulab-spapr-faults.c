@@ -110,7 +110,8 @@ static void il_spapr_tce_fault(void *opaque, SpaprTceTable *tcet, hwaddr addr,
         .dev = sphb->index,
         .access = (flag & IOMMU_WO) ? IL_ACCESS_WRITE : IL_ACCESS_READ,
         .stage = IL_STAGE_TCE,
-        .reason = (tce & IL_SPAPR_TCE_RW) ?
+        .reason = qatomic_read(&tcet->blocked) ? IL_REASON_BLOCKED :
+                  (tce & IL_SPAPR_TCE_RW) ?
                   IL_REASON_PERMISSION : IL_REASON_NOT_PRESENT,
         .iova = tcet->bus_offset + addr,
         .page_shift = tcet->page_shift,

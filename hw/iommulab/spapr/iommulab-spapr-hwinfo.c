@@ -60,6 +60,7 @@ IommulabHwSpaprPe *iommulab_spapr_pe_info(Object *phb)
         pe->stage2 = object_get_canonical_path(OBJECT(s2));
     }
     pe->host_windows = il_spapr_host_windows();
+    pe->blocked = il_spapr_blocked(sphb);
     return pe;
 }
 

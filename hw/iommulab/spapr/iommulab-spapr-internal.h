@@ -28,6 +28,8 @@ typedef struct ILSpaprState {
     GHashTable *refuse_create;
     /* Per LIOBN: faults since the window was enabled */
     GHashTable *window_faults;
+    /* LIOBNs of the windows the guest made (RTAS): read-only to the host */
+    GHashTable *guest_windows;
     /* Per PHB index: its TCE fault queue (ILFaultQueue *) */
     GHashTable *phb_faults;
     /* Events not sent yet (the bottom half sends them) */
@@ -65,6 +67,24 @@ IommulabSpaprDdwPolicy *il_spapr_policy(SpaprPhbState *sphb);
 
 /* What the host side may create and read back (host-windows) */
 IommulabHwSpaprHostWindows *il_spapr_host_windows(void);
+
+/* TCEs per x-iommulab-spapr-put-tces (reported: host-windows) */
+#define IL_SPAPR_PUT_MAX        (1u << 19)
+
+/* ---- window owners and BLOCKED (iommulab-spapr-pe.c) ---- */
+
+IommulabSpaprWindowOwner il_spapr_window_owner(uint32_t liobn);
+void il_spapr_set_window_owner(uint32_t liobn,
+                               IommulabSpaprWindowOwner owner);
+/* Every enabled window of the PHB to @owner (disabled ones: host) */
+void il_spapr_set_phb_owner(SpaprPhbState *sphb,
+                            IommulabSpaprWindowOwner owner);
+/* Whether the host side may change window @tcet (not the guest's) */
+bool il_spapr_host_may_change(SpaprTceTable *tcet, const char *what,
+                              Error **errp);
+bool il_spapr_blocked(SpaprPhbState *sphb);
+void il_spapr_pe_init(void);
+void il_spapr_pe_machine_done(void);
 
 /* ---- TCE faults (iommulab-spapr-faults.c) ---- */
 

@@ -76,3 +76,23 @@ IommulabSpaprTces *qmp_x_iommulab_spapr_read_tces(uint32_t liobn,
     il_spapr_absent(errp);
     return NULL;
 }
+
+IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
+                                                    uint64_t start,
+                                                    bool has_tces,
+                                                    uint64List *tces,
+                                                    const char *data,
+                                                    const char *fd,
+                                                    bool has_count,
+                                                    uint64_t count,
+                                                    Error **errp)
+{
+    il_spapr_absent(errp);
+    return NULL;
+}
+
+void qmp_x_iommulab_spapr_set_blocked(bool has_phb, uint32_t phb,
+                                      bool blocked, Error **errp)
+{
+    il_spapr_absent(errp);
+}

@@ -38,6 +38,7 @@ IommulabHwSpaprHostWindows *il_spapr_host_windows(void)
     }
     h->max_tces = IL_SPAPR_HOST_MAX_TCES;
     h->read_tces_max = IL_SPAPR_READ_MAX;
+    h->put_tces_max = IL_SPAPR_PUT_MAX;
     return h;
 }
 
@@ -249,6 +250,8 @@ IommulabSpaprWindow *qmp_x_iommulab_spapr_window_create(
         return NULL;
     }
     free_tcet->def_win = false;
+    il_spapr_set_window_owner(free_tcet->liobn,
+                              IOMMULAB_SPAPR_WINDOW_OWNER_HOST);
     il_spapr_hook_tables(sphb);
     il_spapr_window_faults_reset(free_tcet->liobn);
     trace_iommulab_spapr_host_create(sphb->index, free_tcet->liobn,
@@ -288,7 +291,7 @@ void qmp_x_iommulab_spapr_window_remove(bool has_phb, uint32_t phb,
         return;
     }
     tcet = il_spapr_phb_window(sphb, liobn, errp);
-    if (!tcet) {
+    if (!tcet || !il_spapr_host_may_change(tcet, "'liobn'", errp)) {
         return;
     }
     spapr_tce_table_disable(tcet);
@@ -305,6 +308,7 @@ IommulabSpaprWindowList *qmp_x_iommulab_spapr_window_reset(bool has_phb,
         return NULL;
     }
     spapr_phb_dma_reset(sphb);
+    il_spapr_set_phb_owner(sphb, IOMMULAB_SPAPR_WINDOW_OWNER_HOST);
     il_spapr_hook_tables(sphb);
     trace_iommulab_spapr_host_reset(sphb->index);
     return il_spapr_windows(sphb);

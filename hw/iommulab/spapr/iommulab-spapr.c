@@ -9,6 +9,8 @@
  *   iommulab-spapr-windows.c  DDW policy, host-side windows, TCE reads
  *   iommulab-spapr-faults.c   TCE faults (the core's fault queue per PHB)
  *   iommulab-spapr-hwinfo.c   the PE facts of x-iommulab-query-hw-info
+ *   iommulab-spapr-pe.c       window owners (host, guest), BLOCKED
+ *   iommulab-spapr-put.c      host-side TCE writes in bulk
  *
  * DDW policy: held in the PHB's own fields (ddw, pgsz, ddw-max-windows,
  * ddw-max-tces, dma64_win_addr, dma_win_size), which the RTAS DDW calls
@@ -112,6 +114,7 @@ IommulabSpaprWindow *il_spapr_window_info(SpaprTceTable *tcet)
     w->levels = spapr_tce_table_levels(tcet);
     w->q_default = tcet->def_win;
     w->faults = il_spapr_window_faults(tcet->liobn);
+    w->owner = il_spapr_window_owner(tcet->liobn);
     return w;
 }
 
@@ -200,6 +203,7 @@ IommulabSpaprPhbList *qmp_x_iommulab_spapr_query_phbs(Error **errp)
         p->policy = il_spapr_policy(sphb);
         p->windows = il_spapr_windows(sphb);
         p->host_windows = il_spapr_host_windows();
+        p->blocked = il_spapr_blocked(sphb);
         QAPI_LIST_APPEND(tail, p);
     }
     return head;
@@ -229,14 +233,18 @@ static void il_spapr_ddw_changed(void *opaque, SpaprPhbState *sphb,
     case SPAPR_DDW_CREATE:
         action = IOMMULAB_SPAPR_WINDOW_ACTION_CREATE;
         il_spapr_window_faults_reset(liobn);
+        il_spapr_set_window_owner(liobn, IOMMULAB_SPAPR_WINDOW_OWNER_GUEST);
         break;
     case SPAPR_DDW_REMOVE:
         action = IOMMULAB_SPAPR_WINDOW_ACTION_REMOVE;
+        il_spapr_set_window_owner(liobn, IOMMULAB_SPAPR_WINDOW_OWNER_HOST);
         break;
     default:
         action = IOMMULAB_SPAPR_WINDOW_ACTION_RESET;
         liobn = sphb->dma_liobn[0];
         il_spapr_window_faults_reset(liobn);
+        /* the default window the guest's reset made is the guest's */
+        il_spapr_set_phb_owner(sphb, IOMMULAB_SPAPR_WINDOW_OWNER_GUEST);
         break;
     }
     tcet = spapr_tce_find_by_liobn(liobn);
@@ -260,6 +268,7 @@ static void il_spapr_machine_done(Notifier *n, void *data)
 
     if (spapr) {
         il_spapr_hook_all_tables(spapr);
+        il_spapr_pe_machine_done();
     }
 }
 
@@ -271,6 +280,7 @@ static void iommulab_spapr_register(void)
 {
     qemu_mutex_init(&il_spapr_state.lock);
     il_spapr_state.refuse_create = g_hash_table_new(NULL, NULL);
+    il_spapr_pe_init();
     il_spapr_state.window_faults = g_hash_table_new(NULL, NULL);
     il_spapr_state.phb_faults = g_hash_table_new_full(NULL, NULL, NULL,
                                            il_spapr_free_queue);
