@@ -86,6 +86,13 @@ class SpaprPeInfo:
     host_page_shifts: tuple[int, ...] = ()
     host_max_tces: int | None = None
     read_tces_max: int | None = None
+    #: the PE: the PHB's index (every device on a PHB shares its TCE tables);
+    #: None until the hardware places the device
+    phb: int | None = None
+    #: bus offset of the 64-bit window the platform chooses (policy dma64-offset)
+    dma64_offset: int = 1 << 59
+    #: host TCEs per bulk write (x-iommulab-spapr-put-tces), if reported
+    put_tces_max: int | None = None
 
 
 #: 4 KiB, 2 MiB and 1 GiB pages (bit n set = 2**n bytes)
@@ -117,6 +124,9 @@ class DeviceHwInfo:
     spapr: SpaprPeInfo | None = None
     #: input bits of its nested domains' stage-1 tables (the guest's table format)
     s1_ias: int = 48
+    #: first IOVA of its paging domains' aperture (geometry.aperture_start; the
+    #: kernel selftest's mock domain starts at 16 MiB)
+    aperture_start: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reserved", tuple(ResvRegion(*r) for r in self.reserved))
@@ -198,6 +208,14 @@ def merged(maps: Iterable[MapEntry]) -> list[MapEntry]:
                 continue
         out.append(m)
     return out
+
+
+class DomainMapper(Protocol):
+    """What filling and emptying a domain needs (pages.py): map and unmap batches."""
+
+    def map(self, domain: int, mappings: list[MapEntry]) -> None: ...
+
+    def unmap(self, domain: int, ranges: list[tuple[int, int]]) -> int: ...
 
 
 @runtime_checkable

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import partial
+from typing import Literal, overload
 
-from . import device, hw_pagetable, ioas, spapr, vfio_cdev
+from . import device, hw_pagetable, ioas, ppc64_attach, spapr, vfio_cdev
 from .areas import Area
 from .backend import DeviceHwInfo, HardwareBackend, HwState, Window, WindowCaps
+from .errors import IommufdError
 from .hw_pagetable import IOMMULAB_INV_ALL, IommulabHwptData, IommulabInvalidateEntry
 from .hwstate import HwStateSeam
 from .ioas import IovaRanges
 from .objects import Object
 from .objtable import Ictx, ModelOptions
+from .pages import hw_errors
 from .pinning import PinAccount, Pins
+from .ppc64 import IOMMU_HW_INFO_TYPE_PPC64, Ppc64DmaWindow, Ppc64HwInfo, ppc64_hw_info
+from .ppc64_domain import DomWindow
+from .ppc64_hw import PeWindow, TceBackend
 from .ranges import Range, normalize
 from .spapr import WindowChange
 from .uapi import HwptDataType, ObjType
@@ -209,9 +215,25 @@ class IommufdContext:
         """Closing the VFIO device file: detach, then unbind."""
         vfio_cdev.unbind(self._ictx, dev_id)
 
-    def get_hw_info(self, dev_id: int) -> DeviceHwInfo:
-        """IOMMU_GET_HW_INFO (with the reserved regions the device reports)."""
-        return self._ictx.dev(dev_id).info
+    @overload
+    def get_hw_info(self, dev_id: int) -> DeviceHwInfo: ...
+
+    @overload
+    def get_hw_info(self, dev_id: int, data_type: Literal[0x1AB1]) -> Ppc64HwInfo: ...
+
+    def get_hw_info(self, dev_id: int, data_type: int | None = None) -> DeviceHwInfo | Ppc64HwInfo:
+        """IOMMU_GET_HW_INFO (with the reserved regions the device reports).
+
+        ``data_type`` IOMMU_HW_INFO_TYPE_PPC64 (IOMMU_HW_INFO_FLAG_INPUT_TYPE)
+        asks for the typed PPC64 facts of a device on an sPAPR PE
+        (EOPNOTSUPP for any other device).
+        """
+        info = self._ictx.dev(dev_id).info
+        if data_type is None:
+            return info
+        if data_type != IOMMU_HW_INFO_TYPE_PPC64:
+            raise IommufdError("EOPNOTSUPP", f"data_type {data_type:#x} not supported")
+        return ppc64_hw_info(info)
 
     def attach(self, dev_id: int, pt_id: int) -> int:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: attach, or replace if attached; returns the HWPT.
@@ -253,6 +275,31 @@ class IommufdContext:
     def process_window_events(self) -> list[WindowChange]:
         """Apply the guest's window changes (create, remove, reset) reported since last time."""
         return spapr.process_window_events(self._ictx)
+
+    # ---------------------------------------------------------------- PPC64 domains
+    def hwpt_window_add(self, hwpt_id: int, window: Ppc64DmaWindow) -> DomWindow:
+        """Add a DMA window to a PPC64 domain (the proposed IOMMU_HWPT_SET_DMA_WINDOW)."""
+        return ppc64_attach.window_add(self._ictx, hwpt_id, window)
+
+    def hwpt_window_remove(self, hwpt_id: int, start: int) -> None:
+        """Remove the window starting at ``start`` from a PPC64 domain."""
+        ppc64_attach.window_remove(self._ictx, hwpt_id, start)
+
+    def hwpt_windows(self, hwpt_id: int) -> list[DomWindow]:
+        return list(ppc64_attach.ppc64_hwpt(self._ictx, hwpt_id).t.windows)
+
+    def pe_windows(self, dev_id: int) -> list[PeWindow]:
+        """The windows the device's PE holds now (host and guest ones, with owner)."""
+        info = ppc64_hw_info(self._ictx.dev(dev_id).info)
+        hw = self.backend
+        if not isinstance(hw, TceBackend):
+            raise IommufdError("EOPNOTSUPP", "the hardware has no sPAPR PEs")
+        with hw_errors():
+            return hw.pe_windows(info.pe)
+
+    def check_tces(self) -> list[str]:
+        """Every live PPC64 domain's TCEs against its PE's, read back."""
+        return ppc64_attach.check_tces(self._ictx)
 
     # ---------------------------------------------------------------- checking
     def expected_hw_state(self) -> HwState:

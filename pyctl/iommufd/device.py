@@ -9,12 +9,14 @@ driver's compatibility test, then the hardware.
 
 from __future__ import annotations
 
+from . import ppc64_attach
 from .backend import DeviceHwInfo, ResvRegion, WindowBackend
 from .errors import IommufdError
 from .hw_pagetable import compatible, paging_alloc, paging_destroy, put_hwpt
 from .objects import Device, HwptNested, HwptPaging, Ioas
 from .objtable import Ictx
 from .pages import hw_errors
+from .ppc64_domain import HwptPpc64
 from .ranges import Range, complement
 
 
@@ -62,6 +64,8 @@ def _pt(ictx: Ictx, hwpt_id: int) -> HwptPaging | HwptNested:
 
 def do_attach(ictx: Ictx, dev: Device, hwpt: HwptPaging | HwptNested) -> int:
     """iommufd_hw_pagetable_attach() for a device attached nowhere."""
+    if isinstance(hwpt, HwptPpc64):  # a PE's windows (ppc64_attach.py)
+        return ppc64_attach.attach(ictx, dev, hwpt)
     if dev.hwpt_id is not None:  # igroup->hwpt is another HWPT: EINVAL
         raise IommufdError("EINVAL", f"device {dev.id} is attached to HWPT {dev.hwpt_id}")
     paging = ictx.paging_of(hwpt.id)
@@ -80,6 +84,8 @@ def do_attach(ictx: Ictx, dev: Device, hwpt: HwptPaging | HwptNested) -> int:
 
 def do_replace(ictx: Ictx, dev: Device, hwpt: HwptPaging | HwptNested) -> int:
     """iommufd_device_do_replace(): move an attached device, all or nothing."""
+    if isinstance(hwpt, HwptPpc64):
+        return ppc64_attach.replace(ictx, dev, hwpt)
     if dev.hwpt_id is None:
         raise IommufdError("EINVAL", f"device {dev.id} is not attached")
     if dev.hwpt_id == hwpt.id:
@@ -150,9 +156,12 @@ def change_pt(ictx: Ictx, dev: Device, pt_id: object, replace: bool) -> int:
 def detach(ictx: Ictx, dev: Device) -> None:
     """iommufd_device_detach(): blocked again; an unused automatic HWPT goes away."""
     assert dev.hwpt_id is not None
+    old = _pt(ictx, dev.hwpt_id)
+    if isinstance(old, HwptPpc64):  # the PE's native BLOCKED domain
+        ppc64_attach.detach(ictx, dev, old)
+        return
     with hw_errors():
         ictx.backend.attach(dev.name, "blocked")
-    old = _pt(ictx, dev.hwpt_id)
     ictx.ioas_of(old.id).iopt.remove_reserved(owner(dev))
     old.devices.discard(dev.id)
     dev.hwpt_id = None

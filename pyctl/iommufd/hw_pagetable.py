@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import ppc64_attach
 from .backend import DeviceHwInfo
 from .errors import IommufdError
 from .io_pagetable import DomainInfo
 from .objects import Device, HwptNested, HwptPaging, Ioas, Object
 from .objtable import Ictx
 from .pages import hw_errors
+from .ppc64 import IOMMU_HWPT_DATA_PPC64_DMA_WINDOW
+from .ppc64_domain import HwptPpc64
 from .uapi import (
     HWPT_FLAGS_KNOWN,
     HWPT_PAGING_FLAGS_SUPPORTED,
@@ -52,6 +55,8 @@ IOMMULAB_INV_ALL = 1 << 0
 
 def compatible(hwpt: HwptPaging, info: DeviceHwInfo) -> bool:
     """The driver's attach_dev() test: same kind of IOMMU, same address width."""
+    if isinstance(hwpt, HwptPpc64):  # a PE's domain: that PE's devices only
+        return info.spapr is not None and info.spapr.phb == hwpt.pe
     return hwpt.dev_platform == info.platform and hwpt.ias == info.ias
 
 
@@ -68,7 +73,8 @@ def paging_alloc(
         auto,
         pgsize_bitmap=info.pgsize_bitmap,
     )
-    dom = DomainInfo(hwpt.id, info.pgsize_bitmap, info.ias)
+    aperture = ((info.aperture_start, (1 << info.ias) - 1),) if info.aperture_start else None
+    dom = DomainInfo(hwpt.id, info.pgsize_bitmap, info.ias, aperture)
     iopt = ioas.iopt
     iopt.check_add_domain(dom)  # iopt_table_add_domain(): EINVAL, EADDRINUSE
     with hw_errors():
@@ -85,6 +91,9 @@ def paging_alloc(
 def paging_destroy(ictx: Ictx, obj: Object) -> None:
     """iommufd_hwpt_paging_destroy(): free the domain, leave the IOAS."""
     assert isinstance(obj, HwptPaging)
+    if isinstance(obj, HwptPpc64):
+        ppc64_attach.destroy(ictx, obj)
+        return
     with hw_errors():
         ictx.backend.domain_free(obj.id)
     ictx.ioas(obj.ioas_id).iopt.remove_domain(obj.id)
@@ -121,6 +130,8 @@ def hwpt_alloc(
     pt = ictx.table.find(pt_oid)
     if pt is None:  # iommufd_hwpt_alloc(): a failed pt lookup is EINVAL here
         raise IommufdError("EINVAL", f"no object with id {pt_oid}")
+    if isinstance(pt, Ioas) and dt == IOMMU_HWPT_DATA_PPC64_DMA_WINDOW:
+        return ppc64_attach.hwpt_alloc(ictx, dev, pt, fl, data)
     if isinstance(pt, Ioas):
         # iommufd_hwpt_paging_alloc(): unknown flags, then the driver's refusals
         if fl & ~HWPT_FLAGS_KNOWN or fl & ~HWPT_PAGING_FLAGS_SUPPORTED:

@@ -66,6 +66,9 @@ def device_hw_info(answer: Mapping[str, Any], name: str | None = None) -> Device
             host_page_shifts=tuple(int(s) for s in host["page-shifts"]) if host else (),
             host_max_tces=int(host["max-tces"]) if host else None,
             read_tces_max=int(host["read-tces-max"]) if host else None,
+            phb=int(pe["phb"]),
+            dma64_offset=int(pe["dma64-offset"]),
+            put_tces_max=int(host["put-tces-max"]) if host and "put-tces-max" in host else None,
         )
     ias = answer.get("ias")
     s1 = answer.get("stage1")

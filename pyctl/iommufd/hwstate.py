@@ -21,6 +21,8 @@ from .io_pagetable import DomainInfo, Reserved
 from .objects import Device, HwptNested, HwptPaging, Ioas
 from .objtable import Ictx
 from .pages import entries, new_pages
+from .ppc64_attach import check_tces
+from .ppc64_domain import HwptPpc64
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,10 @@ class HwStateSeam:
         devs: list[HwDevice] = []
         for oid in table:
             o = table.find(oid)
+            if isinstance(o, HwptPpc64) or (
+                isinstance(o, Device) and isinstance(table.find(o.hwpt_id or -1), HwptPpc64)
+            ):
+                continue  # a PE's domain is its TCEs: ppc64_attach.check_tces()
             if isinstance(o, HwptPaging):
                 ioas = self._ictx.ioas(o.ioas_id)
                 nested = [n for n in o.children if isinstance(table.find(n), HwptNested)]
@@ -113,7 +119,7 @@ class HwStateSeam:
                 problems.append(
                     f"device {dv.device}: model {dv}, hardware {have_devs.get(dv.device)}"
                 )
-        return problems
+        return problems + check_tces(self._ictx)
 
     def restore(self, plan: RestorePlan) -> list[str]:
         """Install ``plan`` into an empty context; returns the problems found.

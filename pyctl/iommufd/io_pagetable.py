@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .allocator import HoleSet, alloc_alignment, allocatable_base, lowest_bit
 from .areas import Area, AreaTree
-from .backend import HardwareBackend, ResvRegion
+from .backend import DomainMapper, HardwareBackend, MapEntry, ResvRegion
 from .errors import IommufdError
 from .pages import entries, fill_domains, hw_errors, unfill_domains
 from .pinning import Pins
@@ -39,10 +39,29 @@ class DomainInfo:
     id: int
     pgsize_bitmap: int
     ias: int
+    #: a list of apertures (a PPC64 domain's DMA windows) instead of 0 .. 2**ias - 1
+    apertures: tuple[Range, ...] | None = None
 
     def aperture_resv(self) -> list[Range]:
-        # iopt_table_add_domain(): IOVA beyond geometry.aperture_end is reserved
+        # iopt_table_add_domain(): IOVA outside the aperture(s) is reserved
+        if self.apertures is not None:
+            return complement(normalize(self.apertures))
         return [] if self.ias >= 64 else [(1 << self.ias, U64_MAX)]
+
+
+class _Router:
+    """The domains' programming: a domain with its own mapper (a PPC64 domain
+    writing TCEs) gets its batches, every other one goes to the backend."""
+
+    def __init__(self, hw: HardwareBackend, own: dict[int, DomainMapper]) -> None:
+        self.hw = hw
+        self.own = own
+
+    def map(self, domain: int, mappings: list[MapEntry]) -> None:
+        (self.own.get(domain) or self.hw).map(domain, mappings)
+
+    def unmap(self, domain: int, ranges: list[tuple[int, int]]) -> int:
+        return (self.own.get(domain) or self.hw).unmap(domain, ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,9 @@ class IoPagetable:
         #: iopt->iova_alignment: a software table is byte granular
         self.iova_alignment = 1
         self.holes = HoleSet(allocatable_base([], []))
+        #: domains programmed by the model itself (PPC64 windows), by id
+        self.mappers: dict[int, DomainMapper] = {}
+        self.mapper = _Router(hw, self.mappers)
 
     # ------------------------------------------------------------ views
     @property
@@ -162,7 +184,7 @@ class IoPagetable:
         if self.domains:
             self.pins.pin(areas)  # iopt_area_fill_domains(): pinning, ENOMEM
             try:
-                fill_domains(self.hw, self.domain_ids, entries(areas))
+                fill_domains(self.mapper, self.domain_ids, entries(areas))
             except IommufdError:
                 self.pins.unpin(areas)
                 raise
@@ -241,7 +263,7 @@ class IoPagetable:
         if not victims:
             return
         if self.domains:
-            unfill_domains(self.hw, self.domain_ids, victims)
+            unfill_domains(self.mapper, self.domain_ids, victims)
             self.pins.unpin(victims)
         if len(victims) == len(self.areas):
             self.areas = AreaTree()
@@ -346,7 +368,7 @@ class IoPagetable:
         try:
             if areas:
                 with hw_errors():
-                    self.hw.map(dom.id, entries(areas))
+                    self.mapper.map(dom.id, entries(areas))
         except IommufdError:
             if first:
                 self.pins.unpin(areas)
@@ -354,6 +376,17 @@ class IoPagetable:
         self.domains.append(dom)
         self._calculate_iova_alignment()
         self.reserve(dom.aperture_resv(), ("hwpt", dom.id))
+
+    def set_apertures(self, dom_id: int, apertures: Sequence[Range]) -> None:
+        """A live domain's apertures changed (a window added or removed): follow its
+        reservation.  EADDRINUSE, changing nothing, if the new reserved IOVA
+        meets an area or an allowed range."""
+        i = next(i for i, d in enumerate(self.domains) if d.id == dom_id)
+        new = DomainInfo(dom_id, self.domains[i].pgsize_bitmap, 64, tuple(apertures))
+        self.check_reserve(new.aperture_resv(), "aperture")
+        self.domains[i] = new
+        self.remove_reserved(("hwpt", dom_id))
+        self.reserve(new.aperture_resv(), ("hwpt", dom_id))
 
     def add_restored_domain(self, dom: DomainInfo) -> None:
         """A domain the hardware already holds filled (rebuild); no pins, no checks."""
@@ -363,6 +396,7 @@ class IoPagetable:
     def remove_domain(self, dom_id: int) -> None:
         """iopt_table_remove_domain() after the hardware freed the domain."""
         self.domains = [d for d in self.domains if d.id != dom_id]
+        self.mappers.pop(dom_id, None)
         self._calculate_iova_alignment()
         if not self.domains:
             self.pins.unpin(self.areas)

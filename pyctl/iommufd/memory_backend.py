@@ -33,6 +33,7 @@ from .backend import (
     merged,
 )
 from .errors import BackendError
+from .ppc64_hw import InMemoryPes
 
 GRANULE = 4096
 U64_LIMIT = 1 << 64
@@ -70,7 +71,7 @@ def _check_range(what: str, iova: int, size: int, limit: int = U64_LIMIT) -> Non
         raise BackendError(f"{what}: range {iova:#x}+{size:#x} exceeds {limit:#x}")
 
 
-class InMemoryBackend:
+class InMemoryBackend(InMemoryPes):
     """A paging vIOMMU (x86 flavour) and/or sPAPR PEs, held in Python objects."""
 
     def __init__(
@@ -93,6 +94,7 @@ class InMemoryBackend:
         self.guest_s1: dict[int, dict[int, tuple[int, bool, bool]]] = {}
         self.fail_next: str | None = None
         self.calls: dict[str, int] = {}
+        self._pes_init()
         for info in devices or []:
             self.add_device(info)
         self._default_mode = default_mode
@@ -106,16 +108,28 @@ class InMemoryBackend:
         An x86 device's MSI window is whatever ``info`` says: build it with
         :func:`x86_device` for the LAPIC window x86 IOMMUs report.
         """
-        if info.platform == "spapr" and info.spapr is None:
+        if info.platform == "spapr":
             caps = self.spapr_caps
-            pe = SpaprPeInfo(
+            host_max = caps.max_tces or caps.max_size >> min(caps.page_shifts)
+            pe = info.spapr or SpaprPeInfo(
                 DEFAULT_SPAPR_WINDOW.start,
                 DEFAULT_SPAPR_WINDOW.size,
                 caps.page_shifts,
                 caps.windows_supported,
                 caps.max_tces,
+                dma64_offset=caps.ddw_offset,
             )
+            if pe.phb is None:  # each device its own PHB unless placed
+                pe = replace(pe, phb=self.next_phb())
+            if not pe.host_page_shifts:
+                pe = replace(
+                    pe,
+                    host_page_shifts=caps.page_shifts,
+                    host_max_tces=host_max,
+                    put_tces_max=self.put_tces_max,
+                )
             info = replace(info, spapr=pe)
+            self._add_pe_device(info)
         self._devinfo[info.device] = info
         self._attach[info.device] = (getattr(self, "_default_mode", "blocked"), None)
         if info.platform == "spapr":
@@ -340,6 +354,9 @@ class InMemoryBackend:
             raise BackendError(f"translate: bad iova {iova!r}")
         if access not in ("read", "write"):
             raise BackendError(f"translate: bad access {access!r}")
+        pe = self.pe_translate(device, iova, access)
+        if pe is not None:
+            return pe
         mode, domain = self._attach[device]
         if mode == "blocked":
             return Translation(False, stage="device", reason="blocked")

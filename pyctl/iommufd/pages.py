@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from .areas import Area
-from .backend import HardwareBackend, MapEntry
+from .backend import DomainMapper, MapEntry
 from .errors import BackendError, IommufdError
 from .pinning import new_slice
 
@@ -35,7 +35,7 @@ def new_pages() -> int:
     return new_slice()
 
 
-def fill_domains(hw: HardwareBackend, domains: Sequence[int], ents: list[MapEntry]) -> None:
+def fill_domains(hw: DomainMapper, domains: Sequence[int], ents: list[MapEntry]) -> None:
     """iopt_area_fill_domains(): map into every domain; undo the ones done if one fails."""
     done: list[int] = []
     try:
@@ -50,7 +50,7 @@ def fill_domains(hw: HardwareBackend, domains: Sequence[int], ents: list[MapEntr
         raise
 
 
-def unfill_domains(hw: HardwareBackend, domains: Sequence[int], areas: list[Area]) -> None:
+def unfill_domains(hw: DomainMapper, domains: Sequence[int], areas: list[Area]) -> None:
     """iopt_area_unfill_domains(): unmap from every domain; remap the done ones on failure."""
     # touching areas go as one range (the range holds nothing but these areas)
     ranges: list[tuple[int, int]] = []
