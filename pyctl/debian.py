@@ -214,6 +214,7 @@ def wanted(versions: dict[str, str]) -> list[tuple[str, str, str]]:
         ("seabios", "all", versions["SEABIOS_VERSION"]),
         (f"linux-image-{abi}-amd64-unsigned", "amd64", linux),
         (f"linux-image-{abi}-powerpc64le", "ppc64el", linux),
+        ("linux", SOURCE, versions["LINUX_SOURCE_VERSION"]),
         ("busybox-static", "amd64", busybox),
         ("busybox-static", "ppc64el", busybox),
     ]
