@@ -11,6 +11,7 @@
 #include "qapi/qapi-commands-iommulab.h"
 #include "hw/pci/pci.h"
 #include "iommulab-internal.h"
+#include "iommulab-payload.h"
 #include "trace.h"
 
 /* ---- control commands (QMP, under the BQL) ---- */
@@ -189,33 +190,22 @@ void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
 }
 
 void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
-                        IommulabMappingList *mappings, Error **errp)
+                        bool has_mappings, IommulabMappingList *mappings,
+                        const char *data,
+                        const char *fd, bool has_count, uint64_t count,
+                        Error **errp)
 {
-    IOMMULabState *s = iommulab_find(iommu, errp);
     g_autofree ILMapping *maps = NULL;
     g_autoptr(GArray) users = NULL;
-    size_t n = 0, i = 0, bad = 0;
-    IommulabMappingList *l;
+    IOMMULabState *s;
+    size_t n = 0, i, bad = 0;
     ILError err;
 
+    maps = iommulab_payload_ranges(has_mappings, mappings, false, "mappings",
+                                   data, fd, has_count, count, &n, errp);
+    s = maps ? iommulab_find(iommu, errp) : NULL;
     if (!s) {
         return;
-    }
-
-    for (l = mappings; l; l = l->next) {
-        n++;
-    }
-    if (!n) {
-        error_setg(errp, "'mappings' is empty");
-        return;
-    }
-    maps = g_new0(ILMapping, n);
-    for (l = mappings; l; l = l->next, i++) {
-        maps[i].iova = l->value->iova;
-        maps[i].size = l->value->size;
-        maps[i].addr = l->value->addr;
-        maps[i].perm = (l->value->read ? IL_PERM_R : 0) |
-                       (l->value->write ? IL_PERM_W : 0);
     }
     qemu_mutex_lock(&s->lock);
     err = il_domain_map(&s->engine, domain, maps, n, &bad);
@@ -234,9 +224,12 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
                    il_strerror(err));
         return;
     }
-    for (i = 0; i < n; i++) {
-        trace_iommulab_map(domain, maps[i].iova, maps[i].size, maps[i].addr,
-                           maps[i].perm);
+    trace_iommulab_map_batch(domain, n);
+    if (trace_event_get_state_backends(TRACE_IOMMULAB_MAP)) {
+        for (i = 0; i < n; i++) {
+            trace_iommulab_map(domain, maps[i].iova, maps[i].size,
+                               maps[i].addr, maps[i].perm);
+        }
     }
     /* MAP notifications for the devices attached to this domain. */
     for (unsigned j = 0; j < users->len; j++) {
@@ -255,33 +248,25 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
 }
 
 IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
+                                          bool has_ranges,
                                           IommulabRangeList *ranges,
+                                          const char *data, const char *fd,
+                                          bool has_count, uint64_t count,
                                           Error **errp)
 {
-    IOMMULabState *s = iommulab_find(iommu, errp);
     g_autofree ILMapping *r = NULL;
     g_autoptr(GArray) users = NULL;
-    size_t n = 0, i = 0, bad = 0;
-    IommulabRangeList *l;
+    IOMMULabState *s;
+    size_t n = 0, i, bad = 0;
     IommulabUnmapResult *res;
     uint64_t bytes = 0;
     ILError err;
 
+    r = iommulab_payload_ranges(has_ranges, ranges, true, "ranges", data, fd,
+                                has_count, count, &n, errp);
+    s = r ? iommulab_find(iommu, errp) : NULL;
     if (!s) {
         return NULL;
-    }
-
-    for (l = ranges; l; l = l->next) {
-        n++;
-    }
-    if (!n) {
-        error_setg(errp, "'ranges' is empty");
-        return NULL;
-    }
-    r = g_new0(ILMapping, n);
-    for (l = ranges; l; l = l->next, i++) {
-        r[i].iova = l->value->iova;
-        r[i].size = l->value->size;
     }
     qemu_mutex_lock(&s->lock);
     err = il_domain_unmap(&s->engine, domain, r, n, &bad, &bytes);
@@ -299,8 +284,11 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
                    r[bad].size, il_strerror(err));
         return NULL;
     }
-    for (i = 0; i < n; i++) {
-        trace_iommulab_unmap(domain, r[i].iova, r[i].size);
+    trace_iommulab_unmap_batch(domain, n, bytes);
+    if (trace_event_get_state_backends(TRACE_IOMMULAB_UNMAP)) {
+        for (i = 0; i < n; i++) {
+            trace_iommulab_unmap(domain, r[i].iova, r[i].size);
+        }
     }
     /*
      * The IOTLB is already clean; now the notifier consumers: the domain's
@@ -413,32 +401,89 @@ void qmp_x_iommulab_attach(const char *iommu, const char *device,
     }
 }
 
+/* UNMAP notifications of an invalidation of @r[0..n) (n == 0: everything) */
+static void iommulab_invalidate_notify(IOMMULabState *s, const ILDomain *d,
+                                       GArray *users, const ILMapping *r,
+                                       size_t n)
+{
+    for (unsigned j = 0; j < (d ? users->len : s->devs->len); j++) {
+        IOMMULabDev *dev;
+        bool child = false;
+
+        if (d) {
+            dev = g_array_index(users, IOMMULabUser, j).dev;
+            child = g_array_index(users, IOMMULabUser, j).child;
+        } else {
+            /* every domain: every attached device */
+            dev = g_ptr_array_index(s->devs, j);
+            if (dev->mode != IL_MODE_DOMAIN) {
+                continue;
+            }
+        }
+        if (child || !n) {
+            iommulab_dev_unmap(dev, 0, UINT64_MAX);
+            continue;
+        }
+        for (size_t i = 0; i < n; i++) {
+            iommulab_dev_unmap(dev, r[i].iova, r[i].iova + (r[i].size - 1));
+        }
+    }
+}
+
 void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
                                uint32_t domain, bool has_iova, uint64_t iova,
-                               bool has_size, uint64_t size, Error **errp)
+                               bool has_size, uint64_t size, bool has_ranges,
+                               IommulabRangeList *ranges, const char *data,
+                               const char *fd, bool has_count, uint64_t count,
+                               Error **errp)
 {
-    IOMMULabState *s = iommulab_find(iommu, errp);
-    const ILDomain *d = NULL;
+    g_autofree ILMapping *r = NULL;
     g_autoptr(GArray) users = NULL;
-    uint64_t first = 0, last = UINT64_MAX;
+    const ILDomain *d = NULL;
+    IOMMULabState *s;
+    size_t n = 0, i;
     ILError err;
 
-    if (!s) {
-        return;
-    }
     if (has_iova != has_size) {
         error_setg(errp, "'iova' and 'size' go together");
+        iommulab_payload_discard(fd);
+        return;
+    }
+    if (has_iova && (has_ranges || data || fd)) {
+        error_setg(errp, "give one range as 'iova' and 'size', or several "
+                   "as 'ranges', 'data' or 'fd', not both");
+        iommulab_payload_discard(fd);
         return;
     }
     if (has_iova) {
-        err = il_check_range(iova, size, 64);
-        if (err != IL_OK) {
-            error_setg(errp, "range iova 0x%" PRIx64 " size 0x%" PRIx64
-                       ": %s", iova, size, il_strerror(err));
+        r = g_new0(ILMapping, 1);
+        r->iova = iova;
+        r->size = size;
+        n = 1;
+    } else if (has_ranges || data || fd) {
+        r = iommulab_payload_ranges(has_ranges, ranges, true, "ranges", data,
+                                    fd, has_count, count, &n, errp);
+        if (!r) {
             return;
         }
-        first = iova;
-        last = iova + (size - 1);
+    } else if (has_count) {
+        error_setg(errp, "'count' goes with 'fd' or 'data'");
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        err = il_check_range(r[i].iova, r[i].size, 64);
+        if (err != IL_OK) {
+            g_autofree char *which = has_iova ? g_strdup("range") :
+                                     g_strdup_printf("ranges[%zu]", i);
+
+            error_setg(errp, "%s iova 0x%" PRIx64 " size 0x%" PRIx64 ": %s",
+                       which, r[i].iova, r[i].size, il_strerror(err));
+            return;
+        }
+    }
+    s = iommulab_find(iommu, errp);
+    if (!s) {
+        return;
     }
     qemu_mutex_lock(&s->lock);
     if (has_domain) {
@@ -450,34 +495,20 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
         }
     }
     /* a paging domain's nested children go with it, entries and users */
-    if (has_iova) {
-        il_invalidate_range(&s->engine, d, iova, size);
-    } else if (d) {
+    for (i = 0; i < n; i++) {
+        il_invalidate_range(&s->engine, d, r[i].iova, r[i].size);
+    }
+    if (!n && d) {
         il_invalidate_domain(&s->engine, d);
-    } else {
+    } else if (!n) {
         il_invalidate_all(&s->engine);
     }
     users = iommulab_domain_users(s, d, true);
     qemu_mutex_unlock(&s->lock);
-    trace_iommulab_invalidate(has_domain, domain, first, last);
-    if (!d) {
-        /* every domain: every attached device */
-        for (unsigned j = 0; j < s->devs->len; j++) {
-            IOMMULabDev *dev = g_ptr_array_index(s->devs, j);
-
-            if (dev->mode == IL_MODE_DOMAIN) {
-                iommulab_dev_unmap(dev, first, last);
-            }
-        }
-        return;
+    for (i = 0; i < MAX(n, 1); i++) {
+        trace_iommulab_invalidate(has_domain, domain, n ? r[i].iova : 0,
+                                  n ? r[i].iova + (r[i].size - 1) :
+                                  UINT64_MAX);
     }
-    for (unsigned j = 0; j < users->len; j++) {
-        IOMMULabUser *u = &g_array_index(users, IOMMULabUser, j);
-
-        if (u->child) {
-            iommulab_dev_unmap(u->dev, 0, UINT64_MAX);
-        } else {
-            iommulab_dev_unmap(u->dev, first, last);
-        }
-    }
+    iommulab_invalidate_notify(s, d, users, r, n);
 }

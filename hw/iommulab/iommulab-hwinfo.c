@@ -12,6 +12,7 @@
 #include "hw/pci/pci.h"
 #include "iommulab-internal.h"
 #include "spapr/iommulab-spapr.h"
+#include "iommulab-payload.h"
 
 /*
  * Leaf sizes of a walk (stage 2, and the stage-1 format): 4 KiB pages at
@@ -73,6 +74,7 @@ static IommulabHwInfo *iommulab_hw_info(IOMMULabState *s, IOMMULabDev *dev)
     qemu_mutex_lock(&s->lock);
     info->limits->table_memory_limit = il_engine_table_limit(&s->engine);
     info->limits->table_memory = il_engine_table_bytes(&s->engine);
+    info->limits->max_batch = IOMMULAB_PAYLOAD_BATCH_MAX;
     qemu_mutex_unlock(&s->lock);
     if (ic->hw_info) {
         ic->hw_info(s, info);

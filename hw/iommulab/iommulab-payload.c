@@ -12,8 +12,22 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "monitor/monitor.h"
+#include "qapi/qapi-types-iommulab.h"
 #include "iommulab-payload.h"
 #include "trace.h"
+
+void iommulab_payload_discard(const char *fdname)
+{
+    Monitor *mon = monitor_cur();
+    int fd;
+
+    if (fdname && mon) {
+        fd = monitor_get_fd(mon, fdname, NULL);
+        if (fd >= 0) {
+            close(fd);
+        }
+    }
+}
 
 bool iommulab_payload_one_source(bool has_inline, const char *what,
                                  const char *data, const char *fdname,
@@ -25,14 +39,14 @@ bool iommulab_payload_one_source(bool has_inline, const char *what,
         error_setg(errp, "give the %s exactly one way: '%s' (inline), "
                    "'data' (base64) or 'fd' with 'count' (%s)", what, what,
                    sources ? "several were given" : "none was given");
-        return false;
-    }
-    if (has_count && has_inline) {
+    } else if (has_count && has_inline) {
         error_setg(errp, "'count' goes with 'fd' or 'data', not with '%s'",
                    what);
-        return false;
+    } else {
+        return true;
     }
-    return true;
+    iommulab_payload_discard(fdname);
+    return false;
 }
 
 static bool base64_char(char c)
@@ -203,6 +217,7 @@ bool iommulab_payload_load(const char *data, const char *fdname,
         return ok;
     }
 
+    /* monitor fd names are short; a long one cannot name a passed fd */
     if (strnlen(fdname, IOMMULAB_NAME_MAX + 1) > IOMMULAB_NAME_MAX) {
         error_setg(errp, "'fd' is longer than %d bytes", IOMMULAB_NAME_MAX);
         return false;
@@ -243,4 +258,96 @@ char *iommulab_payload_encode(const void *records, size_t record_size,
                               uint64_t n)
 {
     return g_base64_encode(records, n * record_size);
+}
+
+/*
+ * The ranges of a map, unmap or invalidate, in whichever form they came
+ * (docs/qmp.md "Bulk payloads"): the inline list (@list: its first
+ * element; @ranges: a list of IommulabRange, else of IommulabMapping) or
+ * the packed records of @data / @fd.  At most IOMMULAB_PAYLOAD_BATCH_MAX,
+ * at least one.  Takes (and closes) @fd whatever the outcome.
+ */
+ILMapping *iommulab_payload_ranges(bool has_list, const void *list,
+                                   bool ranges,
+                                   const char *what, const char *data,
+                                   const char *fd, bool has_count,
+                                   uint64_t count, size_t *n, Error **errp)
+{
+    size_t rec = ranges ? IOMMULAB_PAYLOAD_RANGE : IOMMULAB_PAYLOAD_MAPPING;
+    g_autofree void *packed = NULL;
+    ILMapping *r;
+    uint64_t nr = 0, i;
+
+    if (!iommulab_payload_one_source(has_list, what, data, fd, has_count,
+                                     errp)) {
+        return NULL;
+    }
+    if (has_list && !list) {
+        error_setg(errp, "'%s' is empty", what);
+        return NULL;
+    }
+    if (list) {
+        if (ranges) {
+            const IommulabRangeList *l = list;
+
+            for (; l && nr <= IOMMULAB_PAYLOAD_BATCH_MAX; l = l->next, nr++) {
+                continue;
+            }
+        } else {
+            const IommulabMappingList *l = list;
+
+            for (; l && nr <= IOMMULAB_PAYLOAD_BATCH_MAX; l = l->next, nr++) {
+                continue;
+            }
+        }
+        if (nr > IOMMULAB_PAYLOAD_BATCH_MAX) {
+            error_setg(errp, "'%s' has more than %u entries; send them in "
+                       "several commands", what, IOMMULAB_PAYLOAD_BATCH_MAX);
+            return NULL;
+        }
+    } else if (!iommulab_payload_load(data, fd, has_count, count, rec,
+                                      IOMMULAB_PAYLOAD_BATCH_MAX, what, &packed,
+                                      &nr, errp)) {
+        return NULL;
+    }
+
+    r = g_new0(ILMapping, nr);
+    if (list && ranges) {
+        const IommulabRangeList *l = list;
+
+        for (i = 0; l; l = l->next, i++) {
+            r[i].iova = l->value->iova;
+            r[i].size = l->value->size;
+        }
+    } else if (list) {
+        const IommulabMappingList *l = list;
+
+        for (i = 0; l; l = l->next, i++) {
+            r[i].iova = l->value->iova;
+            r[i].size = l->value->size;
+            r[i].addr = l->value->addr;
+            r[i].perm = (l->value->read ? IL_PERM_R : 0) |
+                        (l->value->write ? IL_PERM_W : 0);
+        }
+    } else {
+        for (i = 0; i < nr; i++) {
+            r[i].iova = iommulab_payload_u64(packed, rec, i, 0);
+            r[i].size = iommulab_payload_u64(packed, rec, i, 1);
+            if (ranges) {
+                continue;
+            }
+            r[i].addr = iommulab_payload_u64(packed, rec, i, 2);
+            if (iommulab_payload_u64(packed, rec, i, 3) & ~(uint64_t)3) {
+                error_setg(errp, "%s[%" PRIu64 "] of '%s': flags 0x%" PRIx64
+                           " has bits other than read (1) and write (2); "
+                           "nothing changed", what, i, data ? "data" : "fd",
+                           iommulab_payload_u64(packed, rec, i, 3));
+                g_free(r);
+                return NULL;
+            }
+            r[i].perm = iommulab_payload_u64(packed, rec, i, 3);
+        }
+    }
+    *n = nr;
+    return r;
 }

@@ -16,6 +16,17 @@
 #define HW_IOMMULAB_PAYLOAD_H
 
 #include "qemu/bswap.h"
+#include "core/il-s2.h"
+
+/*
+ * Ranges one x-iommulab-map, -unmap or -invalidate takes at most, in any
+ * form (hw-info limits max-batch): all 4 KiB pages of 4 GiB at once.
+ */
+#define IOMMULAB_PAYLOAD_BATCH_MAX (1u << 20)
+
+/* Packed records (docs/qmp.md "Bulk payloads"): little-endian u64 words */
+#define IOMMULAB_PAYLOAD_MAPPING 32  /* iova, size, addr, flags (1 r, 2 w) */
+#define IOMMULAB_PAYLOAD_RANGE 16    /* iova, size */
 
 /* Longest qdev id or QOM path a lab command accepts (iommulab_resolve()) */
 #define IOMMULAB_NAME_MAX 255
@@ -23,7 +34,8 @@
 /*
  * Check that a command got exactly one source of its records: the inline
  * list @what (@has_inline: given, even empty), @data or @fdname, and
- * 'count' only with @fdname or @data.  Errors name the arguments.
+ * 'count' only with @fdname or @data.  Errors name the arguments; on an
+ * error the fd @fdname (if any) is closed (iommulab_payload_discard()).
  */
 bool iommulab_payload_one_source(bool has_inline, const char *what,
                                  const char *data, const char *fdname,
@@ -51,6 +63,13 @@ bool iommulab_payload_load(const char *data, const char *fdname,
                            const char *what, void **records,
                            uint64_t *nr_records, Error **errp);
 
+/*
+ * Close the fd passed as @fdname (NULL: none) without reading it: for a
+ * command refused before iommulab_payload_load(), so that an fd argument
+ * is closed whatever the outcome.
+ */
+void iommulab_payload_discard(const char *fdname);
+
 /* The @word'th little-endian 64-bit word of record @i of @records */
 static inline uint64_t iommulab_payload_u64(const void *records,
                                             size_t record_size, uint64_t i,
@@ -58,6 +77,22 @@ static inline uint64_t iommulab_payload_u64(const void *records,
 {
     return ldq_le_p((const uint8_t *)records + i * record_size + word * 8);
 }
+
+/*
+ * The ranges of a map, unmap or invalidate, in whichever form they came:
+ * the inline QAPI list @list (@has_list: given; its first element; with
+ * @ranges an IommulabRangeList, else an IommulabMappingList) or the packed
+ * records of @data / @fd (with @count), IOMMULAB_PAYLOAD_MAPPING or
+ * _RANGE bytes each.  At least one, at most IOMMULAB_PAYLOAD_BATCH_MAX.
+ * Packed mapping flags other than read (1) and write (2) are refused.
+ * Returns a g_new'ed array of *@n ranges (perm set for mappings); takes
+ * and closes @fd whatever the outcome.  Errors name the argument.
+ */
+ILMapping *iommulab_payload_ranges(bool has_list, const void *list,
+                                   bool ranges,
+                                   const char *what, const char *data,
+                                   const char *fd, bool has_count,
+                                   uint64_t count, size_t *n, Error **errp);
 
 /*
  * base64 of @n records of @record_size bytes at @records (already

@@ -10,6 +10,7 @@
 #include "qapi/error.h"
 #include "hw/pci/pci.h"
 #include "iommulab-internal.h"
+#include "iommulab-payload.h"
 
 /*
  * Mappings one answer carries at most: a whole answer (all domains) and a
@@ -18,16 +19,35 @@
  * buffer from this, pyctl/qemu/qmp.py).
  */
 #define IOMMULAB_QUERY_MAX_MAPPINGS (1u << 16)
+/*
+ * Packed (32 bytes a mapping, base64): 2^18 mappings are 8 MiB, 11 MB of
+ * base64, as large as the largest x-iommulab-spapr-read-tces answer.
+ */
+#define IOMMULAB_QUERY_MAX_PACKED (1u << 18)
 
 typedef struct MappingPage {
     IommulabMappingList **tail;
+    GByteArray *packed;         /* packed records instead of the list */
+    uint64_t n;
 } MappingPage;
 
 static void iommulab_collect_mapping(void *opaque, const ILMapping *m)
 {
     MappingPage *p = opaque;
-    IommulabMapping *im = g_new0(IommulabMapping, 1);
+    IommulabMapping *im;
 
+    p->n++;
+    if (p->packed) {
+        uint8_t rec[IOMMULAB_PAYLOAD_MAPPING];
+
+        stq_le_p(rec, m->iova);
+        stq_le_p(rec + 8, m->size);
+        stq_le_p(rec + 16, m->addr);
+        stq_le_p(rec + 24, m->perm & IL_PERM_RW);
+        g_byte_array_append(p->packed, rec, sizeof(rec));
+        return;
+    }
+    im = g_new0(IommulabMapping, 1);
     im->iova = m->iova;
     im->size = m->size;
     im->addr = m->addr;
@@ -65,26 +85,31 @@ static IommulabDomainInfo *domain_info(const ILDomain *d)
 }
 
 /*
- * Add to @di the mappings of @d at or above @start, at most @max of them.
+ * Add to @di the mappings of @d at or above @start, at most @max of them,
+ * as a list or (@packed) as base64 'data' and 'count'; *@n: how many.
  * Returns true if more remain (*next: where the next page starts).
  */
 static bool domain_page(IommulabDomainInfo *di, const ILDomain *d,
-                        uint64_t start, uint64_t max, uint64_t *next)
+                        uint64_t start, uint64_t max, bool packed,
+                        uint64_t *next, uint64_t *n)
 {
     MappingPage page = { .tail = &di->mappings };
+    bool more;
 
-    return il_domain_walk_page(d, start, max, iommulab_collect_mapping, &page,
-                               next);
-}
-
-static size_t mapping_count(const IommulabMappingList *l)
-{
-    size_t n = 0;
-
-    for (; l; l = l->next) {
-        n++;
+    if (packed) {
+        page.packed = g_byte_array_new();
     }
-    return n;
+    more = il_domain_walk_page(d, start, max, iommulab_collect_mapping, &page,
+                               next);
+    if (packed) {
+        di->data = iommulab_payload_encode(page.packed->data,
+                                           IOMMULAB_PAYLOAD_MAPPING, page.n);
+        di->has_count = true;
+        di->count = page.n;
+        g_byte_array_free(page.packed, true);
+    }
+    *n = page.n;
+    return more;
 }
 
 /*
@@ -92,26 +117,26 @@ static size_t mapping_count(const IommulabMappingList *l)
  * A domain's walk stops one past what is left, so a refused answer costs
  * no more than an accepted one.
  */
-static bool all_domains(IOMMULabState *s, IommulabInfo *info, Error **errp)
+static bool all_domains(IOMMULabState *s, IommulabInfo *info, bool packed,
+                        Error **errp)
 {
     IommulabDomainInfoList **dtail = &info->domains;
-    uint64_t left = IOMMULAB_QUERY_MAX_MAPPINGS;
+    uint64_t max = packed ? IOMMULAB_QUERY_MAX_PACKED :
+                   IOMMULAB_QUERY_MAX_MAPPINGS;
+    uint64_t left = max;
 
     for (size_t i = 0; i < il_domain_count(&s->engine); i++) {
         const ILDomain *d = il_domain_at(&s->engine, i);
         IommulabDomainInfo *di = domain_info(d);
-        uint64_t next;
-        size_t n;
+        uint64_t next, n;
 
-        domain_page(di, d, 0, left + 1, &next);
-        n = mapping_count(di->mappings);
-
+        domain_page(di, d, 0, left + 1, packed, &next, &n);
         QAPI_LIST_APPEND(dtail, di);
         if (n > left) {
-            error_setg(errp, "the domains hold more than %u mappings, more "
-                       "than one answer carries: page them with 'domain', "
-                       "'start' and 'max-mappings' (domain %u is the first "
-                       "over)", IOMMULAB_QUERY_MAX_MAPPINGS, il_domain_id(d));
+            error_setg(errp, "the domains hold more than %" PRIu64 " mappings,"
+                       " more than one answer carries: page them with "
+                       "'domain', 'start' and 'max-mappings' (domain %u is "
+                       "the first over)", max, il_domain_id(d));
             return false;
         }
         left -= n;
@@ -120,11 +145,12 @@ static bool all_domains(IOMMULabState *s, IommulabInfo *info, Error **errp)
 }
 
 static bool one_domain(IOMMULabState *s, IommulabInfo *info, uint32_t id,
-                       uint64_t start, uint32_t max, Error **errp)
+                       uint64_t start, uint32_t max, bool packed,
+                       Error **errp)
 {
     const ILDomain *d = il_domain_find(&s->engine, id);
     IommulabDomainInfo *di;
-    uint64_t next;
+    uint64_t next, n;
     bool more;
 
     if (!d) {
@@ -132,7 +158,7 @@ static bool one_domain(IOMMULabState *s, IommulabInfo *info, uint32_t id,
         return false;
     }
     di = domain_info(d);
-    more = domain_page(di, d, start, max, &next);
+    more = domain_page(di, d, start, max, packed, &next, &n);
     di->has_next = more;
     di->next = more ? next : 0;
     QAPI_LIST_PREPEND(info->domains, di);
@@ -190,9 +216,12 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
                                    uint32_t domain, bool has_start,
                                    uint64_t start, bool has_max_mappings,
                                    uint32_t max_mappings, bool has_mappings,
-                                   bool mappings, Error **errp)
+                                   bool mappings, bool has_packed,
+                                   bool packed, Error **errp)
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
+    uint32_t page_max = packed ? IOMMULAB_QUERY_MAX_PACKED :
+                        IOMMULAB_QUERY_MAX_MAPPINGS;
     IommulabInfo *info;
     bool ok;
 
@@ -209,10 +238,9 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
                    "with 'mappings' false");
         return NULL;
     }
-    if (has_max_mappings &&
-        (!max_mappings || max_mappings > IOMMULAB_QUERY_MAX_MAPPINGS)) {
-        error_setg(errp, "max-mappings must be 1 to %u",
-                   IOMMULAB_QUERY_MAX_MAPPINGS);
+    if (has_max_mappings && (!max_mappings || max_mappings > page_max)) {
+        error_setg(errp, "max-mappings must be 1 to %u%s", page_max,
+                   packed ? " (packed)" : " (up to 262144 with 'packed')");
         return NULL;
     }
     info = g_new0(IommulabInfo, 1);
@@ -226,9 +254,9 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
     } else if (has_domain) {
         ok = one_domain(s, info, domain, has_start ? start : 0,
                         has_max_mappings ? max_mappings :
-                        IOMMULAB_QUERY_MAX_MAPPINGS, errp);
+                        IOMMULAB_QUERY_MAX_MAPPINGS, packed, errp);
     } else {
-        ok = all_domains(s, info, errp);
+        ok = all_domains(s, info, packed, errp);
     }
     if (ok) {
         devices_info(s, info);

@@ -7,6 +7,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qapi/qapi-commands-iommulab.h"
+#include "iommulab-payload.h"
 
 static void iommulab_absent(Error **errp)
 {
@@ -29,15 +30,23 @@ void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
 }
 
 void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
-                        IommulabMappingList *mappings, Error **errp)
+                        bool has_mappings, IommulabMappingList *mappings,
+                        const char *data,
+                        const char *fd, bool has_count, uint64_t count,
+                        Error **errp)
 {
+    iommulab_payload_discard(fd);
     iommulab_absent(errp);
 }
 
 IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
+                                          bool has_ranges,
                                           IommulabRangeList *ranges,
+                                          const char *data, const char *fd,
+                                          bool has_count, uint64_t count,
                                           Error **errp)
 {
+    iommulab_payload_discard(fd);
     iommulab_absent(errp);
     return NULL;
 }
@@ -51,8 +60,12 @@ void qmp_x_iommulab_attach(const char *iommu, const char *device,
 
 void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
                                uint32_t domain, bool has_iova, uint64_t iova,
-                               bool has_size, uint64_t size, Error **errp)
+                               bool has_size, uint64_t size, bool has_ranges,
+                               IommulabRangeList *ranges, const char *data,
+                               const char *fd, bool has_count, uint64_t count,
+                               Error **errp)
 {
+    iommulab_payload_discard(fd);
     iommulab_absent(errp);
 }
 
@@ -60,7 +73,8 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
                                    uint32_t domain, bool has_start,
                                    uint64_t start, bool has_max_mappings,
                                    uint32_t max_mappings, bool has_mappings,
-                                   bool mappings, Error **errp)
+                                   bool mappings, bool has_packed,
+                                   bool packed, Error **errp)
 {
     iommulab_absent(errp);
     return NULL;

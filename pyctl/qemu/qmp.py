@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Self, TypeVar
 
 from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClient, QMPError
+from qemu.qmp.models import ErrorResponse
 from qemu.qmp.qmp_client import GreetingError
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "QmpError",
     "QmpSession",
     "QmpTimeout",
+    "memfd_from",
     "parse_address",
 ]
 
@@ -107,6 +111,25 @@ def parse_address(text: str) -> str | tuple[str, int]:
     if sep and host and port.isdigit() and "/" not in text:
         return (host, int(port))
     return text
+
+
+def memfd_from(data: bytes, name: str = "iommulab-payload") -> int:
+    """A sealed memfd holding ``data`` from offset 0 (a bulk payload for ``fd`` arguments,
+    docs/qmp.md "Bulk payloads"); the caller closes it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        # QEMU reads exactly what it was told: nobody may change it any more
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
 def _describe(address: Address) -> str:
@@ -216,6 +239,49 @@ class QmpSession:
     def cmd(self, cmd: str, **args: Any) -> Any:
         """:meth:`execute` with keyword arguments (QMP names, dashes as in the schema)."""
         return self.execute(cmd, args)
+
+    # -- file descriptors ---------------------------------------------------------
+    @property
+    def can_pass_fds(self) -> bool:
+        """Whether file descriptors can go to QEMU over this connection (a UNIX socket)."""
+        writer = self._client._writer  # qemu.qmp keeps its transport there
+        if writer is None:
+            return False
+        sock = writer.transport.get_extra_info("socket")
+        return sock is not None and sock.family == socket.AF_UNIX
+
+    def execute_with_fd(
+        self,
+        command: str,
+        args: Mapping[str, object],
+        fd: int,
+        fdname: str = "iommulab-payload",
+        timeout: float | None = -1.0,
+    ) -> Any:
+        """Pass ``fd`` (SCM_RIGHTS) to QEMU as ``fdname`` with ``getfd``, then run ``command``
+        (whose arguments name it), both sent at once and answered in order: one round trip.
+        The caller keeps and closes its own copy of ``fd``.  A refused ``getfd`` raises its
+        error (the command then fails too: the fd is not there)."""
+        t = self.timeout if timeout == -1.0 else timeout
+        msgs = [
+            QMPClient.make_execute_msg("getfd", {"fdname": fdname}),
+            QMPClient.make_execute_msg(command, dict(args)),
+        ]
+        return self._wait(self._pipelined(msgs, fd), t, command)[-1]
+
+    async def _pipelined(self, msgs: list[Message], fd: int | None) -> list[object]:
+        client = self._client
+        if fd is not None:
+            client.send_fd_scm(fd)
+        ids = []
+        for msg in msgs:
+            msg["id"] = client._get_exec_id()  # qemu.qmp's own id scheme
+            ids.append(await client._issue(msg))
+        replies = [await client._reply(i) for i in ids]
+        for msg, reply in zip(msgs, replies, strict=True):
+            if "error" in reply:
+                raise ExecuteError(ErrorResponse(reply), msg, reply)
+        return [reply["return"] for reply in replies]
 
     # -- events -----------------------------------------------------------------
     def listen(self, names: Iterable[str] = ()) -> EventListener:

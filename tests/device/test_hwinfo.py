@@ -53,6 +53,7 @@ def test_viommu_defaults(lab: Lab) -> None:
             "table-budget-bytes": 256 * MiB,
             "table-memory-limit": 1024 * MiB,
             "table-memory": 0,
+            "max-batch": 1 << 20,
         },
     }
     # the same answer by QOM path
@@ -230,6 +231,7 @@ def test_stage2_facts() -> None:
                 "table-budget-bytes": 256 * MiB,
                 "table-memory-limit": 1024 * MiB,
                 "table-memory": 0,
+                "max-batch": 1 << 20,
             },
             "spapr-pe": expected_pe(p, stage2="/machine/peripheral/s2"),
         }
