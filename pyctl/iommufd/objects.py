@@ -110,6 +110,20 @@ class Device:
         return ["its VFIO binding (unbind it)"]
 
 
-Object = Ioas | HwptPaging | HwptNested | Device
+@dataclass
+class Selftest:
+    """``struct selftest_obj`` (drivers/iommu/iommufd/selftest.c): a mock device of the
+    kernel's selftest and its binding, destroyed to detach and unbind it
+    (:mod:`pyctl.conformance.selftest`)."""
 
-__all__ = ["Device", "HwptNested", "HwptPaging", "Ioas", "Object", "Reserved"]
+    id: int
+    dev_id: int | None = None
+    type: ObjType = ObjType.SELFTEST
+
+    def holders(self) -> list[str]:
+        return []
+
+
+Object = Ioas | HwptPaging | HwptNested | Device | Selftest
+
+__all__ = ["Device", "HwptNested", "HwptPaging", "Ioas", "Object", "Reserved", "Selftest"]

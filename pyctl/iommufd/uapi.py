@@ -77,6 +77,8 @@ class ObjType(enum.Enum):
     HWPT_PAGING = "HWPT_PAGING"
     HWPT_NESTED = "HWPT_NESTED"
     DEVICE = "DEVICE"
+    #: IOMMUFD_OBJ_SELFTEST: a mock device of the kernel's selftest (pyctl.conformance)
+    SELFTEST = "SELFTEST"
 
 
 def u64(name: str, v: object) -> int:

@@ -1,0 +1,113 @@
+"""The model side of the differential run: each runner operation on an IommufdContext.
+
+The model's "phys" of an IOAS map is the runner's user address (its buffers
+sit at fixed addresses, :class:`~pyctl.conformance.protocol.Hello`).  Two
+translations, both documented in docs/iommufd.md: the selftest's nested data
+type (IOMMU_HWPT_DATA_SELFTEST with ``struct iommu_hwpt_selftest``) is the
+model's driver data (IOMMU_HWPT_DATA_IOMMULAB), and GET_HW_INFO answers the
+type the kernel reported for its mock devices.
+"""
+
+from __future__ import annotations
+
+from pyctl.iommufd import IommufdContext, IommufdError, IommulabHwptData
+from pyctl.iommufd.uapi import HwptDataType
+
+from .mockhw import MockFacts, MockHardware
+from .protocol import Answer, Hello, Op, Src
+from .selftest import SelftestOps
+
+#: include/uapi/linux/iommufd.h has no selftest type; iommufd_test.h's value
+IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+
+
+class ModelSide:
+    """Runs :class:`Op` s on the model, answering as the runner does."""
+
+    def __init__(self, facts: MockFacts, hello: Hello) -> None:
+        self.facts = facts
+        self.hello = hello
+        self.ctx: IommufdContext | None = None
+        self.hw: MockHardware | None = None
+        self.selftest: SelftestOps | None = None
+
+    def new_context(self) -> None:
+        self.hw = MockHardware(self.facts)
+        self.ctx = IommufdContext(self.hw)
+        self.selftest = SelftestOps(self.ctx, self.hw)
+
+    def run(self, op: Op) -> Answer:
+        if op.name == "S":
+            self.new_context()
+            return Answer(None)
+        if self.ctx is None:
+            raise RuntimeError("no model context: run S first")
+        try:
+            return Answer(None, self._call(op))
+        except IommufdError as e:
+            if e.errno == "EMSGSIZE" and "num_iovas" in e.data:
+                return Answer(e.errno, (int(e.data["num_iovas"]),))
+            return Answer(e.errno)
+
+    def _src(self, a: int | Src) -> int:
+        return self.hello.va(a) if isinstance(a, Src) else a
+
+    def _call(self, op: Op) -> tuple[int, ...]:
+        assert self.ctx is not None and self.selftest is not None
+        ctx, a = self.ctx, op.args
+        n = [x if isinstance(x, int) else 0 for x in a]
+        match op.name:
+            case "ia":
+                return (ctx.ioas_alloc(n[0]),)
+            case "d":
+                ctx.destroy(n[0])
+                return ()
+            case "m":
+                return (ctx.ioas_map(n[0], self._src(a[3]), n[4], n[1], n[2]),)
+            case "u":
+                return (ctx.ioas_unmap(n[0], n[1], n[2]),)
+            case "c":
+                return (ctx.ioas_copy(n[0], n[2], n[3], n[4], n[5], n[1]),)
+            case "r":
+                return self._ranges(n[0], n[1])
+            case "a":
+                ctx.ioas_allow_iovas(n[0], [(n[2 + 2 * i], n[3 + 2 * i]) for i in range(n[1])])
+                return ()
+            case "o":
+                return (ctx.option(n[0], n[1], n[2], n[3]),)
+            case "h":
+                return (self._hwpt_alloc(n[0], n[1], n[2], n[3], n[4], n[5]),)
+            case "md":
+                return self.selftest.mock_domain(n[0])
+            case "mr":
+                return (self.selftest.replace(n[0], n[1]),)
+            case "gi":
+                ctx.get_hw_info(n[0])  # ENOENT
+                return (self.facts.hw_info_type,)
+        raise ValueError(f"the model cannot run {op.name!r}")
+
+    def _ranges(self, ioas: int, num: int) -> tuple[int, ...]:
+        assert self.ctx is not None
+        r = self.ctx.ioas_iova_ranges(ioas, num)
+        flat = [x for rng in r.ranges for x in rng]
+        return (r.alignment, len(r.ranges), *flat)
+
+    def _hwpt_alloc(
+        self, dev: int, pt: int, flags: int, data_type: int, data_len: int, iotlb: int
+    ) -> int:
+        """HWPT_ALLOC with the selftest's data: its type is the model's driver type."""
+        assert self.ctx is not None
+        data: IommulabHwptData | None = None
+        if data_len:
+            data = IommulabHwptData(0, self._s1_ias(dev))
+        dt = data_type
+        if data_type == IOMMU_HWPT_DATA_SELFTEST:
+            dt = HwptDataType.IOMMU_HWPT_DATA_IOMMULAB
+        return self.ctx.hwpt_alloc(dev, pt, flags, dt, data)
+
+    def _s1_ias(self, dev: int) -> int:
+        assert self.ctx is not None
+        try:
+            return self.ctx.get_hw_info(dev).s1_ias
+        except IommufdError:
+            return 48  # no such device: hwpt_alloc answers ENOENT before it reads data

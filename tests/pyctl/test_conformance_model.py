@@ -1,0 +1,146 @@
+"""The model side of the conformance run: the selftest's mock device on the model,
+the selftest data type, and the generator (pyctl.conformance).
+
+Expected answers follow Linux 6.12's drivers/iommu/iommufd (selftest.c's
+iommufd_test_mock_domain, device.c, hw_pagetable.c, io_pagetable.c).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pyctl.conformance import Answer, ModelSide, Op, Src
+from pyctl.conformance.generator import Generator
+from pyctl.conformance.loopback import HELLO, X86_FACTS
+from pyctl.conformance.model import IOMMU_HWPT_DATA_SELFTEST
+
+U64 = (1 << 64) - 1
+APERTURE = X86_FACTS.aperture[0]
+RW, FIXED = 6, 1
+
+
+def run(model: ModelSide, *ops: Op) -> list[Answer]:
+    return [model.run(op) for op in ops]
+
+
+@pytest.fixture
+def model() -> ModelSide:
+    m = ModelSide(X86_FACTS, HELLO)
+    m.run(Op("S"))
+    return m
+
+
+def test_mock_domain_ids_in_the_kernels_order(model: ModelSide) -> None:
+    # selftest object, then the bound device, then the automatic HWPT
+    assert run(model, Op("ia", (0,)), Op("md", (1,))) == [
+        Answer(None, (1,)),
+        Answer(None, (2, 4, 3)),
+    ]
+    # a second mock device on the same IOAS shares the automatic HWPT
+    assert model.run(Op("md", (1,))) == Answer(None, (5, 4, 6))
+
+
+def test_a_failed_mock_domain_frees_its_ids(model: ModelSide) -> None:
+    assert model.run(Op("md", (9,))) == Answer("ENOENT")
+    assert model.run(Op("ia", (0,))) == Answer(None, (1,))
+    assert model.run(Op("md", (1,))) == Answer(None, (2, 4, 3))
+    assert model.run(Op("md", (3,))) == Answer("EINVAL")  # a DEVICE is no page table
+    assert model.run(Op("ia", (0,))) == Answer(None, (5,))
+
+
+def test_destroying_the_selftest_object_detaches_and_unbinds(model: ModelSide) -> None:
+    run(model, Op("ia", (0,)), Op("md", (1,)))
+    assert model.run(Op("d", (3,))) == Answer("EBUSY")  # the DEVICE: its binding holds it
+    assert model.run(Op("d", (1,))) == Answer("EBUSY")  # the IOAS: the HWPT holds it
+    assert model.run(Op("d", (2,))) == Answer(None)
+    assert model.ctx is not None and list(model.ctx.objects()) == [1]  # HWPT 4 went too
+    assert model.run(Op("d", (1,))) == Answer(None)
+
+
+def test_replace(model: ModelSide) -> None:
+    run(model, Op("ia", (0,)), Op("md", (1,)), Op("ia", (0,)))  # IOAS 5
+    assert model.run(Op("mr", (2, 5))) == Answer(None, (6,))  # a new automatic HWPT
+    assert model.ctx is not None and 4 not in model.ctx.objects()  # the old one went
+    assert model.run(Op("mr", (3, 1))) == Answer("ENOENT")  # the DEVICE is not SELFTEST
+    assert model.run(Op("mr", (2, 99))) == Answer("ENOENT")
+
+
+def test_aperture_and_alignment_from_the_facts(model: ModelSide) -> None:
+    run(model, Op("ia", (0,)), Op("md", (1,)))
+    end = X86_FACTS.aperture[1]
+    assert model.run(Op("r", (1, 8))) == Answer(None, (X86_FACTS.pgsize, 1, APERTURE, end))
+    assert model.run(Op("r", (1, 0))) == Answer("EMSGSIZE", (1,))
+    # FIXED below the aperture: reserved (EINVAL, iopt_check_iova)
+    assert model.run(Op("m", (1, RW | FIXED, 0x10000, Src(0, 0), 0x800))) == Answer("EINVAL")
+    # 2 KiB pages: a 2 KiB map at a 2 KiB aligned IOVA is fine
+    ans = model.run(Op("m", (1, RW | FIXED, APERTURE + 0x800, Src(0, 0x800), 0x800)))
+    assert ans == Answer(None, (APERTURE + 0x800,))
+    assert model.run(Op("m", (1, RW | FIXED, APERTURE + 0x400, Src(0, 0), 0x800))) == Answer(
+        "EINVAL"
+    )
+    # an IOAS whose areas lie below the aperture cannot take a mock domain
+    run(model, Op("ia", (0,)))  # 5
+    assert model.run(Op("m", (5, RW | FIXED, 0x10000, Src(1, 0), 0x1000))) == Answer(
+        None, (0x10000,)
+    )
+    assert model.run(Op("md", (5,))) == Answer("EADDRINUSE")
+
+
+def test_hwpt_alloc_with_the_selftest_data(model: ModelSide) -> None:
+    run(model, Op("ia", (0,)), Op("md", (1,)))  # dev 3
+    parent = model.run(Op("h", (3, 1, 1, 0, 0, 0)))  # NEST_PARENT paging HWPT
+    plain = model.run(Op("h", (3, 1, 0, 0, 0, 0)))
+    assert parent == Answer(None, (5,)) and plain == Answer(None, (6,))
+    assert model.run(Op("h", (3, 5, 0, IOMMU_HWPT_DATA_SELFTEST, 4, 0xBADBEEF))) == Answer(
+        None, (7,)
+    )
+    assert model.run(Op("h", (3, 6, 0, IOMMU_HWPT_DATA_SELFTEST, 4, 0))) == Answer("EINVAL")
+    assert model.run(Op("h", (3, 5, 0, 1, 4, 0))) == Answer("EOPNOTSUPP")  # VT-d data
+    assert model.run(Op("h", (3, 5, 0, 0, 4, 0))) == Answer("EINVAL")  # NONE with data
+    assert model.run(Op("h", (3, 5, 0, IOMMU_HWPT_DATA_SELFTEST, 0, 0))) == Answer("EINVAL")
+    assert model.run(Op("h", (3, 1, 1 << 3, 0, 0, 0))) == Answer("EOPNOTSUPP")
+    assert model.run(Op("h", (3, 99, 0, 0, 0, 0))) == Answer("EINVAL")  # no such pt
+    assert model.run(Op("d", (5,))) == Answer("EBUSY")  # the nested child holds it
+    # the mock device moves to the nested HWPT and back
+    assert model.run(Op("mr", (2, 7))) == Answer(None, (7,))
+    assert model.run(Op("mr", (2, 1))) == Answer(None, (4,))
+    assert model.run(Op("gi", (3,))) == Answer(None, (X86_FACTS.hw_info_type,))
+    assert model.run(Op("gi", (2,))) == Answer("ENOENT")
+
+
+def test_generator_is_seeded_and_covers_every_operation() -> None:
+    def ops(seed: int, n: int) -> list[Op]:
+        m = ModelSide(X86_FACTS, HELLO)
+        m.run(Op("S"))
+        g = Generator(seed, m)
+        out = []
+        for _ in range(n):
+            out.append(g.next_op())
+            m.run(out[-1])
+        return out
+
+    a = ops(11, 3000)
+    assert a == ops(11, 3000)
+    assert a != ops(12, 3000)
+    names = Counter(o.name for o in a)
+    assert set(names) == {"ia", "d", "m", "u", "c", "r", "a", "o", "h", "md", "mr", "gi"}
+    # invalid calls are in the mix: unknown flags, overflowing lengths, misaligned IOVAs
+    assert any(o.name == "ia" and o.args[0] for o in a)
+    assert any(o.name == "m" and o.args[4] == U64 for o in a)
+    assert any(o.name == "m" and isinstance(o.args[2], int) and o.args[2] % 0x800 for o in a)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_model_answers_every_generated_call(seed: int) -> None:
+    """Only IommufdErrors: no other exception, no EIO from the mock hardware."""
+    m = ModelSide(X86_FACTS, HELLO)
+    m.run(Op("S"))
+    g = Generator(seed, m)
+    errs: Counter[str | None] = Counter()
+    for _ in range(3000):
+        errs[m.run(g.next_op()).errno] += 1
+    assert "EIO" not in errs
+    assert errs[None] > 1000
+    assert m.ctx is not None and not m.ctx.check_hardware()
