@@ -114,7 +114,11 @@ class HwStateSeam:
             if i not in want_ids:
                 problems.append(f"hardware domain {i} unknown to the model")
         have_devs = {d.device: d for d in have.devices}
+        infos = {o.name: o.info for o in map(self._ictx.table.find, self._ictx.table)
+                 if isinstance(o, Device)}  # fmt: skip
         for dv in want.devices:
+            if dv.device not in have_devs and infos[dv.device].platform == "spapr":
+                continue  # a device on a PE has no attachment of its own (spapr_qmp.py)
             if have_devs.get(dv.device) != dv:
                 problems.append(
                     f"device {dv.device}: model {dv}, hardware {have_devs.get(dv.device)}"
