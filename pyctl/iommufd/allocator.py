@@ -173,10 +173,12 @@ class HoleSet:
         return best
 
 
-def allocatable_base(allowed: list[Range], reserved: list[Range]) -> list[Range]:
+def allocatable_base(
+    allowed: list[Range], reserved: list[Range], page_size: int = PAGE_SIZE
+) -> list[Range]:
     """Where the allocator may place IOVA: allowed (or all) minus reserved, never page 0."""
     from .ranges import subtract
 
-    lo, hi = PAGE_SIZE, (1 << 64) - 1 - PAGE_SIZE
+    lo, hi = page_size, (1 << 64) - 1 - page_size
     base = intersect(allowed, [(lo, hi)]) if allowed else [(lo, hi)]
     return subtract(base, reserved)

@@ -77,7 +77,15 @@ class Piece:
 class IoPagetable:
     """``struct io_pagetable``: one IOAS's areas, ranges and domains."""
 
-    def __init__(self, hw: HardwareBackend, pins: Pins, max_alignment: int | None) -> None:
+    def __init__(
+        self,
+        hw: HardwareBackend,
+        pins: Pins,
+        max_alignment: int | None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        #: the kernel's PAGE_SIZE (ModelOptions.page_size)
+        self.page_size = page_size
         self.hw = hw
         self.pins = pins
         #: iopt_alloc_iova()'s max_alignment (HPAGE_SIZE with THP, else PAGE_SIZE)
@@ -89,7 +97,7 @@ class IoPagetable:
         self.disable_large_pages = False
         #: iopt->iova_alignment: a software table is byte granular
         self.iova_alignment = 1
-        self.holes = HoleSet(allocatable_base([], []))
+        self.holes = HoleSet(allocatable_base([], [], page_size))
         #: domains programmed by the model itself (PPC64 windows), by id
         self.mappers: dict[int, DomainMapper] = {}
         self.mapper = _Router(hw, self.mappers)
@@ -101,7 +109,7 @@ class IoPagetable:
 
     def _calculate_iova_alignment(self) -> None:
         """iopt_calculate_iova_alignment(), after domains or large pages changed."""
-        align = PAGE_SIZE if self.disable_large_pages else 1
+        align = self.page_size if self.disable_large_pages else 1
         for d in self.domains:
             align = max(align, lowest_bit(d.pgsize_bitmap))
         self.iova_alignment = align
@@ -114,7 +122,7 @@ class IoPagetable:
         return complement(self.reserved_ranges())
 
     def rebuild_holes(self) -> None:
-        base = allocatable_base(self.allowed, self.reserved_ranges())
+        base = allocatable_base(self.allowed, self.reserved_ranges(), self.page_size)
         if base == self.holes.base:
             return
         holes = HoleSet(base)
@@ -133,7 +141,7 @@ class IoPagetable:
                 "EINVAL",
                 f"allocation alignment {want:#x} below IOAS alignment {self.iova_alignment:#x}",
             )
-        found = self.holes.find(length, want, addr % PAGE_SIZE)
+        found = self.holes.find(length, want, addr % self.page_size)
         if found is None:
             raise IommufdError("ENOSPC", f"no free IOVA for {length:#x} bytes")
         return found
@@ -175,7 +183,7 @@ class IoPagetable:
         for p in pieces:
             if write and not p.writable:  # iopt_insert_area()
                 raise IommufdError("EPERM", "WRITEABLE mapping of read-only pages")
-            if (p.phys % PAGE_SIZE) & (align - 1):  # iopt_insert_area(): page_offset
+            if (p.phys % self.page_size) & (align - 1):  # iopt_insert_area(): page_offset
                 raise IommufdError(
                     "EINVAL", f"address {p.phys:#x} offset not aligned to {align:#x}"
                 )
@@ -341,7 +349,7 @@ class IoPagetable:
     def check_add_domain(self, dom: DomainInfo) -> None:
         """iopt_table_add_domain()'s checks for a domain about to join."""
         new_align = max(lowest_bit(dom.pgsize_bitmap), self.iova_alignment)
-        if new_align > PAGE_SIZE:
+        if new_align > self.page_size:
             raise IommufdError("EINVAL", f"domain's smallest page {new_align:#x} > PAGE_SIZE")
         if new_align != self.iova_alignment:
             self.check_alignment(new_align)
@@ -351,7 +359,7 @@ class IoPagetable:
         """iopt_check_iova_alignment(): every area conforms to a larger alignment."""
         mask = align - 1
         for a in self.areas:
-            if a.iova & mask or a.length & mask or (a.phys % PAGE_SIZE) & mask:
+            if a.iova & mask or a.length & mask or (a.phys % self.page_size) & mask:
                 raise IommufdError(
                     "EADDRINUSE", f"area at {a.iova:#x} is not aligned to {align:#x}"
                 )
@@ -409,7 +417,7 @@ class IoPagetable:
         elif not self.disable_large_pages:
             if self.domains and len(self.areas):
                 raise IommufdError("EINVAL", "cannot disable huge pages with mapped domains")
-            if self.iova_alignment < PAGE_SIZE:
-                self.check_alignment(PAGE_SIZE)
+            if self.iova_alignment < self.page_size:
+                self.check_alignment(self.page_size)
             self.disable_large_pages = True
         self._calculate_iova_alignment()

@@ -23,7 +23,7 @@ from .errors import IommufdError
 from .io_pagetable import IoPagetable
 from .objects import Device, HwptNested, HwptPaging, Ioas, Object
 from .pinning import Pins
-from .uapi import ObjType, u32
+from .uapi import PAGE_SIZE, ObjType, u32
 
 #: ids are u32 in the uAPI; the xarray hands them out below 2^31 (xa_limit_31b)
 MAX_ID = (1 << 31) - 1
@@ -43,11 +43,16 @@ class ModelOptions:
     ``max_iova_alignment``: ``iopt_alloc_iova()``'s cap on the automatic IOVA
     alignment: HPAGE_SIZE (2 MiB) with CONFIG_TRANSPARENT_HUGEPAGE, PAGE_SIZE
     without (None: no cap, as kernels before the cap).
+    ``page_size``: the kernel's PAGE_SIZE (64 KiB on a ppc64le kernel built with
+    64K pages): the IOAS alignment without huge pages, the largest domain page
+    an IOAS accepts, the in-page offset of a user address, the allocator's
+    first IOVA.  Pin accounting counts 4 KiB pages whatever it is.
     """
 
     atomic_unmap: bool = True
     pin_per_guest_page: bool = True
     max_iova_alignment: int | None = HPAGE_SIZE
+    page_size: int = PAGE_SIZE
 
 
 class ObjectTable:
@@ -145,7 +150,8 @@ class Ictx:
 
     def new_iopt(self) -> IoPagetable:
         """iopt_init_table()."""
-        return IoPagetable(self.backend, self.pins, self.options.max_iova_alignment)
+        opts = self.options
+        return IoPagetable(self.backend, self.pins, opts.max_iova_alignment, opts.page_size)
 
     def ioas(self, ioas_id: object) -> Ioas:
         """iommufd_get_ioas()."""
