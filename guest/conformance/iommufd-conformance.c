@@ -128,9 +128,24 @@ static int iova_ranges(int fd, uint32_t ioas, uint32_t num, struct iommu_ioas_io
     return do_ioctl(fd, IOMMU_IOAS_IOVA_RANGES, r);
 }
 
+/* THP's PMD size (iopt_alloc_iova()'s alignment cap), 0 without THP. */
+static unsigned long hpage_size(void)
+{
+    unsigned long v = 0;
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+
+    if (f) {
+        if (fscanf(f, "%lu", &v) != 1) {
+            v = 0;
+        }
+        fclose(f);
+    }
+    return v;
+}
+
 /*
  * The facts of the mock device as this kernel reports them, on a context
- * of its own: the page size, GET_HW_INFO of a mock device, and what an
+ * of its own: the page and THP sizes, GET_HW_INFO of a mock device, and what an
  * IOAS with a mock domain allows (aperture minus reserved regions, IOVA
  * alignment = the domain's smallest page).
  */
@@ -168,8 +183,8 @@ static void probe(const char *seq)
         say("%s e %x probe\n", seq, -rc);
         return;
     }
-    say("%s ok %lx %x %x %llx %llx %x", seq, sysconf(_SC_PAGESIZE), hi.out_data_type,
-        data.test_reg, (unsigned long long)hi.out_capabilities,
+    say("%s ok %lx %x %x %llx %lx %llx %x", seq, sysconf(_SC_PAGESIZE), hi.out_data_type,
+        data.test_reg, (unsigned long long)hi.out_capabilities, hpage_size(),
         (unsigned long long)r.out_iova_alignment, r.num_iovas);
     for (i = 0; i < r.num_iovas; i++) {
         say(" %llx %llx", (unsigned long long)ranges[i].start,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as _errno
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from .mockhw import MockFacts
 from .model import ModelSide
@@ -22,10 +23,13 @@ X86_FACTS = MockFacts(
     hw_info_type=0xFEEDBEEF,
     test_reg=0xDEADBEEF,
     capabilities=1,
+    hpage_size=2 << 20,
     pgsize=2048,
     aperture=(1 << 24, (1 << 31) - 1),
     reserved=(),
 )
+#: ... and on a ppc64le kernel with 64 KiB pages (MOCK_IO_PAGE_SIZE = PAGE_SIZE / 2)
+PPC64LE_FACTS = replace(X86_FACTS, page_size=1 << 16, pgsize=1 << 15)
 HELLO = Hello(1, 4096, 4, 8 << 20, 0x2000_0000_0000, 1 << 30)
 
 
@@ -77,7 +81,7 @@ class LoopbackRunner:
         for s, e in f.reserved:
             ranges += [s - 1, e + 1]
         ranges.append(f.aperture[1])
-        head = (f.page_size, f.hw_info_type, f.test_reg, f.capabilities, f.pgsize)
+        head = (f.page_size, f.hw_info_type, f.test_reg, f.capabilities, f.hpage_size, f.pgsize)
         return Answer(None, (*head, len(ranges) // 2, *ranges))
 
     def send(self, lines: list[str]) -> None:

@@ -44,6 +44,7 @@ class MockFacts:
     hw_info_type: int  # IOMMU_GET_HW_INFO out_data_type (IOMMU_HW_INFO_TYPE_SELFTEST)
     test_reg: int
     capabilities: int
+    hpage_size: int  # THP's PMD size, iopt_alloc_iova()'s alignment cap (0: no THP)
     pgsize: int  # the mock domain's smallest page (the IOAS's IOVA alignment)
     aperture: Range
     reserved: tuple[Range, ...]  # holes inside the aperture
@@ -67,11 +68,11 @@ def facts_from_probe(ans: Answer) -> MockFacts:
     if ans.errno is not None:
         raise ProtocolError(f"the runner's probe failed: {ans.errno} (is CONFIG_IOMMUFD_TEST on?)")
     v = ans.values
-    if len(v) < 6 or len(v) != 6 + 2 * v[5] or v[5] == 0:
+    if len(v) < 7 or len(v) != 7 + 2 * v[6] or v[6] == 0:
         raise ProtocolError(f"bad probe answer {ans}")
-    ranges = [(v[6 + 2 * i], v[7 + 2 * i]) for i in range(v[5])]
+    ranges = [(v[7 + 2 * i], v[8 + 2 * i]) for i in range(v[6])]
     holes = tuple((a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(ranges))
-    return MockFacts(v[0], v[1], v[2], v[3], v[4], (ranges[0][0], ranges[-1][1]), holes)
+    return MockFacts(v[0], v[1], v[2], v[3], v[4], v[5], (ranges[0][0], ranges[-1][1]), holes)
 
 
 @dataclass

@@ -10,7 +10,7 @@ type the kernel reported for its mock devices.
 
 from __future__ import annotations
 
-from pyctl.iommufd import IommufdContext, IommufdError, IommulabHwptData
+from pyctl.iommufd import IommufdContext, IommufdError, IommulabHwptData, ModelOptions
 from pyctl.iommufd.uapi import HwptDataType
 
 from .mockhw import MockFacts, MockHardware
@@ -19,6 +19,17 @@ from .selftest import SelftestOps
 
 #: include/uapi/linux/iommufd.h has no selftest type; iommufd_test.h's value
 IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+
+
+def kernel_options(facts: MockFacts) -> ModelOptions:
+    """The model with the kernel's behaviour where it differs by choice (docs/iommufd.md,
+    "Deliberate differences"), and the kernel's page and THP sizes."""
+    return ModelOptions(
+        atomic_unmap=False,
+        pin_per_guest_page=False,
+        max_iova_alignment=facts.hpage_size or facts.page_size,
+        page_size=facts.page_size,
+    )
 
 
 class ModelSide:
@@ -33,7 +44,7 @@ class ModelSide:
 
     def new_context(self) -> None:
         self.hw = MockHardware(self.facts)
-        self.ctx = IommufdContext(self.hw)
+        self.ctx = IommufdContext(self.hw, options=kernel_options(self.facts))
         self.selftest = SelftestOps(self.ctx, self.hw)
 
     def run(self, op: Op) -> Answer:

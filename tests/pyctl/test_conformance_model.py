@@ -8,13 +8,16 @@ iommufd_test_mock_domain, device.c, hw_pagetable.c, io_pagetable.c).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from pyctl.conformance import Answer, ModelSide, Op, Src
 from pyctl.conformance.generator import Generator
-from pyctl.conformance.loopback import HELLO, X86_FACTS
-from pyctl.conformance.model import IOMMU_HWPT_DATA_SELFTEST
+from pyctl.conformance.loopback import HELLO, PPC64LE_FACTS, X86_FACTS, LoopbackRunner
+from pyctl.conformance.mockhw import MockFacts, MockHardware
+from pyctl.conformance.model import IOMMU_HWPT_DATA_SELFTEST, kernel_options
+from pyctl.iommufd import IommufdContext, IommufdError, ModelOptions
 
 U64 = (1 << 64) - 1
 APERTURE = X86_FACTS.aperture[0]
@@ -132,10 +135,12 @@ def test_generator_is_seeded_and_covers_every_operation() -> None:
     assert any(o.name == "m" and isinstance(o.args[2], int) and o.args[2] % 0x800 for o in a)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_model_answers_every_generated_call(seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "facts"), [(1, X86_FACTS), (2, X86_FACTS), (3, PPC64LE_FACTS), (4, PPC64LE_FACTS)]
+)
+def test_the_model_answers_every_generated_call(seed: int, facts: MockFacts) -> None:
     """Only IommufdErrors: no other exception, no EIO from the mock hardware."""
-    m = ModelSide(X86_FACTS, HELLO)
+    m = ModelSide(facts, HELLO)
     m.run(Op("S"))
     g = Generator(seed, m)
     errs: Counter[str | None] = Counter()
@@ -144,3 +149,30 @@ def test_the_model_answers_every_generated_call(seed: int) -> None:
     assert "EIO" not in errs
     assert errs[None] > 1000
     assert m.ctx is not None and not m.ctx.check_hardware()
+
+
+def test_the_kernels_page_size_decides_whether_a_mock_domain_fits() -> None:
+    """A 64 KiB-page kernel's mock domain has 32 KiB pages: fine there, but more than
+    a 4 KiB PAGE_SIZE allows (iopt_table_add_domain: EINVAL)."""
+    m = ModelSide(PPC64LE_FACTS, HELLO)
+    m.run(Op("S"))
+    assert run(m, Op("ia", (0,)), Op("md", (1,))) == [Answer(None, (1,)), Answer(None, (2, 4, 3))]
+    assert m.run(Op("r", (1, 1))) == Answer(None, (1 << 15, 1, *PPC64LE_FACTS.aperture))
+    hw = MockHardware(PPC64LE_FACTS)
+    four_k = replace(kernel_options(PPC64LE_FACTS), page_size=4096)
+    ctx = IommufdContext(hw, options=four_k)
+    assert isinstance(ctx.options, ModelOptions)
+    ioas = ctx.ioas_alloc()
+    dev = ctx.bind(hw.new_device())
+    with pytest.raises(IommufdError) as e:
+        ctx.attach(dev, ioas)
+    assert e.value.errno == "EINVAL"
+
+
+def test_the_conformance_model_takes_the_kernels_options() -> None:
+    opts = kernel_options(PPC64LE_FACTS)
+    assert (opts.atomic_unmap, opts.pin_per_guest_page) == (False, False)
+    assert (opts.page_size, opts.max_iova_alignment) == (1 << 16, 2 << 20)
+    assert kernel_options(replace(X86_FACTS, hpage_size=0)).max_iova_alignment == 4096
+    runner = LoopbackRunner(PPC64LE_FACTS)
+    assert runner.model.facts is PPC64LE_FACTS

@@ -84,11 +84,12 @@ def test_hello() -> None:
 
 
 def test_facts_from_the_probe() -> None:
-    # page size, hw info type, test reg, caps, alignment, 2 ranges around a hole
-    ans = Answer(None, (0x10000, 0xFEEDBEEF, 0xDEADBEEF, 1, 0x8000, 2, 0x1000000, 0x1FFFFFF,
-                        0x3000000, 0x7FFFFFFF))  # fmt: skip
+    # page size, hw info type, test reg, caps, THP size, alignment, 2 ranges around a hole
+    ans = Answer(None, (0x10000, 0xFEEDBEEF, 0xDEADBEEF, 1, 1 << 21, 0x8000, 2, 0x1000000,
+                        0x1FFFFFF, 0x3000000, 0x7FFFFFFF))  # fmt: skip
     f = facts_from_probe(ans)
-    assert (f.page_size, f.pgsize, f.aperture) == (0x10000, 0x8000, (0x1000000, 0x7FFFFFFF))
+    assert (f.page_size, f.hpage_size, f.pgsize) == (0x10000, 1 << 21, 0x8000)
+    assert f.aperture == (0x1000000, 0x7FFFFFFF)
     assert f.reserved == ((0x2000000, 0x2FFFFFF),)
     dev = f.device("iommufd_mock0")
     assert (dev.ias, dev.aperture_start, dev.pgsize_bitmap) == (31, 0x1000000, 0x8000)
