@@ -104,7 +104,7 @@ static int open_dev(const char *path, const char *what)
 
 static void open_iommufd(struct vn_dma *d)
 {
-    char dir[PATH_MAX], cdev[PATH_MAX] = "";
+    char dir[PATH_MAX], cdev[PATH_MAX] = "", devattr[PATH_MAX + 64] = "";
     struct dirent *e;
     DIR *dp;
     struct vn_vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
@@ -124,16 +124,23 @@ static void open_iommufd(struct vn_dma *d)
                 "CONFIG_VFIO_DEVICE_CDEV, or vfio-pci does not hold it)", d->pci, dir);
     }
     while ((e = readdir(dp))) {
-        if (!strncmp(e->d_name, "vfio", 4)) {
+        if (!strncmp(e->d_name, "vfio", 4) && strlen(e->d_name) < 32) {
             snprintf(cdev, sizeof(cdev), "/dev/vfio/devices/%s", e->d_name);
+            snprintf(devattr, sizeof(devattr), "%s/%s/dev", dir, e->d_name);
         }
     }
     closedir(dp);
     if (!cdev[0]) {
         vn_fail("cdev", "%s lists no vfioN device", dir);
     }
+    /* the vfio-dev device exists either way; only a cdev gives it a dev_t */
+    if (access(devattr, F_OK) < 0) {
+        vn_fail("cdev", "no VFIO device cdev for %s: %s has no dev_t (the kernel has no "
+                "CONFIG_VFIO_DEVICE_CDEV)", d->pci, cdev + strlen("/dev/vfio/devices/"));
+    }
     if (access(cdev, F_OK) < 0) {
-        vn_fail("cdev", "missing cdev %s (sysfs has it; devtmpfs does not)", cdev);
+        vn_fail("cdev", "missing cdev node %s (sysfs gives it a dev_t; devtmpfs has no "
+                "node)", cdev);
     }
     d->dev_fd = open_dev(cdev, "VFIO device cdev");
     if (access("/dev/iommu", F_OK) < 0) {
@@ -335,8 +342,14 @@ void vn_dma_map(struct vn_dma *d, struct vn_buf *b)
             .flags = VN_IOMMU_IOAS_MAP_READABLE | VN_IOMMU_IOAS_MAP_WRITEABLE,
             .user_va = (uintptr_t)b->va, .length = b->len,
         };
+        if (b->fixed_iova) {
+            m.flags |= VN_IOMMU_IOAS_MAP_FIXED_IOVA;
+            m.iova = b->iova;
+        }
         if (ioctl(d->iommufd, VN_IOMMU_IOAS_MAP, &m) < 0) {
-            vn_fail("map", "IOMMU_IOAS_MAP %zu bytes: %s", b->len, strerror(errno));
+            vn_fail("map", "IOMMU_IOAS_MAP %zu bytes%s at 0x%llx: %s (allowed: %s)", b->len,
+                    b->fixed_iova ? "" : " (kernel's choice)", (unsigned long long)m.iova,
+                    strerror(errno), d->info);
         }
         b->iova = m.iova;
     } else if (d->mode == VN_TYPE1) {
@@ -344,7 +357,7 @@ void vn_dma_map(struct vn_dma *d, struct vn_buf *b)
             .argsz = sizeof(m), .vaddr = (uintptr_t)b->va, .size = b->len,
             .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
         };
-        m.iova = (d->t1_next + 0x1fffff) & ~0x1fffffULL;
+        m.iova = b->fixed_iova ? b->iova : (d->t1_next + 0x1fffff) & ~0x1fffffULL;
         if (m.iova + b->len - 1 > d->t1_end) {
             vn_fail("map", "no IOVA room for %zu bytes below 0x%llx", b->len,
                     (unsigned long long)d->t1_end);
@@ -365,6 +378,9 @@ void vn_dma_map(struct vn_dma *d, struct vn_buf *b)
         };
         uint64_t pg = 1ULL << d->win_shift;
 
+        if (b->fixed_iova) {
+            vn_fail("args", "--iova: the spapr mode places buffers in the window it creates");
+        }
         m.iova = (d->win_next + pg - 1) & ~(pg - 1);
         if (m.iova + b->len > d->win_start + d->win_size) {
             vn_fail("map", "%zu bytes do not fit the window", b->len);

@@ -5,13 +5,15 @@
  *
  *   vfio-nvme --pci 0000:00:04.0 [--iommu iommufd|type1|spapr] [--bs 4K]
  *             [--qd 8] [--size 4M] [--lba 0] [--seed 1] [--timeout-ms 10000]
- *             [--between CMD]
+ *             [--iova ADDR] [--between CMD]
  *
  * The pattern: the 64-bit little-endian word at byte offset o of the
  * namespace is splitmix64(seed + o / 8), so the host can check the disk file.
  * --between runs "/bin/sh -c CMD" after the write phase and before the read
  * phase, with VN_DATA_GPA set to the guest-physical runs of the data buffer
  * ("start+len,..." in hex): a test hook to break the DMA path under the I/O.
+ * --iova maps the data buffer at that IOVA (iommufd: IOMMU_IOAS_MAP_FIXED_IOVA;
+ * type1: MAP_DMA there) instead of where the kernel or the driver would put it.
  * Exit status 0 only when every byte read back matched.
  */
 #include <errno.h>
@@ -157,7 +159,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: vfio-nvme --pci DDDD:BB:DD.F [--iommu iommufd|type1|spapr] "
             "[--bs 4K] [--qd 8] [--size 4M] [--lba 0] [--seed 1] [--timeout-ms 10000] "
-            "[--between CMD]\n");
+            "[--iova ADDR] [--between CMD]\n");
     exit(2);
 }
 
@@ -166,7 +168,9 @@ int main(int argc, char **argv)
     const char *pci = NULL, *iommu = "iommufd", *between = NULL;
     uint64_t bs = 4096, qd = 8, size = 4 << 20, lba0 = 0, seed = 1, timeout_ms = 10000;
     enum vn_iommu mode;
-    struct vn_buf data;
+    struct vn_buf data = { 0 };
+    uint64_t iova = 0;
+    bool fixed_iova = false;
     uint8_t *state;
     uint64_t count, t0, wns, rns, mismatched = 0, bad_chunks = 0, failed_chunks = 0;
     uint64_t verified = 0, lbas_per;
@@ -196,6 +200,9 @@ int main(int argc, char **argv)
             seed = parse_size(o, v);
         } else if (!strcmp(o, "--timeout-ms")) {
             timeout_ms = parse_size(o, v);
+        } else if (!strcmp(o, "--iova")) {
+            iova = parse_size(o, v);
+            fixed_iova = true;
         } else if (!strcmp(o, "--between")) {
             between = v;
         } else {
@@ -267,6 +274,8 @@ int main(int argc, char **argv)
             w[i] = le64(splitmix64(seed + base + i));
         }
     }
+    data.iova = iova;
+    data.fixed_iova = fixed_iova;
     vn_dma_map(&g_dma, &data);
     export_gpa(data.va, size, gpa, sizeof(gpa));
 

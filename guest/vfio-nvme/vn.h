@@ -39,11 +39,13 @@ struct vn_dma {
     char info[256]; /* how the IOVA space looked, for the report */
 };
 
-/* A DMA buffer: host memory + the IOVA the device sees. */
+/* A DMA buffer: host memory + the IOVA the device sees (fixed_iova: asked for). */
+
 struct vn_buf {
     void *va;
     size_t len;
     uint64_t iova;
+    bool fixed_iova;
 };
 
 /* Controller state. */
