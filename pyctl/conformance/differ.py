@@ -84,8 +84,11 @@ class Session:
         #: called after every batch: raises RunnerFailure if the guest oopsed
         self.check = check or (lambda: None)
         self.seq = 0
-        self.hello: Hello = decode_hello(self._line())
-        self.facts: MockFacts = facts_from_probe(self.call([Op("P")])[0])
+        try:
+            self.hello: Hello = decode_hello(self._line())
+            self.facts: MockFacts = facts_from_probe(self.call([Op("P")])[0])
+        except ProtocolError as exc:
+            raise RunnerFailure(str(exc)) from exc
 
     def _line(self) -> str:
         try:

@@ -170,3 +170,12 @@ def test_the_c_runner_speaks_the_protocol(tmp_path: Path) -> None:
         with pytest.raises(ProtocolError, match="bad source b9"):
             decode_answer(lines[5], 5)
     assert lines[-1] == "6 ok"
+
+
+def test_a_kernel_without_the_mock_device_fails_the_session_clearly() -> None:
+    class NoSelftest(LoopbackRunner):
+        def _probe(self) -> Answer:
+            return Answer("ENOENT")  # no /dev/iommu, or no IOMMUFD_TEST
+
+    with pytest.raises(RunnerFailure, match=r"probe failed: ENOENT .*IOMMUFD_TEST"):
+        Session(NoSelftest())
