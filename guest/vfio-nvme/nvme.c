@@ -224,6 +224,12 @@ static const char *status_name(unsigned sct, unsigned sc)
         }
     }
     if (sct == 2) {
+        switch (sc) {
+        case 0x80:
+            return "write fault";
+        case 0x81:
+            return "unrecovered read error";
+        }
         return "media or data integrity error";
     }
     return "error";
