@@ -195,9 +195,10 @@ class IommufdContext:
         pt_id: int,
         flags: int = 0,
         data_type: int = HwptDataType.IOMMU_HWPT_DATA_NONE,
-        data: IommulabHwptData | None = None,
+        data: IommulabHwptData | Ppc64DmaWindow | Sequence[Ppc64DmaWindow] | None = None,
     ) -> int:
-        """IOMMU_HWPT_ALLOC: a paging HWPT on an IOAS, or a nested one on a NEST_PARENT."""
+        """IOMMU_HWPT_ALLOC: a paging HWPT on an IOAS, or a nested one on a NEST_PARENT;
+        with IOMMU_HWPT_DATA_PPC64_DMA_WINDOW a PE's domain with those windows."""
         return hw_pagetable.hwpt_alloc(self._ictx, dev_id, pt_id, flags, data_type, data)
 
     def hwpt_invalidate(

@@ -21,6 +21,10 @@ KNOWN_ERRNOS = frozenset(
         "EADDRINUSE",
         "EPERM",
         "EIO",
+        # VFIO's container ioctls (pyctl/vfio)
+        "ENXIO",
+        "ENOTTY",
+        "ENODEV",
     }
 )
 

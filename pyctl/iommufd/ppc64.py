@@ -11,13 +11,14 @@ Every value of :class:`Ppc64HwInfo` comes from the device's report
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from .backend import DeviceHwInfo
 from .errors import IommufdError
 
 #: project-specific values (no upstream number exists yet)
-IOMMU_HW_INFO_TYPE_PPC64 = 0x1AB1
-IOMMU_HWPT_DATA_PPC64_DMA_WINDOW = 0x1AB1
+IOMMU_HW_INFO_TYPE_PPC64: Final = 0x1AB1
+IOMMU_HWPT_DATA_PPC64_DMA_WINDOW: Final = 0x1AB1
 
 
 @dataclass(frozen=True, slots=True)

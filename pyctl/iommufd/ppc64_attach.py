@@ -78,14 +78,17 @@ def check_window(info: Ppc64HwInfo, have: list[DomWindow], data: object) -> DomW
 
 
 def hwpt_alloc(ictx: Ictx, dev: Device, ioas: Ioas, flags: int, data: object) -> int:
-    """IOMMU_HWPT_ALLOC with IOMMU_HWPT_DATA_PPC64_DMA_WINDOW: a domain with one window."""
+    """IOMMU_HWPT_ALLOC with IOMMU_HWPT_DATA_PPC64_DMA_WINDOW: a domain with one window
+    (or a non-empty list of windows, checked in order)."""
     hw = _tce_backend(ictx)
     info = ppc64_hw_info(dev.info)  # EOPNOTSUPP for a device on no PE
     if flags:
         raise IommufdError("EOPNOTSUPP", f"flags {flags:#x}: a PPC64 domain takes none")
-    win = check_window(info, [], data)
     tables = Ppc64Tables(hw, info)
-    tables.windows.append(win)
+    # one window, or the domain's whole list of apertures at once (a PE joining a
+    # VFIO container whose IOAS already has maps in every window)
+    for w in data if isinstance(data, tuple | list) and data else [data]:
+        tables.windows.append(check_window(info, tables.windows, w))
     hid = ictx.table.new_id()
     hwpt = HwptPpc64(hid, ioas.id, "spapr", 64, False, False, pgsize_bitmap=info.pgsizes,
                      pe=info.pe, tables=tables)  # fmt: skip
