@@ -117,7 +117,8 @@ static int test_cmd(int fd, struct iommu_test_cmd *cmd)
     return do_ioctl(fd, IOMMU_TEST_CMD, cmd);
 }
 
-static int iova_ranges(int fd, uint32_t ioas, uint32_t num, struct iommu_ioas_iova_ranges *r,
+static int iova_ranges(int fd, uint32_t ioas, uint32_t num,
+                       struct iommu_ioas_iova_ranges *r,
                        struct iommu_iova_range *ranges)
 {
     memset(r, 0, sizeof(*r));
@@ -265,7 +266,7 @@ static void run(int argc, char **argv)
         c.length = NUM(4);
         rc = do_ioctl(ictx, IOMMU_IOAS_UNMAP, &c);
         ANSWER(" %llx", (unsigned long long)c.length);
-    } else if (!strcmp(op, "c")) {        /* IOMMU_IOAS_COPY DST FLAGS DIOVA SRC SIOVA LEN */
+    } else if (!strcmp(op, "c")) {  /* IOAS_COPY DST FLAGS DIOVA SRC SIOVA LEN */
         struct iommu_ioas_copy c = { .size = sizeof(c) };
         NEED(6);
         c.dst_ioas_id = NUM(2);
@@ -300,7 +301,7 @@ static void run(int argc, char **argv)
                 (unsigned long long)ranges[i].last);
         }
         say("\n");
-    } else if (!strcmp(op, "a")) {        /* IOMMU_IOAS_ALLOW_IOVAS IOAS N START LAST... */
+    } else if (!strcmp(op, "a")) {  /* IOAS_ALLOW_IOVAS IOAS N START LAST... */
         struct iommu_ioas_allow_iovas c = { .size = sizeof(c) };
         struct iommu_iova_range ranges[MAX_RANGES];
         uint32_t n = argc > 3 ? NUM(3) : 0, i;
@@ -326,7 +327,7 @@ static void run(int argc, char **argv)
         c.val64 = NUM(5);
         rc = do_ioctl(ictx, IOMMU_OPTION, &c);
         ANSWER(" %llx", (unsigned long long)c.val64);
-    } else if (!strcmp(op, "h")) {        /* IOMMU_HWPT_ALLOC DEV PT FLAGS TYPE LEN IOTLB */
+    } else if (!strcmp(op, "h")) {  /* HWPT_ALLOC DEV PT FLAGS TYPE LEN IOTLB */
         struct iommu_hwpt_alloc c = { .size = sizeof(c) };
         struct iommu_hwpt_selftest data[2] = { 0 };
         NEED(6);
