@@ -27,6 +27,10 @@ from pyctl.iommufd.ppc64 import (
 from pyctl.iommufd.ppc64_domain import HwptPpc64
 from pyctl.iommufd.spapr_qmp import SpaprQmpBackend
 from pyctl.qemu.pseries_qtest import DMA_PAGE, EDU_BUF, PseriesQtest
+from pyctl.vfio import VfioContainer
+from pyctl.vfio.uapi import VFIO_DMA_MAP_FLAG_READ as RD
+from pyctl.vfio.uapi import VFIO_DMA_MAP_FLAG_WRITE as WR
+from pyctl.vfio.uapi import VFIO_SPAPR_TCE_v2_IOMMU
 
 pytestmark = needs_ppc64
 
@@ -270,3 +274,58 @@ def test_random_sequences_model_equals_device(
 
     refused = run_sequence(ctx, seed, 80, windows_match)
     assert refused < 50  # most steps do something
+
+
+# ---------------------------------------------------------------- the same through VFIO
+@pytest.mark.parametrize("seed", [4, 5])
+def test_random_vfio_spapr_sequences_equal_device(
+    lab: tuple[PseriesQtest, SpaprQmpBackend], seed: int
+) -> None:
+    """Random VFIO sPAPR TCE v2 calls on a container of both PEs; after every call
+    each PE's windows and TCEs, read back, equal an oracle of the kernel's rules."""
+    _, be = lab
+    rng = random.Random(seed)
+    c = VfioContainer(IommufdContext(be))
+    c.group_set_container(["edu0"])
+    c.group_set_container(["edu1", "edu2"])
+    c.set_iommu(VFIO_SPAPR_TCE_v2_IOMMU)
+    c.iommu_spapr_register_memory(0x1000000, 0x1000000)
+    oracle: dict[int, dict[int, int]] = {0: {}}  # window start -> index -> TCE
+    shifts = {0: 12}
+    done = 0
+    for i in range(60):
+        op = rng.choice(["create", "remove", "map", "map", "map", "unmap", "unmap"])
+        start = rng.choice(sorted(oracle)) if oracle else None
+        try:
+            if op == "create" or start is None:
+                ps = rng.choice([12, 16])
+                s = c.iommu_spapr_tce_create(ps, 1 << 24, 1)
+                oracle[s], shifts[s] = {}, ps
+            elif op == "remove":
+                c.iommu_spapr_tce_remove(start)
+                del oracle[start]
+            elif op == "map":
+                page = 1 << shifts[start]
+                n = rng.randint(1, 3)
+                idx = rng.randrange(0, 64)
+                va = 0x1000000 + page * rng.randrange(0, 16)
+                fl = rng.choice([RD, WR, RD | WR])
+                c.iommu_map_dma(va, start + idx * page, n * page, fl)
+                perm = (1 if fl & RD else 0) | (2 if fl & WR else 0)
+                oracle[start].update({idx + k: (va + k * page) | perm for k in range(n)})
+            else:
+                page = 1 << shifts[start]
+                idx, n = rng.randrange(0, 64), rng.randint(1, 8)
+                c.iommu_unmap_dma(start + idx * page, n * page)
+                for k in range(idx, idx + n):
+                    oracle[start].pop(k, None)
+            done += 1
+        except IommufdError as e:
+            assert e.errno in ("EEXIST", "ENOSPC", "EINVAL"), f"seed {seed} step {i}: {e}"
+        for pe in (0, 1):
+            wins = {w.start: w for w in be.pe_windows(pe)}
+            assert sorted(wins) == sorted(oracle), f"seed {seed} step {i} PE {pe}"
+            for s, w in wins.items():
+                got = be.read_pe_tces(pe, w.slot, 0, w.entries)
+                assert {k: t for k, t in enumerate(got) if t} == oracle[s], f"step {i} {op}"
+    assert done > 30
