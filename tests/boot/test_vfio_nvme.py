@@ -70,9 +70,11 @@ class VfioNvmeBoot(Test):  # type: ignore[misc]
         scenarios: list[Scenario],
         extra: Any,
         append: str = "",
+        machine_nvme: bool = False,
         **cfg: Any,
     ) -> tuple[AgentRun, Path]:
-        """Boot with the driver in the initramfs; ``extra(disk)`` gives the NVMe's args."""
+        """Boot with the driver in the initramfs; ``extra(disk)`` gives the NVMe's args, or
+        with ``machine_nvme`` the machine's own NVMe placement has the disk."""
         arch = "x86_64" if machine == "q35" else "ppc64le"
         image = self.image(arch, kernel)
         work = Path(self.workdir)
@@ -80,7 +82,8 @@ class VfioNvmeBoot(Test):  # type: ignore[misc]
         line = " ".join(x for x in (cmdline_arg(scenarios, check_known=False), append) if x)
         config = GuestConfig(
             machine=machine, kernel=image.kernel, initrd=with_driver(image, work),
-            append=line, extra_args=tuple(extra(disk)), **cfg,
+            append=line, extra_args=tuple(extra(disk)),
+            nvme=NvmeDisk(disk, serial=SERIAL) if machine_nvme else None, **cfg,
         )  # fmt: skip
         run = run_agent(config, Path(self.outputdir) / "qemu", BOOT_TIMEOUT, qemu_build_dir())
         (Path(self.outputdir) / "results.json").write_text(
@@ -349,3 +352,22 @@ class VfioNvmeStage2Fault(VfioNvmeBoot):
         :avocado: tags=kernel:lab
         """
         self.s2_fault("lab")
+
+
+class VfioNvmePowernv(VfioNvmeBoot):
+    """PowerNV10 (PHB5 IODA TCE tables, OPAL): the RFC's iommufd path on bare metal POWER.
+
+    :avocado: tags=arch:ppc64le,machine:powernv10,vfio-nvme,kernel:rfc
+    """
+
+    def test_rfc_iommufd(self) -> None:
+        """RFC kernel: iommufd in the 1 GiB default window the RFC's domain creates."""
+        run, disk = self.run_guest(
+            "powernv10", "rfc",
+            [KERNEL_RW, vfio(iommu="iommufd", lba=65536, seed=61, **SEQ)],
+            lambda d: [], machine_nvme=True,
+        )  # fmt: skip
+        (res,) = self.drivers(run)
+        rep = self.check_ok(res, disk, "iommufd")
+        self.assertRegex(rep["dma"], r"ranges 0x0-0x40000000$")
+        self.compare(run, rep, "powernv10 rfc, iommufd 1 GiB window, 512K x qd2 vs dd 1M")

@@ -63,8 +63,8 @@ def lab_image(arch: str, kernel: str) -> tuple[GuestImage | None, str]:
     script = RFC_DIR / "build.sh" if kernel == "rfc" else REPO / "scripts" / "build-kernel.sh"
     try:
         read_lab_kernel(kernel_dir(arch, read_versions(), cache), arch)
-    except GuestBuildError as exc:
-        return None, f"the {kernel} kernel for {arch} is not built ({exc}); run {script} {arch}"
+    except GuestBuildError:
+        return None, f"the {kernel} kernel for {arch} is not built: run {script} {arch}"
     try:
         return build_image(arch, modules=(), cache=cache, kernel="lab", kernel_script=script), ""
     except GuestBuildError as exc:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build the RFC flavour of the ppc64le lab kernel (about as long as the lab kernel: a
+# second full build):
+#
+#     guest/kernel-patches/ppc64-iommufd-rfc/build.sh ppc64le [--force]
+#
+# prints the kernel directory, like scripts/build-kernel.sh, which does the build with
+#   - its own cache root, $IOMMULAB_CACHE/rfc (the lab kernel of the same version, in
+#     $IOMMULAB_CACHE, stays as it is; the Debian packages are shared by a symlink);
+#   - as source, a hard-linked copy of the unpacked Debian tree with 0*.patch applied
+#     (GNU patch writes new files, so only the patched files stop being links; the
+#     pristine tree is checked to be untouched), stamped like fetch-linux.sh's trees;
+#   - the lab's fragments plus rfc.config (IOMMULAB_KERNEL_EXTRA_CONFIG).
+# A changed patch rebuilds the tree and the kernel.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+source "$repo/scripts/common.sh"
+[ "${1:-}" = ppc64le ] || die "usage: $0 ppc64le [--force] (the RFC is for POWER only)"
+force=${2:-}
+[ -z "$force" ] || [ "$force" = --force ] || die "unknown option '$force'"
+
+main_cache=$IOMMULAB_CACHE
+rfc_cache=$main_cache/rfc
+src=$(bash "$repo/scripts/fetch-linux.sh")
+patched=$rfc_cache/linux-src/$(basename "$src")
+phash=$(cat "$here"/0*.patch | sha256sum | cut -d' ' -f1)
+mkdir -p "$rfc_cache/linux-src" "$rfc_cache/guest"
+exec 7>"$rfc_cache/.lock"
+flock 7
+
+if [ "$(cat "$patched/.iommulab-rfc" 2>/dev/null)" != "$phash" ]; then
+    echo ">> kernel/ppc64le-rfc: patching a hard-linked copy of $src" >&2
+    rm -rf "$patched" "$patched.tmp"
+    cp -al "$src" "$patched.tmp"
+    for p in "$here"/0*.patch; do
+        patch -s -p1 -d "$patched.tmp" <"$p" || die "$(basename "$p") does not apply to $src"
+    done
+    ! grep -q ppc64_domain "$src/arch/powerpc/kernel/iommu.c" ||
+        die "patching changed the pristine tree $src: remove it and run fetch-linux.sh"
+    echo "$phash" >"$patched.tmp/.iommulab-rfc"
+    mv "$patched.tmp" "$patched"
+    force=--force
+fi
+[ -e "$rfc_cache/guest/debs" ] || ln -s "$main_cache/guest/debs" "$rfc_cache/guest/debs"
+
+IOMMULAB_CACHE=$rfc_cache IOMMULAB_KERNEL_EXTRA_CONFIG=$here/rfc.config \
+    exec bash "$repo/scripts/build-kernel.sh" ppc64le $force
