@@ -152,3 +152,22 @@ def test_refused_later_chunk_undoes_earlier_ones(hw: QmpBackend) -> None:
         hw.map(1, batch)
     (dom,) = hw.query().domains
     assert dom.mappings == (MapEntry(0x100000, 4096, 0, True, False),)
+
+
+@pytest.mark.parametrize("payload", ["fd", "base64", "inline"])
+def test_every_payload_form_maps_the_same(hw: QmpBackend, payload: str) -> None:
+    from pyctl.iommufd.backend import MapEntry
+
+    assert hw.payload_mode() == "fd"  # a UNIX socket: fds can go
+    hw.payload = payload  # type: ignore[assignment]
+    assert hw.payload_mode() == payload
+    hw.map_chunk = 3
+    hw.domain_alloc(1, "paging")
+    batch = [MapEntry((1 + 2 * k) << 12, 4096, k << 12, k % 2 == 0, True) for k in range(10)]
+    sent = hw.commands_sent
+    hw.map(1, batch)
+    assert hw.commands_sent - sent == 4 + (payload != "inline")  # + hw-info for max-batch
+    (dom,) = hw.query().domains
+    assert dom.mappings == tuple(batch)
+    assert hw.unmap(1, [(m.iova, m.size) for m in batch[:5]]) == 5 * 4096
+    assert hw.query().domains[0].mappings == tuple(batch[5:])
