@@ -8,7 +8,7 @@ import sys
 
 from pyctl.guest import GuestBuildError
 from pyctl.guest.arches import ARCHES
-from pyctl.guest.image import DEFAULT_MODULES, build_image
+from pyctl.guest.image import ARCH_MODULES, DEFAULT_MODULES, KERNEL_ENV, KERNELS, build_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,15 +20,23 @@ def main(argv: list[str] | None = None) -> int:
         "--module",
         action="append",
         default=None,
-        help=f"modules to include (default: {' '.join(DEFAULT_MODULES)})",
+        help=f"modules to include (default: {' '.join(DEFAULT_MODULES)}, after the "
+        f"architecture's own: {ARCH_MODULES})",
+    )
+    b.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help=f"guest kernel flavour (default: ${KERNEL_ENV}, else {KERNELS[0]}); lab builds "
+        "the lab kernel first if needed (scripts/build-kernel.sh)",
     )
     args = parser.parse_args(argv)
     arches = list(ARCHES) if "all" in args.arch else args.arch
-    modules = tuple(args.module) if args.module else DEFAULT_MODULES
+    modules = tuple(args.module) if args.module else None
     out = {}
     try:
         for arch in arches:
-            out[arch] = build_image(arch, modules, log=True).to_json()
+            out[arch] = build_image(arch, modules, log=True, kernel=args.kernel).to_json()
     except GuestBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from typing import Any
 RESULT_MARK = "IOMMULAB-RESULT"
 DONE_MARK = "IOMMULAB-DONE"
 KNOWN_SCENARIOS = (
-    "boot", "nvme-probe", "nvme-rw", "dmesg-iommu", "wait-host", "mem-hotplug",
+    "boot", "nvme-probe", "nvme-rw", "nvme-randread", "dmesg-iommu", "wait-host", "mem-hotplug",
     "nvme-unbound", "nvme-rebind",
 )  # fmt: skip
 WAIT_MARK = "IOMMULAB-WAIT"
