@@ -185,6 +185,15 @@ def make_live(ictx: Ictx, hwpt: HwptPpc64) -> None:
     t = hwpt.t
     if not t.live:
         old = _live_on(ictx, hwpt.pe)
+        with hw_errors():
+            present = hw.pe_windows(hwpt.pe)
+        for g in present:  # the guest's windows are read-only to the host side
+            if g.owner == "guest" and any(
+                overlaps((g.start, g.last), (w.start, w.last)) for w in t.windows
+            ):
+                raise IommufdError(
+                    "EBUSY", f"PE {hwpt.pe}: the guest's window at {g.start:#x} is in the way"
+                )
         if old is not None:
             old.t.unprogram()
         with hw_errors():  # take_ownership(): host windows of no domain go
@@ -261,6 +270,29 @@ def destroy(ictx: Ictx, hwpt: HwptPpc64) -> None:
     if hwpt.t.live:
         hwpt.t.unprogram()
     ictx.ioas(hwpt.ioas_id).iopt.remove_domain(hwpt.id)
+
+
+def resync(ictx: Ictx) -> list[int]:
+    """After the guest changed a PE (window-reset takes the PE back): a live domain
+    whose windows are no longer all on its PE is live no more (its TCEs stay in
+    the model; attaching it again sets them).  Returns the HWPTs that lost it."""
+    hw = ictx.backend
+    if not isinstance(hw, TceBackend):
+        return []
+    out: list[int] = []
+    for oid in list(ictx.table):
+        o = ictx.table.find(oid)
+        if not (isinstance(o, HwptPpc64) and o.t.live):
+            continue
+        with hw_errors():
+            have = {(w.slot, w.start, w.size, w.page_shift) for w in hw.pe_windows(o.pe)
+                    if w.owner == "host"}  # fmt: skip
+        if any((w.slot, w.start, w.size, w.page_shift) not in have for w in o.t.windows):
+            for w in o.t.windows:
+                w.slot = None
+            o.t.live = False
+            out.append(o.id)
+    return out
 
 
 def check_tces(ictx: Ictx) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import ppc64_attach
 from .areas import Area
 from .backend import Window, WindowBackend, WindowCaps
 from .device import device_resv, refresh_resv
@@ -124,7 +125,9 @@ def process_window_events(ictx: Ictx) -> list[WindowChange]:
     if not isinstance(wb, WindowBackend):
         return []
     out: list[WindowChange] = []
-    for ev in wb.window_events():
+    events = wb.window_events()
+    ppc64_attach.resync(ictx)  # PPC64 domains whose windows the guest took back
+    for ev in events:
         dev_id = ictx.by_name.get(ev.device)
         if dev_id is None:
             continue

@@ -240,6 +240,9 @@ class SpaprQmpBackend(QmpBackend):
             raise BackendError(f"device {device!r} is neither behind {self.iommu} nor on a PE")
         info = device_hw_info(answer)
         self._tce_devices[device] = self._tce_devices[info.device] = info
+        if info.spapr is not None and info.spapr.phb is not None:  # its PE, for events
+            self._paths[device] = info.device
+            self._phb_of[info.device] = info.spapr.phb
         return info
 
     def attach(self, device: str, mode: AttachMode, domain: int | None = None) -> None:

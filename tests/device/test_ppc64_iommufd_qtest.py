@@ -329,3 +329,46 @@ def test_random_vfio_spapr_sequences_equal_device(
                 got = be.read_pe_tces(pe, w.slot, 0, w.entries)
                 assert {k: t for k, t in enumerate(got) if t} == oracle[s], f"step {i} {op}"
     assert done > 30
+
+
+# ---------------------------------------------------------------- the guest's windows
+def _buid(vm: PseriesQtest, phb: int) -> list[int]:
+    buid = int(vm.phb(phb)["buid"])
+    return [0, buid >> 32, buid & 0xFFFFFFFF]
+
+
+def test_guest_windows_coexist_and_show_in_the_model(
+    lab: tuple[PseriesQtest, SpaprQmpBackend],
+) -> None:
+    vm, be = lab
+    ctx = IommufdContext(be)
+    d0, d1 = ctx.bind("edu0"), ctx.bind("edu1")
+    ioas = ctx.ioas_alloc()
+    h = ctx.hwpt_alloc(d0, ioas, 0, PPC64_WIN, Ppc64DmaWindow(1 << 24, 16, bus_offset=DDW))
+    ctx.attach(d0, h)
+    ctx.ioas_map(ioas, DMA_PAGE, 0x10000, RW | FIXED, iova=DDW)
+    # the guest's DDW on PHB 1 (RTAS), beside the host's domain on PHB 0
+    r = vm.rtas("ibm,create-pe-dma-window", [*_buid(vm, 1), 16, 28], 4)
+    assert r[0] == 0
+    changes = ctx.process_window_events()
+    assert [c.kind for c in changes] == ["created"]
+    wins = ctx.pe_windows(d1)
+    guest = [w for w in wins if w.owner == "guest"]
+    assert [(w.start, w.size, w.page_shift) for w in guest] == [(DDW, 1 << 28, 16)]
+    assert [(w.start, w.owner) for w in ctx.pe_windows(d0)] == [(DDW, "host")]
+    # read-only to the host side: a domain whose window would overlap it is refused
+    i1 = ctx.ioas_alloc()
+    h1 = ctx.hwpt_alloc(d1, i1, 0, PPC64_WIN, Ppc64DmaWindow(1 << 24, 16, bus_offset=DDW))
+    with pytest.raises(IommufdError) as e:
+        ctx.attach(d1, h1)
+    assert e.value.errno == "EBUSY" and "guest" in e.value.message
+    assert ctx.pe_windows(d1) == wins
+    # the guest resetting PHB 0 takes its PE back: the model's domain is live no more
+    assert vm.rtas("ibm,reset-pe-dma-window", _buid(vm, 0), 1) == [0]
+    ctx.process_window_events()
+    assert ctx.check_tces() == []
+    assert not any(w.owner == "host" and w.start == DDW for w in ctx.pe_windows(d0))
+    ctx.detach(d0)
+    ctx.attach(d0, h)  # set again, TCEs and all
+    assert ctx.check_tces() == []
+    assert [w.start for w in ctx.pe_windows(d0) if w.owner == "host"] == [DDW]
