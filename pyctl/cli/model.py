@@ -227,8 +227,10 @@ def cmd_windows(args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
         as_json({"windows": rows, **({"entries": entries} if args.entries else {})}, out)
         return
-    cols = ["phb", "index", "liobn", "bus-offset", "size", "page-shift", "entries"]
+    cols = ["phb", "index", "liobn", "owner", "bus-offset", "size", "page-shift", "entries"]
     table(rows, [*cols, "entries-in-use", "default", "faults"], out)
+    if p.get("blocked"):
+        print(f"PHB {phb} is BLOCKED: every DMA faults", file=out)
     if args.entries:
         print(file=out)
         table(entries, ["window", "tce", "bus", "addr", "read", "write"], out)
