@@ -177,17 +177,22 @@ class VfioNvmeQ35(VfioNvmeBoot):
         self.compare(run, rep, "q35 intel-iommu, iommufd, 512K x qd2 vs dd 1M")
 
     def test_debian_type1_no_cdev(self) -> None:
-        """Debian kernel (no IOMMUFD): the legacy type1 container works; iommufd mode ends
-        with an error line naming the missing cdev, not a hang.
+        """Debian kernel (no IOMMUFD): a device the nvme driver holds is refused; iommufd
+        mode ends with an error line naming the missing cdev, not a hang; the legacy type1
+        container works.
 
         :avocado: tags=kernel:debian
         """
         run, disk = self.run_guest(
             "q35", "debian",
-            [KERNEL_RW, vfio(iommu="iommufd"), vfio(iommu="type1", lba=65536, seed=21, **SEQ)],
+            [KERNEL_RW, vfio(bind="no", iommu="type1"), vfio(iommu="iommufd"),
+             vfio(iommu="type1", lba=65536, seed=21, **SEQ)],
             q35_intel_iommu, append="intel_iommu=on",
         )  # fmt: skip
-        no_cdev, t1 = self.drivers(run)
+        refused, no_cdev, t1 = self.drivers(run)
+        self.assertIs(refused["ok"], False)
+        self.assertEqual(refused["driver"]["stage"], "device")
+        self.assertIn("bound to the kernel driver 'nvme'", refused["error"])
         self.assertIs(no_cdev["ok"], False)
         self.assertEqual(no_cdev["driver"]["stage"], "cdev")
         self.assertIn("no VFIO device cdev", no_cdev["error"])
