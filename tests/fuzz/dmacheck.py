@@ -48,6 +48,7 @@ def dma_check(lab: Lab, policy: dict[str, Any] | None = None) -> None:
     else:
         if policy is not None:
             _qmp(lab, "x-iommulab-spapr-set-ddw-policy", phb=0, **policy)
+        _qmp(lab, "x-iommulab-spapr-set-blocked", phb=0, blocked=False)  # the stream may block
         _qmp(lab, "x-iommulab-spapr-window-reset", phb=0)
         src_bus, dst_bus, bad_bus = 0x10000, 0x11000, 0x12000
         for bus, gpa in ((src_bus, SRC), (dst_bus, DST)):

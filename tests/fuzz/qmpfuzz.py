@@ -362,6 +362,7 @@ class QmpFuzzer:
             if not out.ok:
                 lab.check_refusal(Step("qmp", name, args), out)
         if pseries:  # the guest's default window back (the stream may have removed it)
+            lab.run(Step("qmp", "x-iommulab-spapr-set-blocked", {"phb": 0, "blocked": False}))
             lab.run(Step("qmp", "x-iommulab-spapr-window-reset", {"phb": 0}))
             lab.hcall(H_PUT_TCE, LIOBN0, PSERIES_BUS, PSERIES_RAM | 3)
         lab.snap = lab.snapshot()
