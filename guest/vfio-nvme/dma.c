@@ -149,7 +149,10 @@ static void open_iommufd(struct vn_dma *d)
     d->iommufd = open_dev("/dev/iommu", "iommufd");
     bind.iommufd = d->iommufd;
     if (ioctl(d->dev_fd, VN_VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0) {
-        vn_fail("bind", "VFIO_DEVICE_BIND_IOMMUFD %s: %s", cdev, strerror(errno));
+        int e = errno;
+        vn_fail("bind", "VFIO_DEVICE_BIND_IOMMUFD %s: %s%s", cdev, strerror(e),
+                e == EPERM ? " (its MSIs are not isolated, e.g. no interrupt remapping: "
+                "iommufd.allow_unsafe_interrupts=1 allows it)" : "");
     }
     d->devid = bind.out_devid;
     if (ioctl(d->iommufd, VN_IOMMU_IOAS_ALLOC, &alloc) < 0) {
