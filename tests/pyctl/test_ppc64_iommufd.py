@@ -313,3 +313,45 @@ def test_auto_iova_lands_in_a_window(shift: int) -> None:
     iova = ctx.ioas_map(ioas, 1 << 32, size, RW)
     assert iova >= DDW and iova + size <= DDW + wsize
     assert be.translate(A, iova, "read").addr == 1 << 32
+
+
+def test_pins_follow_the_ioas() -> None:
+    ctx, _ = setup()
+    d = ctx.bind(A)
+    ioas = ctx.ioas_alloc()
+    ctx.ioas_map(ioas, 0x100000, 0x3000, RW)
+    assert ctx.pinned_pages() == 0  # no domain yet
+    h = ctx.hwpt_alloc(d, ioas, 0, PPC64_WIN, win())
+    assert ctx.pinned_pages() == 3
+    ctx.attach(d, h)
+    ctx.ioas_map(ioas, 0x200000, 0x1000, RW)
+    assert ctx.pinned_pages() == 4
+    ctx.detach(d)
+    ctx.destroy(h)
+    assert ctx.pinned_pages() == 0
+
+
+def test_guest_window_in_the_way_and_taken_back() -> None:
+    ctx, be = setup()
+    c = ctx.bind(C)
+    ioas = ctx.ioas_alloc()
+    h = ctx.hwpt_alloc(c, ioas, 0, PPC64_WIN, win())
+    be.guest_pe_create_window(1, 16, GIB, 0)
+    msg = unchanged(ctx, be, "EBUSY", lambda: ctx.attach(c, h))
+    assert "guest" in msg
+    assert [(w.start, w.owner) for w in ctx.pe_windows(c)] == [(0, "guest")]
+    h2 = ctx.hwpt_alloc(c, ioas, 0, PPC64_WIN, win(1 << 24, bus_offset=DDW))
+    ctx.attach(c, h2)  # beside the guest's window
+    assert [(w.start, w.owner) for w in ctx.pe_windows(c)] == [(0, "guest"), (DDW, "host")]
+    # the host side's put-tces cannot touch the guest's window
+    from pyctl.iommufd import BackendError
+
+    with pytest.raises(BackendError, match="guest"):
+        be.put_tces(1, 0, 0, [0x1003])
+    # the hardware drops the host window (as window-reset does): the domain is live no more
+    be.pe_remove_window(1, be.pe_windows(1)[1].slot)
+    ctx.process_window_events()
+    assert ctx.check_tces() == []
+    ctx.detach(c)
+    ctx.attach(c, h2)
+    assert [(w.start, w.owner) for w in ctx.pe_windows(c)] == [(0, "guest"), (DDW, "host")]
