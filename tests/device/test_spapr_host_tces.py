@@ -227,6 +227,9 @@ def test_two_pes_stay_separate(vm: TwoPhbs) -> None:
     assert vm.qt.memread(OTHER, PAGE) == pattern(5)
     vm.edu_dma(bar0, 4 * PAGE, EDU_BUF, 64, to_memory=False)
     assert faults(vm) == [(0, 4 * PAGE, "read", "blocked")]
+    # the host side's state: kept across a machine reset
+    vm.cmd("system_reset")
+    assert vm.phb(0)["blocked"] and not vm.phb(1)["blocked"]
 
 
 def test_read_back_after_every_put(vm: TwoPhbs) -> None:
