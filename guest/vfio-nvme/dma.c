@@ -166,6 +166,7 @@ static void open_iommufd(struct vn_dma *d)
     }
     d->attached = true;
     d->hwpt_id = at.pt_id;
+    rq.ioas_id = d->ioas_id;
     if (ioctl(d->iommufd, VN_IOMMU_IOAS_IOVA_RANGES, &rq) < 0) {
         vn_fail("ioas", "IOMMU_IOAS_IOVA_RANGES: %s", strerror(errno));
     }
