@@ -103,6 +103,15 @@ def pseries_second_phb(disk: Path, ddw: bool) -> list[str]:
     ]  # fmt: skip
 
 
+def pseries_two_on_second_phb(disk: Path, disk2: Path) -> list[str]:
+    """Two NVMe functions on PHB 1 (ddw=off): one PE, one IOMMU group."""
+    return [
+        *pseries_second_phb(disk, ddw=False),
+        "-drive", f"file={disk2},if=none,id=vn2-drive,format=raw",
+        "-device", f"nvme,id=vn2,drive=vn2-drive,serial={SERIAL}-2,bus=pci.1.0,addr=0x2",
+    ]  # fmt: skip
+
+
 def vfio(**args: Any) -> Scenario:
     """A ``vfio-nvme`` scenario (guest/agent/init) with these arguments."""
     return Scenario("vfio-nvme", {k.replace("_", "-"): str(v) for k, v in args.items()})
