@@ -269,11 +269,10 @@ class VfioNvmePseries(VfioNvmeBoot):
 
         :avocado: tags=kernel:rfc,rfc-limits
         """
-        a, b = "0001:00:01.0", "0001:00:02.0"
         run, disk = self.run_guest(
             "pseries", "rfc",
-            [vfio(iommu="iommufd", pci=a, also=b, lba=65536, seed=44, size="4M"),
-             vfio(iommu="iommufd", pci=b, lba=65536, seed=45, size="4M")],
+            [vfio(iommu="iommufd", nth=0, also="all", lba=65536, seed=44, size="4M"),
+             vfio(iommu="iommufd", nth=1, lba=65536, seed=45, size="4M")],
             lambda d: pseries_two_on_second_phb(d, create_raw_disk(d.parent / "nvme2.raw",
                                                                    DISK_BYTES)),
             append=UNSAFE_MSI,
