@@ -351,8 +351,8 @@ void vn_dma_map(struct vn_dma *d, struct vn_buf *b)
             m.iova = b->iova;
         }
         if (ioctl(d->iommufd, VN_IOMMU_IOAS_MAP, &m) < 0) {
-            vn_fail("map", "IOMMU_IOAS_MAP %zu bytes%s at 0x%llx: %s (allowed: %s)", b->len,
-                    b->fixed_iova ? "" : " (kernel's choice)", (unsigned long long)m.iova,
+            vn_fail("map", "IOMMU_IOAS_MAP %zu bytes%s at 0x%llx: %s (allowed: %s)",
+                    b->len, b->fixed_iova ? "" : " (kernel's choice)", (unsigned long long)m.iova,
                     strerror(errno), d->info);
         }
         b->iova = m.iova;
@@ -383,7 +383,8 @@ void vn_dma_map(struct vn_dma *d, struct vn_buf *b)
         uint64_t pg = 1ULL << d->win_shift;
 
         if (b->fixed_iova) {
-            vn_fail("args", "--iova: the spapr mode places buffers in the window it creates");
+            vn_fail("args",
+                    "--iova: the spapr mode places buffers in the window it creates");
         }
         m.iova = (d->win_next + pg - 1) & ~(pg - 1);
         if (m.iova + b->len > d->win_start + d->win_size) {
