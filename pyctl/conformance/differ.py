@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .generator import Generator
+from .known import known_difference
 from .mockhw import MockFacts, facts_from_probe
 from .model import ModelSide
 from .protocol import Answer, Hello, Op, ProtocolError, decode_answer, decode_hello
@@ -63,6 +64,8 @@ class Divergence:
 class RunStats:
     ops: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # errno -> count (kernel's)
+    #: documented differences met (known.py): name -> count
+    known: dict[str, int] = field(default_factory=dict)
     by_op: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -192,6 +195,11 @@ def _drive(
                 history = []
             history.append(op)
             stats.count(op, k)
+            if k != m and err is None:
+                name = known_difference(op, k, m, session.hello, session.facts.page_size)
+                if name is not None:
+                    stats.known[name] = stats.known.get(name, 0) + 1
+                    continue
             if k != m or err is not None:
                 stats.seconds += time.monotonic() - t0
                 return Divergence(done + i, op, k, m, seed, list(history), err)

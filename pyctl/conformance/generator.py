@@ -218,6 +218,7 @@ class Generator:
                 ((IOMMU_HWPT_DATA_SELFTEST, 4),) * 6
                 + (
                     (IOMMU_HWPT_DATA_SELFTEST, 8),
+                    (IOMMU_HWPT_DATA_SELFTEST, 2),
                     (0, 0),
                     (0, 4),
                     (1, 4),

@@ -10,6 +10,8 @@ type the kernel reported for its mock devices.
 
 from __future__ import annotations
 
+from typing import cast
+
 from pyctl.iommufd import IommufdContext, IommufdError, IommulabHwptData, ModelOptions
 from pyctl.iommufd.uapi import HwptDataType
 
@@ -19,6 +21,8 @@ from .selftest import SelftestOps
 
 #: include/uapi/linux/iommufd.h has no selftest type; iommufd_test.h's value
 IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+#: sizeof(struct iommu_hwpt_selftest)
+SELFTEST_DATA_LEN = 4
 
 
 def kernel_options(facts: MockFacts) -> ModelOptions:
@@ -106,11 +110,15 @@ class ModelSide:
     def _hwpt_alloc(
         self, dev: int, pt: int, flags: int, data_type: int, data_len: int, iotlb: int
     ) -> int:
-        """HWPT_ALLOC with the selftest's data: its type is the model's driver type."""
+        """HWPT_ALLOC with the selftest's data: its type is the model's driver type, and
+        ``struct iommu_hwpt_selftest`` of another size than the kernel's (EINVAL in
+        iommu_copy_struct_from_user()) is driver data the model's driver refuses (EINVAL)."""
         assert self.ctx is not None
         data: IommulabHwptData | None = None
-        if data_len:
+        if data_len == SELFTEST_DATA_LEN:
             data = IommulabHwptData(0, self._s1_ias(dev))
+        elif data_len:
+            data = cast(IommulabHwptData, bytes(data_len))  # not the driver's type: EINVAL
         dt = data_type
         if data_type == IOMMU_HWPT_DATA_SELFTEST:
             dt = HwptDataType.IOMMU_HWPT_DATA_IOMMULAB

@@ -37,6 +37,8 @@ class SelftestOps:
         try:
             dev_id = device.bind(self.ictx, self.hw.device_info(name))
             try:
+                if pt == sobj.id:  # not finalized yet: iommufd_get_object() cannot see it
+                    raise IommufdError("ENOENT", f"no object with id {pt}")
                 hwpt = device.change_pt(self.ictx, self.ictx.dev(dev_id), pt, replace=False)
             except IommufdError:
                 self._unbind(dev_id)  # out_unbind

@@ -176,3 +176,14 @@ def test_the_conformance_model_takes_the_kernels_options() -> None:
     assert kernel_options(replace(X86_FACTS, hpage_size=0)).max_iova_alignment == 4096
     runner = LoopbackRunner(PPC64LE_FACTS)
     assert runner.model.facts is PPC64LE_FACTS
+
+
+def test_a_mock_domain_cannot_attach_to_its_own_unfinished_selftest_object(
+    model: ModelSide,
+) -> None:
+    """Found by the run: the new SELFTEST object's id is taken but not finalized while
+    the device attaches, so naming it as the page table is ENOENT, not EINVAL."""
+    assert model.run(Op("md", (1,))) == Answer("ENOENT")
+    assert model.run(Op("ia", (0,))) == Answer(None, (1,))
+    assert model.run(Op("md", (2,))) == Answer("ENOENT")  # id 2 is the new SELFTEST object
+    assert model.run(Op("md", (1,))) == Answer(None, (2, 4, 3))
