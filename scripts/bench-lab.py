@@ -45,12 +45,13 @@ from pyctl.bench.stats import loadavg, rotated  # noqa: E402
 from pyctl.qemu.machines import qemu_build_dir  # noqa: E402
 
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
-FULL = Plan("256M", "16M", 300)
+FULL = Plan("64M", "8M", 100)
 QUICK = Plan("32M", "4M", 40)
 #: control-path scripts (other helpers' own), their arguments (full, quick)
 CONTROL: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench-qmp.py", ["--calls", "3000", "--rounds", "3"], ["--calls", "300", "--rounds", "2"]),
-    ("bench-qmp-input.py", [], []),
+    # needs a QEMU build without the QMP input patch: run only with --unpatched-qemu
+    ("bench-qmp-input.py", ["--rounds", "5"], ["--rounds", "2", "--calls", "50"]),
     (
         "bench-iommufd.py",
         ["--areas", "100000", "--ops", "1000", "--plain-ops", "5", "--qmp-pages", "65536"],
@@ -138,7 +139,7 @@ def dma() -> dict[str, Any]:
     return out
 
 
-def control(quick: bool) -> list[dict[str, Any]]:
+def control(quick: bool, unpatched: Path | None) -> list[dict[str, Any]]:
     runs = []
     for script, full_args, quick_args in CONTROL:
         args = quick_args if quick else full_args
@@ -148,6 +149,11 @@ def control(quick: bool) -> list[dict[str, Any]]:
         if not path.exists():
             run["error"] = "the script is not in this tree"
             continue
+        if script == "bench-qmp-input.py":
+            if unpatched is None:
+                run["error"] = "needs a QEMU build without the QMP input patch (--unpatched-qemu)"
+                continue
+            args = run["args"] = ["--unpatched", str(unpatched), *args]
         t0 = time.monotonic()
         try:
             proc = subprocess.run(
@@ -178,6 +184,9 @@ def main() -> int:
     ap.add_argument("--doc", type=Path, default=REPO / "docs/performance.md")
     ap.add_argument("--no-doc", action="store_true", help="only the JSON")
     ap.add_argument("--keep", type=Path, help="keep the boots' files (console logs) here")
+    ap.add_argument(
+        "--unpatched-qemu", type=Path, help="a build dir of QEMU without the QMP input patch"
+    )
     ap.add_argument("--from-json", type=Path, help="render the page from an earlier run's JSON")
     args = ap.parse_args()
     if args.from_json:
@@ -215,7 +224,7 @@ def main() -> int:
             say("one DMA per configuration under callgrind")
             data["dma"] = dma()
         if "control" not in skip:
-            data["control"] = control(args.quick)
+            data["control"] = control(args.quick, args.unpatched_qemu)
         data["load_end"] = loadavg()
         data["finished"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,46 @@ def _load_line(data: dict[str, Any]) -> str:
     )
 
 
+def headline(sums: dict[str, dict[str, Summary | None]], dma: dict[str, Any]) -> list[str]:
+    """The few numbers a reader wants first, each a ratio of this run."""
+    by = {c.name: c.label for c in CONFIGS}
+    out: list[str] = []
+
+    def r(a: str, b: str, m: str) -> str | None:
+        x = ratio(sums.get(a, {}).get(m), sums.get(b, {}).get(m))
+        return None if x is None else f"**{x.median:.2f}x** ({fmt(x.lo)}-{fmt(x.hi)})"
+
+    for m in ("read_1m", "read_4k"):
+        what = METRIC_LABEL[m].split(" (")[0]
+        parts = [
+            f"{by[a]} {v} of {by[b]}"
+            for a, b in (
+                ("q35-lab-s2", "q35-none"),
+                ("q35-lab-nested", "q35-none"),
+                ("q35-intel-strict", "q35-none"),
+                ("q35-virtio-strict", "q35-none"),
+                ("pseries-lab-s2", "pseries-stock"),
+            )
+            if (v := r(a, b, m))
+        ]
+        if parts:
+            out.append(f"- NVMe {what}: " + "; ".join(parts) + ".")
+    base = dma.get("q35-none")
+    if isinstance(base, int) and base:
+        parts = [
+            f"{DMA_LABEL[k].split(', ', 1)[1]} **{v / base:.2f}x**"
+            for k, v in dma.items()
+            if k.startswith("q35-") and k != "q35-none" and isinstance(v, int)
+        ]
+        if parts:
+            out.append(
+                f"- QEMU's instructions for one 4 KiB DMA, relative to no IOMMU ({base:,}): "
+                + "; ".join(parts)
+                + " (callgrind, the same on any load)."
+            )
+    return [*out, ""] if out else []
+
+
 def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, str]]:
     """The page and its charts (file name -> SVG; the page links them under ``img_dir``)."""
     samples = data.get("samples", [])
@@ -171,8 +211,12 @@ def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, s
         "",
         _load_line(data),
         "",
-        "Regenerate: `.venv/bin/python scripts/bench-lab.py` (full, about 20 minutes on an "
-        "idle 2-CPU machine) or `--quick` (a few minutes).",
+        *headline(sums, data.get("dma") or {}),
+        "Regenerate: `.venv/bin/python scripts/bench-lab.py` (full: 3 rounds of 9 boots plus "
+        "the instruction counts and the control path, 20-30 minutes on a 2-CPU machine) or "
+        "`--quick` (about 8 minutes); `--from-json results/bench-lab.json` redraws the page "
+        "from a run's saved results.  Wall-clock figures under TCG move with the host's "
+        "load (see the ranges); the instruction counts do not.",
         "",
         "## What is compared with what",
         "",
@@ -299,6 +343,11 @@ def _instructions(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _one_line(text: str) -> str:
+    """Text for a table cell: one line, no column separator."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _control(data: dict[str, Any]) -> list[str]:
     runs = data.get("control") or []
     if not runs:
@@ -314,10 +363,10 @@ def _control(data: dict[str, Any]) -> list[str]:
     ]
     for r in runs:
         if r.get("error"):
-            out.append(f"| `{r['script']}` | not run: {r['error']} |")
+            out.append(f"| `{r['script']}` | not run: {_one_line(r['error'])} |")
             continue
         for line in r.get("figures", []):
-            out.append(f"| `{r['script']}` | {line} |")
+            out.append(f"| `{r['script']}` | {_one_line(line)} |")
     out += ["", "<details><summary>their full output</summary>", ""]
     for r in runs:
         if r.get("output"):
@@ -337,18 +386,20 @@ def _raw(samples: Sequence[dict[str, Any]]) -> list[str]:
         "",
         "| config | round | load before | load after | s | "
         + " | ".join(SHORT[m] for m in METRICS)
-        + " | guest IOMMU domain |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(METRICS) + "---|",
+        + " | guest IOMMU domain | lab IOTLB hits / walks |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(METRICS) + "---|---:|",
     ]
     for s in samples:
         vals = [
             "—" if s["metrics"].get(m) is None else fmt(float(s["metrics"][m])) for m in METRICS
         ]
         ev = s.get("evidence", {})
+        c = ev.get("lab_counters") or {}
+        lab = f"{c.get('hits', 0):,} / {c.get('walks', 0):,}" if c else "—"
         out.append(
             f"| {s['config']} | {s['round']} | {s['load_before'][0]:.2f} | "
             f"{s['load_after'][0]:.2f} | {s['seconds']:.0f} | "
             + " | ".join(vals)
-            + f" | {ev.get('guest_iommu_domain') or '—'} |"
+            + f" | {ev.get('guest_iommu_domain') or '—'} | {lab} |"
         )
     return [*out, "", "</details>", ""]

@@ -3,7 +3,9 @@
 A chart is a list of groups (a measurement: "read, 1 MiB blocks"), each a
 list of bars (a configuration: its :class:`Summary`).  The bar is the median,
 the whisker the range of the samples, the number the median.  A reference
-line (1.0 on a chart of ratios) marks "as fast as the baseline".  Colours
+line (1.0 on a chart of ratios) marks "as fast as the baseline".  The axis
+ends at 1.5 times the largest median, so one wild sample does not squash the
+chart: a whisker past the end ends in an arrow (the table has its value).  Colours
 follow the bar's label, so a configuration keeps its colour in every group.
 """
 
@@ -64,11 +66,15 @@ def bar_chart(
     scale_max = max(
         [s.hi for _, bars in groups for _, s in bars if s is not None] + [reference or 0.0]
     )
+    # one wild sample must not squash every bar: the axis ends at 1.5x the largest
+    # median (or the reference); a whisker beyond it ends in an arrow
+    medians = [s.median for _, bars in groups for _, s in bars if s is not None]
+    scale_max = min(scale_max, max([1.5 * m for m in medians] + [reference or 0.0]))
     scale_max = scale_max if scale_max > 0 else 1.0
     plot_w = WIDTH - LABEL_W - VALUE_W - 10
 
     def x_of(v: float) -> float:
-        return LABEL_W + max(0.0, v) / scale_max * plot_w
+        return LABEL_W + min(max(0.0, v), scale_max) / scale_max * plot_w
 
     colours = _colours(groups)
     top = 34 + (16 if subtitle else 0)
@@ -90,9 +96,15 @@ def bar_chart(
                     f"{escape(label)}: median {fmt(s.median)} {escape(unit)}, range "
                     f"{fmt(s.lo)}-{fmt(s.hi)}, {s.n} samples</title></rect>"
                 )
+                if s.hi <= scale_max:
+                    end = f"M{xh:.1f},{mid - 5:.1f}V{mid + 5:.1f}"
+                else:  # past the axis: an arrow head
+                    end = (
+                        f"M{xh - 6:.1f},{mid - 4:.1f}L{xh:.1f},{mid:.1f}L{xh - 6:.1f},{mid + 4:.1f}"
+                    )
                 parts.append(
                     f'<path d="M{xl:.1f},{mid:.1f}H{xh:.1f}M{xl:.1f},{mid - 5:.1f}V{mid + 5:.1f}'
-                    f'M{xh:.1f},{mid - 5:.1f}V{mid + 5:.1f}" stroke="#222" stroke-width="1.2"/>'
+                    f'{end}" stroke="#222" stroke-width="1.2" fill="none"/>'
                 )
                 parts.append(_text(max(xm, xh) + 6, mid + 4, f"{fmt(s.median)} {unit}".rstrip()))
             y += BAR_H + GAP

@@ -88,7 +88,7 @@ def fake_run(quick: bool) -> dict[str, Any]:
         "control": [
             {"script": "bench-qmp.py", "args": [], "output": "rt 120.0 us\n",
              "figures": ["rt 120.0 us"]},
-            {"script": "bench-qmp-input.py", "args": [], "error": "the script is not in this tree"},
+            {"script": "bench-qmp-input.py", "args": [], "error": "exit 2: usage: a | b\n   more"},
         ],
     }  # fmt: skip
 
@@ -112,7 +112,8 @@ def test_page_has_the_ratios_the_comparisons_and_the_load() -> None:
     assert "| q35, iommulab stage 2 | 1,100 | 1.10x |" in page
     assert "| pseries, TCE | not measured: RuntimeError: x | |" in page
     assert "| `bench-qmp.py` | rt 120.0 us |" in page
-    assert "| `bench-qmp-input.py` | not run: the script is not in this tree |" in page
+    # a multi-line error stays in its table cell
+    assert "| `bench-qmp-input.py` | not run: exit 2: usage: a \\| b more |" in page
     # every configuration's per-I/O work is stated
     for c in CONFIGS:
         assert f"| {c.label} | {c.per_io} |" in page
@@ -139,3 +140,11 @@ def test_callgrind_annotate_line_is_found_by_function_name() -> None:
     assert annotate_count(text, "edu_dma_timer") == 40210
     with pytest.raises(RuntimeError, match="h_put_tce not in the callgrind profile"):
         annotate_count(text, "h_put_tce")
+
+
+def test_headline_gives_the_ratios_first() -> None:
+    page, _ = render(fake_run(quick=False))
+    head = page.split("## What is compared")[0]
+    assert "- NVMe read, 1 MiB blocks: iommulab stage 2 **1.00x**" in head
+    assert "intel-iommu strict **0.50x** (0.42-0.60) of no IOMMU" in head
+    assert "relative to no IOMMU (1,000): iommulab stage 2 **1.10x**" in head

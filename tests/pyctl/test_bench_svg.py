@@ -63,3 +63,16 @@ def test_numbers_keep_three_significant_digits() -> None:
     assert [fmt(v) for v in (0, 1234.5, 56.78, 1.234, 0.5)] == [
         "0", "1,234", "56.8", "1.23", "0.50",
     ]  # fmt: skip
+
+
+def test_one_wild_sample_is_clipped_with_an_arrow_not_squashing_the_chart() -> None:
+    wild = Summary(1.0, 0.9, 40.0, 3)
+    root = parse(bar_chart("r", "x", [("g", [("a", wild), ("b", Summary(2.0, 1.8, 2.2, 3))])]))
+    bars = [r for r in root.iter(f"{NS}rect") if r.find(f"{NS}title") is not None]
+    # the axis ends at 1.5 x the largest median (3.0): b's bar is two thirds of it
+    widths = [float(b.attrib["width"]) for b in bars]
+    assert widths[1] / widths[0] == pytest.approx(2.0, rel=1e-3)
+    a_path, b_path = (p.attrib["d"] for p in root.iter(f"{NS}path"))
+    assert "L" in a_path and "L" not in b_path  # only the clipped whisker has an arrow head
+    # the range is still in the tooltip
+    assert "range 0.90-40.0" in (bars[0].find(f"{NS}title").text or "")
