@@ -20,7 +20,7 @@ import random
 import struct
 from typing import Any
 
-from fuzzlab import Finding, Lab, diff
+from fuzzlab import Finding, Lab, Step, diff
 
 from pyctl.qemu.pseries_qtest import (
     H_GET_TCE,
@@ -121,12 +121,15 @@ class SpaprFuzzer:
                 "create",
                 "remove",
                 "reset",
+                "host-put",
             ]
         )
         before = self.lab.snap or self.lab.snapshot()
         self.phbs = json.loads(before)["phbs"]  # QMP calls in the stream change windows too
         if op in ("query", "create", "remove", "reset"):
             self.rtas(op, hostile, before)
+        elif op == "host-put":
+            self.host_put(hostile, before)
         else:
             self.tce_call(op, hostile, before)
 
@@ -195,6 +198,31 @@ class SpaprFuzzer:
             if vals != want:
                 got_s, want_s = [hex(v) for v in vals[:4]], [hex(v) for v in want[:4]]
                 raise Finding("divergence", f"{name} succeeded, reads {got_s}, wrote {want_s}")
+        self.lab.snap = None
+
+    def host_put(self, hostile: bool, before: str) -> None:
+        """x-iommulab-spapr-put-tces (the host side's bulk write): all or nothing."""
+        r = self.rnd
+        liobn = self.liobn(hostile and r.random() < 0.5)
+        _, index = self.ioba(liobn, hostile and r.random() < 0.5)
+        w = self.window(liobn)
+        start = index if index >= 0 else r.choice([0, 1 << 40, U64])
+        n = r.randint(1, 64) if not hostile else r.choice([0, 1, 64, 600])
+        tces = [self.tce(hostile and r.random() < 0.1) if r.random() < 0.8 else 0 for _ in range(n)]
+        span = min(n, w["entries"] - start) if w is not None and 0 <= start < w["entries"] else 0
+        tces_before = self.read(liobn, start, span)
+        args = {"liobn": liobn, "start": start, "tces": tces}
+        out = self.lab.run(Step("qmp", "x-iommulab-spapr-put-tces", args))
+        if not out.ok:
+            self.lab.check_refusal(Step("qmp", "x-iommulab-spapr-put-tces", args), out)
+            if self.read(liobn, start, span) != tces_before:
+                raise Finding("divergence", f"put-tces refused ({out.error}) but wrote TCEs")
+            self._changed(before, f"put-tces refused ({out.error})")
+            return
+        got = self.read(liobn, start, min(span, SLICE))
+        raw = base64.b64decode(got[0]) if got else b""
+        if list(struct.unpack(f">{len(raw) // 8}Q", raw)) != tces[: len(raw) // 8] or span != n:
+            raise Finding("divergence", f"put-tces of {n} TCEs at {start} does not read back")
         self.lab.snap = None
 
     def rtas(self, op: str, hostile: bool, before: str) -> None:
