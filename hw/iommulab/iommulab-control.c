@@ -12,6 +12,7 @@
 #include "hw/pci/pci.h"
 #include "iommulab-internal.h"
 #include "iommulab-payload.h"
+#include "iommulab-owner.h"
 #include "trace.h"
 
 /* ---- control commands (QMP, under the BQL) ---- */
@@ -95,12 +96,12 @@ void qmp_x_iommulab_domain_alloc(const char *iommu, uint32_t domain,
                                  IommulabDomainType type, bool has_parent,
                                  uint32_t parent, bool has_s1_root,
                                  uint64_t s1_root, bool has_ias, uint8_t ias,
-                                 Error **errp)
+                                 const char *owner, Error **errp)
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     ILError err;
 
-    if (!s) {
+    if (!s || !iommulab_owner_check(OBJECT(s), owner, errp)) {
         return;
     }
 
@@ -140,6 +141,7 @@ void qmp_x_iommulab_domain_alloc(const char *iommu, uint32_t domain,
     qemu_mutex_unlock(&s->lock);
     switch (err) {
     case IL_OK:
+        s->generation++;
         trace_iommulab_domain_alloc(domain, type);
         return;
     case IL_ERR_NOENT:
@@ -159,13 +161,13 @@ void qmp_x_iommulab_domain_alloc(const char *iommu, uint32_t domain,
 }
 
 void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
-                                Error **errp)
+                                const char *owner, Error **errp)
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     ILDomain *d;
     ILError err = IL_ERR_NOENT;
 
-    if (!s) {
+    if (!s || !iommulab_owner_check(OBJECT(s), owner, errp)) {
         return;
     }
 
@@ -186,6 +188,7 @@ void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
         iommulab_set_error(errp, err, "domain-free", domain);
         return;
     }
+    s->generation++;
     trace_iommulab_domain_free(domain);
 }
 
@@ -193,7 +196,7 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
                         bool has_mappings, IommulabMappingList *mappings,
                         const char *data,
                         const char *fd, bool has_count, uint64_t count,
-                        Error **errp)
+                        const char *owner, Error **errp)
 {
     g_autofree ILMapping *maps = NULL;
     g_autoptr(GArray) users = NULL;
@@ -204,7 +207,7 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
     maps = iommulab_payload_ranges(has_mappings, mappings, false, "mappings",
                                    data, fd, has_count, count, &n, errp);
     s = maps ? iommulab_find(iommu, errp) : NULL;
-    if (!s) {
+    if (!s || !iommulab_owner_check(OBJECT(s), owner, errp)) {
         return;
     }
     qemu_mutex_lock(&s->lock);
@@ -224,6 +227,7 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
                    il_strerror(err));
         return;
     }
+    s->generation++;
     trace_iommulab_map_batch(domain, n);
     if (trace_event_get_state_backends(TRACE_IOMMULAB_MAP)) {
         for (i = 0; i < n; i++) {
@@ -252,6 +256,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
                                           IommulabRangeList *ranges,
                                           const char *data, const char *fd,
                                           bool has_count, uint64_t count,
+                                          const char *owner,
                                           Error **errp)
 {
     g_autofree ILMapping *r = NULL;
@@ -265,7 +270,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
     r = iommulab_payload_ranges(has_ranges, ranges, true, "ranges", data, fd,
                                 has_count, count, &n, errp);
     s = r ? iommulab_find(iommu, errp) : NULL;
-    if (!s) {
+    if (!s || !iommulab_owner_check(OBJECT(s), owner, errp)) {
         return NULL;
     }
     qemu_mutex_lock(&s->lock);
@@ -284,6 +289,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
                    r[bad].size, il_strerror(err));
         return NULL;
     }
+    s->generation++;
     trace_iommulab_unmap_batch(domain, n, bytes);
     if (trace_event_get_state_backends(TRACE_IOMMULAB_UNMAP)) {
         for (i = 0; i < n; i++) {
@@ -379,6 +385,7 @@ static bool iommulab_attach_requester(IOMMULabDev *dev,
         error_setg(errp, "attach: %s; nothing changed", il_strerror(err));
         return false;
     }
+    s->generation++;
     dev->domain = d;
     dev->mode = mode == IOMMULAB_ATTACH_MODE_DOMAIN ? IL_MODE_DOMAIN :
                 mode == IOMMULAB_ATTACH_MODE_BYPASS ? IL_MODE_BYPASS :
@@ -391,12 +398,13 @@ static bool iommulab_attach_requester(IOMMULabDev *dev,
 
 void qmp_x_iommulab_attach(const char *iommu, const char *device,
                            IommulabAttachMode mode, bool has_domain,
-                           uint32_t domain, Error **errp)
+                           uint32_t domain, const char *owner,
+                           Error **errp)
 {
     IOMMULabState *s = iommulab_find(iommu, errp);
     IOMMULabDev *dev = s ? iommulab_find_dev(s, device, errp) : NULL;
 
-    if (dev) {
+    if (dev && iommulab_owner_check(OBJECT(s), owner, errp)) {
         iommulab_attach_requester(dev, mode, has_domain, domain, errp);
     }
 }
@@ -435,7 +443,7 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
                                bool has_size, uint64_t size, bool has_ranges,
                                IommulabRangeList *ranges, const char *data,
                                const char *fd, bool has_count, uint64_t count,
-                               Error **errp)
+                               const char *owner, Error **errp)
 {
     g_autofree ILMapping *r = NULL;
     g_autoptr(GArray) users = NULL;
@@ -482,7 +490,7 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
         }
     }
     s = iommulab_find(iommu, errp);
-    if (!s) {
+    if (!s || !iommulab_owner_check(OBJECT(s), owner, errp)) {
         return;
     }
     qemu_mutex_lock(&s->lock);

@@ -248,6 +248,7 @@ IommulabInfo *qmp_x_iommulab_query(const char *iommu, bool has_domain,
     info->default_mode = mode_to_qapi(s->default_mode);
     qemu_mutex_lock(&s->lock);
     info->iotlb_size = il_iotlb_size(&s->engine);
+    info->generation = s->generation;
     info->fault_queue_size = il_faults_capacity(&s->engine);
     if (has_mappings && !mappings) {
         ok = no_mappings(s, info, has_domain, domain, errp);

@@ -18,13 +18,13 @@ void qmp_x_iommulab_domain_alloc(const char *iommu, uint32_t domain,
                                  IommulabDomainType type, bool has_parent,
                                  uint32_t parent, bool has_s1_root,
                                  uint64_t s1_root, bool has_ias, uint8_t ias,
-                                 Error **errp)
+                                 const char *owner, Error **errp)
 {
     iommulab_absent(errp);
 }
 
 void qmp_x_iommulab_domain_free(const char *iommu, uint32_t domain,
-                                Error **errp)
+                                const char *owner, Error **errp)
 {
     iommulab_absent(errp);
 }
@@ -33,7 +33,7 @@ void qmp_x_iommulab_map(const char *iommu, uint32_t domain,
                         bool has_mappings, IommulabMappingList *mappings,
                         const char *data,
                         const char *fd, bool has_count, uint64_t count,
-                        Error **errp)
+                        const char *owner, Error **errp)
 {
     iommulab_payload_discard(fd);
     iommulab_absent(errp);
@@ -44,7 +44,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
                                           IommulabRangeList *ranges,
                                           const char *data, const char *fd,
                                           bool has_count, uint64_t count,
-                                          Error **errp)
+                                          const char *owner, Error **errp)
 {
     iommulab_payload_discard(fd);
     iommulab_absent(errp);
@@ -53,7 +53,7 @@ IommulabUnmapResult *qmp_x_iommulab_unmap(const char *iommu, uint32_t domain,
 
 void qmp_x_iommulab_attach(const char *iommu, const char *device,
                            IommulabAttachMode mode, bool has_domain,
-                           uint32_t domain, Error **errp)
+                           uint32_t domain, const char *owner, Error **errp)
 {
     iommulab_absent(errp);
 }
@@ -63,7 +63,7 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
                                bool has_size, uint64_t size, bool has_ranges,
                                IommulabRangeList *ranges, const char *data,
                                const char *fd, bool has_count, uint64_t count,
-                               Error **errp)
+                               const char *owner, Error **errp)
 {
     iommulab_payload_discard(fd);
     iommulab_absent(errp);

@@ -36,6 +36,7 @@ static void iommulab_dev_forget(IOMMULabDev *dev)
     }
     dev->domain = NULL;
     dev->mode = s->default_mode;
+    s->generation++;
     qemu_mutex_unlock(&s->lock);
     trace_iommulab_unplug(iommulab_dev_rid(dev), dev->index, mode,
                           old ? il_domain_id(old) : 0, s->default_mode);

@@ -32,6 +32,7 @@
 #include "migration/blocker.h"
 #include "exec/address-spaces.h"
 #include "iommulab-internal.h"
+#include "iommulab-owner.h"
 
 /*
  * Guest memory reads of the stage-1 walker: RAM only.  A table pointer the
@@ -143,6 +144,7 @@ static void iommulab_exit(PCIDevice *pdev)
         s->unplug_listening = false;
     }
     migrate_del_blocker(&s->migration_blocker);
+    iommulab_owner_forget(OBJECT(s));  /* a new one at this address is not */
 }
 
 static void iommulab_reset(DeviceState *ds)

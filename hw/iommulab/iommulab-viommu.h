@@ -69,6 +69,12 @@ struct IOMMULabState {
      * whose TCE tables are the guest's own first stage.
      */
     bool no_nesting;
+    /*
+     * Bumped by every change of domains, mappings or attachments (the
+     * commands, hot-unplug), under the BQL: x-iommulab-query reports it,
+     * so that a client reading in pages can tell the state moved under it.
+     */
+    uint64_t generation;
 };
 
 /*

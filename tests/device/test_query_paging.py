@@ -143,7 +143,10 @@ def test_mappings_false_lists_the_domains_without_their_mappings(lab: Lab) -> No
     _map(lab, 1, [_m(i * PAGE, PAGE, i * PAGE, write=bool(i % 2)) for i in range(MAX_MAPPINGS)])
     with pytest.raises(ExecuteError, match="page them"):
         lab.cmd("x-iommulab-query")
-    assert lab.cmd("x-iommulab-query", mappings=False) == bare
+    after = lab.cmd("x-iommulab-query", mappings=False)
+    # the same list; the maps moved the generation (a paging client sees it)
+    assert after["generation"] > bare["generation"]
+    assert {**after, "generation": 0} == {**bare, "generation": 0}
 
 
 @pytest.mark.parametrize(
