@@ -14,7 +14,7 @@ and after every boot.  Nothing is asserted: the page says what was measured.
   .venv/bin/python scripts/bench-lab.py [--quick] [--rounds N] [--config NAME ...]
       [--size-1m 256M] [--size-4k 16M] [--reads 300] [--skip data,core,dma,control]
       [--json results/bench-lab.json] [--doc docs/performance.md] [--no-doc]
-      [--from-json RESULTS.json]  (the page again from an earlier run)
+      [--stop-after MINUTES] [--from-json RESULTS.json]  (the page again from a run's JSON)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,21 +82,32 @@ def qemu_version() -> str:
 
 
 def data_path(
-    plan: Plan, rounds: int, names: list[str], workdir: Path, data: dict[str, Any], out: Path
+    plan: Plan,
+    rounds: int,
+    names: list[str],
+    workdir: Path,
+    data: dict[str, Any],
+    out: Path,
+    stop_at: float,
 ) -> list[dict[str, Any]]:
     """The boots, interleaved; ``data`` with the samples so far is saved to ``out`` after
-    each (a run cut short keeps what it measured)."""
+    each (a run cut short keeps what it measured).  No boot starts after ``stop_at``
+    (time.monotonic())."""
     by = {c.name: c for c in CONFIGS}
     samples: list[dict[str, Any]] = []
     data["samples"] = samples
     for rnd in range(rounds):
         for name in rotated(names, rnd):
+            if time.monotonic() > stop_at:
+                say(f"--stop-after reached: {len(samples)} boots ran")
+                return samples
             before = loadavg()
             s = run_boot(by[name], plan, workdir / f"{name}-{rnd}", rnd + 1, stage1_identity)
             s.load_before, s.load_after = before, loadavg()
             m = {k: v for k, v in s.metrics.items() if v is not None}
             say(f"round {rnd} {name}: {s.error or m} (load {before[0]:.1f}->{s.load_after[0]:.1f})")
             samples.append(s.to_json())
+            data["finished"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
             out.write_text(json.dumps(data, indent=1) + "\n")
     return samples
 
@@ -188,6 +200,9 @@ def main() -> int:
         "--unpatched-qemu", type=Path, help="a build dir of QEMU without the QMP input patch"
     )
     ap.add_argument("--from-json", type=Path, help="render the page from an earlier run's JSON")
+    ap.add_argument(
+        "--stop-after", type=float, help="start no boot after this many minutes (a page anyway)"
+    )
     args = ap.parse_args()
     if args.from_json:
         data = json.loads(args.from_json.read_text())
@@ -213,22 +228,33 @@ def main() -> int:
             "load_start": loadavg(),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="iommulab-bench-lab-") as tmp:
-            if "data" not in skip:
-                work = args.keep or Path(tmp)
-                data_path(plan, rounds, names, work, data, args.json)
+        stop_at = time.monotonic() + (args.stop_after * 60 if args.stop_after else float("inf"))
+        # a SIGTERM unwinds (the guests are shut down; the JSON holds every finished boot)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+        def save() -> None:
+            data["finished"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            data["load_end"] = loadavg()
+            args.json.write_text(json.dumps(data, indent=1) + "\n")
+
+        # the load-independent parts first: a data path cut short (the JSON is saved after
+        # every boot; --from-json draws the page from it) still has them
         if "core" not in skip:
             say("core (bench-core.sh)")
             data["core"] = core()
+            save()
         if "dma" not in skip:
             say("one DMA per configuration under callgrind")
             data["dma"] = dma()
+            save()
         if "control" not in skip:
             data["control"] = control(args.quick, args.unpatched_qemu)
-        data["load_end"] = loadavg()
-        data["finished"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1) + "\n")
+            save()
+        with tempfile.TemporaryDirectory(prefix="iommulab-bench-lab-") as tmp:
+            if "data" not in skip:
+                work = args.keep or Path(tmp)
+                data_path(plan, rounds, names, work, data, args.json, stop_at)
+        save()
         say(f"results: {args.json}")
     sums = summaries(data.get("samples", []))
     for machine in ("q35", "pseries"):
@@ -236,6 +262,7 @@ def main() -> int:
     if args.no_doc:
         return 0
     page, svgs = render(data)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(page)
     img = args.doc.parent / "img"
     img.mkdir(exist_ok=True)

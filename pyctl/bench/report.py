@@ -190,7 +190,8 @@ def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, s
     """The page and its charts (file name -> SVG; the page links them under ``img_dir``)."""
     samples = data.get("samples", [])
     sums = summaries(samples)
-    rounds = int(data.get("rounds", 0))
+    planned = int(data.get("rounds", 0))
+    rounds = len({s["round"] for s in samples})
     svgs = charts(sums, rounds)
     plan = data.get("plan", {})
     md: list[str] = ["# Performance", ""]
@@ -211,6 +212,15 @@ def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, s
         "",
         _load_line(data),
         "",
+        *(
+            [
+                f"**Cut short:** {rounds} of the {planned} planned data-path rounds ran "
+                "(the last one possibly in part); the figures are medians of what ran.",
+                "",
+            ]
+            if rounds < planned and samples
+            else []
+        ),
         *headline(sums, data.get("dma") or {}),
         "Regenerate: `.venv/bin/python scripts/bench-lab.py` (full: 3 rounds of 9 boots plus "
         "the instruction counts and the control path, 20-30 minutes on a 2-CPU machine) or "

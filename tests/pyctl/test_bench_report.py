@@ -148,3 +148,12 @@ def test_headline_gives_the_ratios_first() -> None:
     assert "- NVMe read, 1 MiB blocks: iommulab stage 2 **1.00x**" in head
     assert "intel-iommu strict **0.50x** (0.42-0.60) of no IOMMU" in head
     assert "relative to no IOMMU (1,000): iommulab stage 2 **1.10x**" in head
+
+
+def test_a_run_cut_short_says_how_many_rounds_ran() -> None:
+    run = fake_run(quick=False)
+    assert "Cut short" not in render(run)[0]
+    run["rounds"] = 5
+    page, svgs = render(run)
+    assert "**Cut short:** 3 of the 5 planned data-path rounds ran" in page
+    assert "median of 3 interleaved rounds" in svgs["perf-q35-ratio.svg"]
