@@ -35,7 +35,10 @@ LAB_STAGE2 = "nothing: a stage-2 domain maps all RAM, set up once from the host"
 LAB_NESTED = "nothing: stage 1 (identity, 4 KiB leaves) over stage 2, both set up once"
 STRICT = "map + unmap; every unmap waits for its IOTLB invalidation (iommu.strict=1)"
 LAZY = "map + unmap; invalidations batched and deferred (iommu.strict=0)"
-TCE = "TCE put + clear per I/O, or none through a direct-mapped DDW (the kernel decides)"
+TCE = (
+    "nothing if the kernel direct-maps all RAM through a DDW (the raw samples say whether "
+    "it did), else a TCE put + clear per I/O"
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,18 @@ def evidence_of(cfg: DataConfig, results: list[dict[str, Any]]) -> tuple[dict[st
     policy asked for (DMA: strict, DMA-FQ: lazy)."""
     rnd = next((r for r in results if r.get("scenario") == "nvme-randread"), {})
     domain = rnd.get("iommu_domain")
-    ev = {"guest_iommu_domain": domain}
+    ev: dict[str, Any] = {"guest_iommu_domain": domain}
+    if cfg.machine == "pseries":
+        # a DDW the kernel direct-maps all RAM through (no TCE work per I/O) or not
+        dmesg = next((r for r in results if r.get("scenario") == "dmesg-iommu"), {})
+        paths = [str(w.get("path", "")) for w in dmesg.get("dt_windows", [])]
+        ev["ddw"] = (
+            "direct-mapped"
+            if any("direct64" in p for p in paths)
+            else "dynamic"
+            if paths
+            else "none"
+        )
     if cfg.policy is not None and domain != DOMAIN_TYPE[cfg.policy]:
         return ev, (
             f"the guest gave its NVMe a {domain} IOMMU domain, not {DOMAIN_TYPE[cfg.policy]} "

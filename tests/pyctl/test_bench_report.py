@@ -157,3 +157,15 @@ def test_a_run_cut_short_says_how_many_rounds_ran() -> None:
     page, svgs = render(run)
     assert "**Cut short:** 3 of the 5 planned data-path rounds ran" in page
     assert "median of 3 interleaved rounds" in svgs["perf-q35-ratio.svg"]
+
+
+def test_pseries_evidence_says_whether_the_kernel_direct_mapped_a_ddw() -> None:
+    cfg = CONFIG_BY_NAME["pseries-stock"]
+    res = boot_results(1.0)
+    assert evidence_of(cfg, res)[0]["ddw"] == "none"
+    res[-1]["dt_windows"] = [{"path": "/pci@8/linux,dma64-ddr-window-info", "hex": "00"}]
+    assert evidence_of(cfg, res)[0]["ddw"] == "dynamic"
+    res[-1]["dt_windows"].append({"path": "/pci@8/linux,direct64-ddr-window-info", "hex": "0"})
+    assert evidence_of(cfg, res) == ({"guest_iommu_domain": None, "ddw": "direct-mapped"}, "")
+    # q35 has no such thing
+    assert "ddw" not in evidence_of(CONFIG_BY_NAME["q35-none"], res)[0]
