@@ -58,6 +58,9 @@ class IommufdContext:
         options: ModelOptions | None = None,
     ) -> None:
         self.backend = backend
+        claim = getattr(backend, "claim", None)
+        if claim is not None:  # one control plane per vIOMMU (docs/reliability.md)
+            claim()
         opts = options or ModelOptions()
         user = user_account or PinAccount(limit_pages, "user")
         mm = PinAccount(limit_pages if limit_pages is not None else user.limit_pages, "mm")

@@ -11,12 +11,21 @@ nothing.  A refused command raises :class:`BackendError` with QEMU's message.
 Bulk ranges (map, unmap) go the fastest way the connection allows
 (docs/qmp.md "Bulk payloads"): packed records in a memfd passed over a UNIX
 socket, else packed records in base64, else JSON lists (``payload``).
+
+A control plane owns the vIOMMU (docs/qmp.md "Ownership"): :meth:`QmpBackend.claim`
+takes it (an :class:`~pyctl.iommufd.context.IommufdContext` does on creation),
+the state-changing commands then carry the backend's token, and :meth:`close`
+releases it.  Another live owner makes the claim fail with QEMU's error naming
+it; one whose connection is closed (a killed control plane) is taken over.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import os
+import socket
 import sys
 from array import array
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +57,25 @@ Payload = Literal["auto", "fd", "base64", "inline"]
 PAYLOAD_FD = "iommulab-payload"
 
 T = TypeVar("T")
+#: the commands that change a vIOMMU's state: they carry the owner's token
+CHANGING = frozenset(
+    {
+        "x-iommulab-domain-alloc",
+        "x-iommulab-domain-free",
+        "x-iommulab-map",
+        "x-iommulab-unmap",
+        "x-iommulab-attach",
+        "x-iommulab-invalidate",
+    }
+)
+#: reads of the state retried when it changes under them (x-iommulab-query generation)
+QUERY_ATTEMPTS = 5
+_tokens = itertools.count(1)
+
+
+def owner_token() -> str:
+    """A token that says who owns the device (it names the owner in QEMU's errors)."""
+    return f"pyctl pid {os.getpid()}#{next(_tokens)} on {socket.gethostname()}"[:64]
 
 
 def _pack(words: list[int]) -> bytes:
@@ -81,6 +109,10 @@ class QmpBackend:
         self.map_chunk = map_chunk
         self.payload: Payload = payload
         self._max_batch: int | None = None
+        #: the token this backend owns the vIOMMU with (None: not claimed)
+        self.owner: str | None = None
+        #: the token of the gone owner :meth:`claim` took the device over from
+        self.took_over_from: str | None = None
         self.iommu = iommu
         self.timeout = timeout
         self._owned = not isinstance(address, QmpSession)
@@ -96,7 +128,11 @@ class QmpBackend:
 
     # -- plumbing --------------------------------------------------------------
     def close(self) -> None:
-        """Disconnect, if the backend made the connection (a shared session stays open)."""
+        """Release the vIOMMU if claimed; disconnect, if the backend made the connection
+        (a shared session stays open)."""
+        if self.owner is not None and self.session.connected:
+            with contextlib.suppress(BackendError):  # taken over meanwhile: not ours
+                self.release()
         if self._owned:
             self.session.close()
 
@@ -123,7 +159,35 @@ class QmpBackend:
         return self.session.drain(self._events)
 
     def _cmd(self, command: str, **args: object) -> Any:
+        if self.owner is not None and command in CHANGING:
+            args["owner"] = self.owner
         return self.execute(command, {"iommu": self.iommu, **args})
+
+    # -- ownership -------------------------------------------------------------
+    def claim(self) -> None:
+        """Own the vIOMMU (idempotent).  Fails with :class:`BackendError` naming the
+        owner while another control plane's connection is open; takes the device over
+        from one whose connection is closed (``took_over_from``).  A QEMU without the
+        device has nothing to own (its commands fail on their own)."""
+        token = self.owner or owner_token()
+        args = {"device": self.iommu, "owner": token}
+        try:
+            before = self.execute("x-iommulab-query-owner", {"device": self.iommu})
+        except BackendError as e:
+            if "is not an iommulab vIOMMU" in str(e) or "give its id" in str(e):
+                return
+            raise
+        gone = before.get("owner") not in (None, token) and not before["connected"]
+        self.execute("x-iommulab-owner-claim", {**args, "force": gone})
+        self.owner = token
+        if gone:
+            self.took_over_from = before["owner"]
+
+    def release(self) -> None:
+        """Give the vIOMMU up (it is open to all again)."""
+        if self.owner is not None:
+            token, self.owner = self.owner, None
+            self.execute("x-iommulab-owner-release", {"device": self.iommu, "owner": token})
 
     # -- devices ---------------------------------------------------------------
     def _refresh_devices(self) -> None:
@@ -215,6 +279,8 @@ class QmpBackend:
         for i in range(0, len(items), step):
             part = items[i : i + step]
             args: dict[str, object] = {"iommu": self.iommu, "domain": domain}
+            if self.owner is not None:
+                args["owner"] = self.owner
             if mode == "inline":
                 args[key] = [to_json(x) for x in part]
                 done(part, self.execute(command, args))
@@ -321,8 +387,25 @@ class QmpBackend:
             start = d["next"]
 
     def query(self) -> HwState:
-        """The domains (listed without mappings) and each paging domain's mappings, paged."""
-        info = self._cmd("x-iommulab-query", mappings=False)
+        """The domains (listed without mappings) and each paging domain's mappings, paged;
+        read again while the device's generation moved under the pages (another client
+        changed it), at most QUERY_ATTEMPTS times, then :class:`BackendError` says so."""
+        for _ in range(QUERY_ATTEMPTS):
+            info = self._cmd("x-iommulab-query", mappings=False)
+            state = self._state(info)
+            after = self._cmd("x-iommulab-query", mappings=False)
+            if after.get("generation") == info.get("generation"):
+                return state
+        raise BackendError(
+            f"x-iommulab-query: {self.iommu} changed under {QUERY_ATTEMPTS} reads in a row "
+            f"(another control plane is programming it; owner: {self._owner_name()})"
+        )
+
+    def _owner_name(self) -> str:
+        o = self.execute("x-iommulab-query-owner", {"device": self.iommu})
+        return repr(o["owner"]) if "owner" in o else "none"
+
+    def _state(self, info: dict[str, Any]) -> HwState:
         doms = tuple(
             HwDomain(
                 domain=d["domain"],

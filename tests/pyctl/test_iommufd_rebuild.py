@@ -176,12 +176,14 @@ def test_rebuild_mismatch_reported_not_guessed(vm: ViommuVm) -> None:
         assert any(
             "edu0 is to be bound blocked but is in mode domain" in p for p in ei.value.problems
         )
-        # someone else mapped the MSI window of edu0's domain behind the model's back
+        # someone with the owner's token mapped the MSI window of edu0's domain behind
+        # the model's back
         before = hw.query()
         hw.execute(
             "x-iommulab-map",
             {
                 "iommu": "viommu0",
+                "owner": hw.owner,
                 "domain": ids["auto"],
                 "mappings": [
                     {"iova": 0xFEE00000, "size": 0x1000, "addr": 0, "read": True, "write": True}
