@@ -183,6 +183,8 @@ def make_live(ictx: Ictx, hwpt: HwptPpc64) -> None:
     """set_window for every window of ``hwpt`` (unset the PE's previous domain), unblock."""
     hw = _tce_backend(ictx)
     t = hwpt.t
+    with hw_errors():  # the PE's host side is this context's from now on
+        hw.claim_pe(hwpt.pe)
     if not t.live:
         old = _live_on(ictx, hwpt.pe)
         with hw_errors():

@@ -53,6 +53,8 @@ class TceBackend(Protocol):
 
     def pe_of(self, device: str) -> int: ...
 
+    def claim_pe(self, pe: int) -> None: ...
+
     def pe_windows(self, pe: int) -> list[PeWindow]: ...
 
     def pe_create_window(self, pe: int, page_shift: int, size: int, offset: int) -> PeWindow: ...
@@ -142,6 +144,10 @@ class InMemoryPes:
         if pe is None:
             raise BackendError(f"device {device!r} is on no PHB")
         return pe
+
+    def claim_pe(self, pe: int) -> None:
+        """The host side of an in-memory PHB has one user: nothing to claim."""
+        self._pe(pe)
 
     def pe_windows(self, pe: int) -> list[PeWindow]:
         return sorted(self._pe(pe).windows.values(), key=lambda w: w.slot)

@@ -25,6 +25,7 @@ changes send no event (QEMU's rule).
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import struct
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from .backend import AttachMode, DeviceHwInfo, Window, WindowCaps, WindowEvent
 from .errors import BackendError
 from .hwinfo import device_hw_info
 from .ppc64_hw import PeWindow
-from .qmp_backend import QmpBackend
+from .qmp_backend import QmpBackend, owner_token
 
 TCE_READ = 1 << 0
 TCE_WRITE = 1 << 1
@@ -99,6 +100,7 @@ class SpaprQmpBackend(QmpBackend):
         self._known: dict[tuple[int, int], Window] = {}  # (phb, liobn) -> last seen
         self._tce_devices: dict[str, DeviceHwInfo] = {}  # devices on a PE, by name and path
         self._liobns: dict[tuple[int, int], int] = {}  # (phb, slot) -> LIOBN (fixed per PHB)
+        self._pe_owner: dict[int, tuple[str, str]] = {}  # phb -> (QOM path, token) claimed
 
     # -- PHBs and devices ------------------------------------------------------
     def phbs(self) -> list[dict[str, Any]]:
@@ -258,6 +260,33 @@ class SpaprQmpBackend(QmpBackend):
     def pe_of(self, device: str) -> int:
         return self.phb_of(device)
 
+    def claim_pe(self, pe: int) -> None:
+        """Own the PHB's host side (docs/qmp.md "Ownership"; idempotent): the host-side
+        commands then carry the token; another live owner is a BackendError naming it,
+        one whose connection is closed is taken over."""
+        if pe in self._pe_owner:
+            return
+        path = str(self._phb(pe)["path"])
+        token = self.owner or owner_token()
+        before = self.execute("x-iommulab-query-owner", {"device": path})
+        gone = before.get("owner") not in (None, token) and not before["connected"]
+        self.execute("x-iommulab-owner-claim", {"device": path, "owner": token, "force": gone})
+        self._pe_owner[pe] = (path, token)
+
+    def _with_owner(self, pe: int, args: dict[str, object]) -> dict[str, object]:
+        if pe in self._pe_owner:
+            args["owner"] = self._pe_owner[pe][1]
+        return args
+
+    def close(self) -> None:
+        """Release the PHBs claimed, then as :meth:`QmpBackend.close`."""
+        for path, token in self._pe_owner.values():
+            if self.session.connected:
+                with contextlib.suppress(BackendError):  # taken over meanwhile
+                    self.execute("x-iommulab-owner-release", {"device": path, "owner": token})
+        self._pe_owner.clear()
+        super().close()
+
     @staticmethod
     def _pe_window(phb: dict[str, Any], w: dict[str, Any]) -> PeWindow:
         return PeWindow(
@@ -272,7 +301,9 @@ class SpaprQmpBackend(QmpBackend):
     def pe_create_window(self, pe: int, page_shift: int, size: int, offset: int) -> PeWindow:
         w = self.execute(
             "x-iommulab-spapr-window-create",
-            {"phb": pe, "page-shift": page_shift, "size": size, "bus-offset": offset},
+            self._with_owner(
+                pe, {"phb": pe, "page-shift": page_shift, "size": size, "bus-offset": offset}
+            ),
         )
         return self._pe_window(self._phb(pe), w)
 
@@ -283,14 +314,17 @@ class SpaprQmpBackend(QmpBackend):
         return liobns[slot]
 
     def pe_remove_window(self, pe: int, slot: int) -> None:
-        self.execute("x-iommulab-spapr-window-remove", {"phb": pe, "liobn": self._liobn(pe, slot)})
+        self.execute(
+            "x-iommulab-spapr-window-remove",
+            self._with_owner(pe, {"phb": pe, "liobn": self._liobn(pe, slot)}),
+        )
 
     def put_tces(self, pe: int, slot: int, start: int, tces: Sequence[int]) -> None:
         """One ``x-iommulab-spapr-put-tces``: the TCEs as a memfd over a UNIX socket,
         else base64 (little-endian, the lab's bulk payload format)."""
         liobn = self._liobn_cached(pe, slot)
         raw = struct.pack(f"<{len(tces)}Q", *tces)
-        args: dict[str, object] = {"liobn": liobn, "start": start}
+        args: dict[str, object] = self._with_owner(pe, {"liobn": liobn, "start": start})
         if self.session.can_pass_fds and len(raw) >= FD_THRESHOLD:
             fd = memfd_from(raw)
             try:
@@ -331,7 +365,9 @@ class SpaprQmpBackend(QmpBackend):
         return out
 
     def set_blocked(self, pe: int, blocked: bool) -> None:
-        self.execute("x-iommulab-spapr-set-blocked", {"phb": pe, "blocked": blocked})
+        self.execute(
+            "x-iommulab-spapr-set-blocked", self._with_owner(pe, {"phb": pe, "blocked": blocked})
+        )
 
     def pe_blocked(self, pe: int) -> bool:
         return bool(self._phb(pe).get("blocked", False))

@@ -372,3 +372,24 @@ def test_guest_windows_coexist_and_show_in_the_model(
     ctx.attach(d0, h)  # set again, TCEs and all
     assert ctx.check_tces() == []
     assert [w.start for w in ctx.pe_windows(d0) if w.owner == "host"] == [DDW]
+
+
+def test_the_model_owns_the_phbs_it_drives(lab: tuple[PseriesQtest, SpaprQmpBackend]) -> None:
+    vm, be = lab
+    ctx = IommufdContext(be)
+    d0 = ctx.bind("edu0")
+    ioas = ctx.ioas_alloc()
+    h = ctx.hwpt_alloc(d0, ioas, 0, PPC64_WIN, Ppc64DmaWindow(1 << 24, 12))
+    ctx.attach(d0, h)
+    path = vm.phb(0)["path"]
+    owner = vm.cmd("x-iommulab-query-owner", device=path)
+    assert owner.get("owner") and owner["connected"]
+    assert "owner" not in vm.cmd("x-iommulab-query-owner", device=vm.phb(1)["path"])
+    # another control plane (no token) cannot write the PE's TCEs
+    liobn = be.pe_windows(0)[0].liobn
+    with pytest.raises(Exception, match="own"):
+        vm.cmd("x-iommulab-spapr-put-tces", liobn=liobn, start=0, tces=[DMA_PAGE | 3])
+    ctx.ioas_map(ioas, DMA_PAGE, 0x1000, RW | FIXED, iova=0)
+    assert ctx.check_tces() == []
+    be.close()
+    assert "owner" not in vm.cmd("x-iommulab-query-owner", device=path)
