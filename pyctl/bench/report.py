@@ -33,6 +33,8 @@ DMA_LABEL = {
     "pseries-stock": "pseries, TCE",
     "pseries-lab-s2": "pseries, TCE + iommulab stage 2",
 }
+MIB_1M = ("read_1m", "write_1m")
+MIB_4K = ("read_4k", "write_4k")
 PEERS = ("q35-intel-strict", "q35-intel-lazy", "q35-virtio-strict", "q35-virtio-lazy")
 LAB = ("q35-lab-s2", "q35-lab-nested")
 
@@ -119,18 +121,32 @@ def charts(sums: dict[str, dict[str, Summary | None]], rounds: int) -> dict[str,
             "q35 NVMe O_DIRECT: speed relative to no IOMMU (1.0 = as fast)", "x", groups,
             reference=1.0, subtitle=sub,
         )  # fmt: skip
-    for machine, name, title in (
-        ("q35", "perf-q35-mibs.svg", "q35 NVMe O_DIRECT throughput (MiB/s)"),
-        ("pseries", "perf-pseries-mibs.svg", "pseries NVMe O_DIRECT through the DDW (MiB/s)"),
+    for machine, name, title, metrics in (
+        ("q35", "perf-q35-mibs.svg", "q35 NVMe O_DIRECT, 1 MiB blocks (MiB/s)", MIB_1M),
+        ("q35", "perf-q35-4k.svg", "q35 NVMe O_DIRECT, 4 KiB blocks (MiB/s)", MIB_4K),
+        ("pseries", "perf-pseries-mibs.svg", "pseries NVMe O_DIRECT, 1 MiB blocks (MiB/s)", MIB_1M),
     ):
         cfgs = _configs(machine, sums)
         if not cfgs:
             continue
         groups = [
             (METRIC_LABEL[m].split(" (")[0], [(c.label, sums[c.name][m]) for c in cfgs])
-            for m in ("read_1m", "write_1m", "read_4k", "write_4k")
+            for m in metrics
         ]
         out[name] = bar_chart(title, "MiB/s", groups, subtitle=sub)
+    if "pseries-stock" in sums and "pseries-lab-s2" in sums:
+        bars = [
+            (SHORT[m], ratio(sums["pseries-lab-s2"][m], sums["pseries-stock"][m]))
+            for m in METRICS
+            if m != "randread_e2e"
+        ]
+        out["perf-pseries-ratio.svg"] = bar_chart(
+            "pseries: iommulab stage 2 under the TCEs, relative to stock (1.0 = as fast)",
+            "x",
+            [("pseries + iommulab stage 2 / pseries stock", bars)],
+            reference=1.0,
+            subtitle=sub,
+        )
     return out
 
 
@@ -278,8 +294,9 @@ def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, s
     elif sums:
         md += ["## q35", ""]
     md += data_table(sums, "q35")
-    if "perf-q35-mibs.svg" in svgs:
-        md += [f"![q35 throughput]({img_dir}/perf-q35-mibs.svg)", ""]
+    for name in ("perf-q35-mibs.svg", "perf-q35-4k.svg"):
+        if name in svgs:
+            md += [f"![q35 throughput]({img_dir}/{name})", ""]
     peers = lab_vs_peers(sums)
     if peers:
         md += [
@@ -289,8 +306,9 @@ def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, s
         ]
     if _configs("pseries", sums):
         md += ["## pseries", ""]
-        if "perf-pseries-mibs.svg" in svgs:
-            md += [f"![pseries throughput]({img_dir}/perf-pseries-mibs.svg)", ""]
+        for name in ("perf-pseries-ratio.svg", "perf-pseries-mibs.svg"):
+            if name in svgs:
+                md += [f"![pseries]({img_dir}/{name})", ""]
         md += data_table(sums, "pseries")
     md += _failures(samples)
     md += _instructions(data)

@@ -74,7 +74,13 @@ def sample(config: str, rnd: int, scale: float, error: str | None = None) -> dic
 
 
 def fake_run(quick: bool) -> dict[str, Any]:
-    scale = {"q35-none": 1.0, "q35-lab-s2": 1.0, "q35-intel-strict": 0.5, "pseries-stock": 0.8}
+    scale = {
+        "q35-none": 1.0,
+        "q35-lab-s2": 1.0,
+        "q35-intel-strict": 0.5,
+        "pseries-stock": 0.8,
+        "pseries-lab-s2": 0.8,
+    }
     samples = [sample(c, r, scale[c] * (1 + 0.1 * r)) for r in range(3) for c in scale] + [
         sample("q35-virtio-lazy", 0, 1.0, error="the guest gave its NVMe a DMA domain")
     ]
@@ -96,7 +102,10 @@ def fake_run(quick: bool) -> dict[str, Any]:
 def test_page_has_the_ratios_the_comparisons_and_the_load() -> None:
     page, svgs = render(fake_run(quick=False))
     assert "Quick run" not in page
-    assert set(svgs) == {"perf-q35-ratio.svg", "perf-q35-mibs.svg", "perf-pseries-mibs.svg"}
+    assert set(svgs) == {
+        "perf-q35-ratio.svg", "perf-q35-mibs.svg", "perf-q35-4k.svg", "perf-pseries-mibs.svg",
+        "perf-pseries-ratio.svg",
+    }  # fmt: skip
     for name in svgs:
         assert f"(img/{name})" in page
     # medians with their ranges: read 1M of no IOMMU is 600, 660, 720
