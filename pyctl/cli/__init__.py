@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
             v.add_argument("iova", type=_int)
             v.add_argument("--write", action="store_true")
         if name == "picture":
-            v.add_argument("--domain", type=_int, required=True)
+            v.add_argument("--domain", type=_int, help="a domain of --iommu")
+            v.add_argument("--phb", type=_int, help="or a pseries PHB: its windows and TCEs")
             v.add_argument("-o", "--output", default="iova.svg")
     for name, (_, help_text) in COMMANDS.items():
         v = sub.add_parser(name, help=help_text)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -104,7 +106,68 @@ def view_translate(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> No
     )
 
 
+def _write_svg(args: argparse.Namespace, svg: str, out: TextIO) -> None:
+    try:
+        Path(args.output).write_text(svg)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.output}", file=out)
+
+
+def _tce_runs(qmp: QmpSession, w: dict[str, Any]) -> list[Band]:
+    """The window's valid TCEs as bus-address runs (read back in bulk)."""
+    bands: list[Band] = []
+    page = 1 << w["page-shift"]
+    start, total, run = 0, w["entries"], None
+    while start < total:
+        r = qmp_cmd(qmp, "x-iommulab-spapr-read-tces", liobn=w["liobn"], start=start)
+        raw = base64.b64decode(r["data"])
+        for i, (tce,) in enumerate(struct.iter_unpack(">Q", raw)):
+            bus = w["bus-offset"] + (start + i) * page
+            if tce & 3 and run is not None and run[1] + 1 == bus:
+                run = (run[0], bus + page - 1)
+            elif tce & 3:
+                if run is not None:
+                    bands.append(Band(*run))
+                run = (bus, bus + page - 1)
+        if not r["count"]:
+            break
+        start += int(r["count"])
+    if run is not None:
+        bands.append(Band(*run))
+    return bands
+
+
+def view_phb_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    """A PHB's bus address space live: host and guest windows, the TCEs in use."""
+    phbs = qmp_cmd(qmp, "x-iommulab-spapr-query-phbs")
+    p = next((x for x in phbs if x["phb"] == args.phb), None)
+    if p is None:
+        raise CliError(f"no PHB {args.phb}")
+
+    def windows(owner: str) -> list[Band]:
+        return [
+            Band(w["bus-offset"], w["bus-offset"] + w["size"] - 1,
+                 f"{w['liobn']:#x} {w['size'] >> 20}M/{1 << w['page-shift'] >> 10}K")
+            for w in p["windows"] if w.get("owner", "host") == owner
+        ]  # fmt: skip
+
+    tces = [b for w in p["windows"] for b in _tce_runs(qmp, w)]
+    rows = [
+        Row("host windows", windows("host"), COLORS["windows"]),
+        Row("guest windows", windows("guest"), COLORS["allowed"]),
+        Row("TCEs in use", tces, COLORS["mappings"]),
+    ]
+    state = ", BLOCKED" if p.get("blocked") else ""
+    _write_svg(args, render_svg(f"{p['path']} PHB {args.phb}{state}", rows), out)
+
+
 def view_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None:
+    if getattr(args, "phb", None) is not None:
+        view_phb_picture(qmp, args, out)
+        return
+    if args.domain is None:
+        raise CliError("picture: give --domain D (a domain of --iommu) or --phb N")
     info = _query(qmp, args.iommu)
     dom = next((d for d in info["domains"] if d["domain"] == args.domain), None)
     if dom is None:
@@ -125,12 +188,7 @@ def view_picture(qmp: QmpSession, args: argparse.Namespace, out: TextIO) -> None
             COLORS["mappings"],
         ),
     ]
-    svg = render_svg(f"{info['path']} domain {args.domain} ({dom['type']})", rows)
-    try:
-        Path(args.output).write_text(svg)
-    except OSError as exc:
-        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
-    print(f"wrote {args.output}", file=out)
+    _write_svg(args, render_svg(f"{info['path']} domain {args.domain} ({dom['type']})", rows), out)
 
 
 VIEWS: dict[str, tuple[View, str]] = {
@@ -140,5 +198,5 @@ VIEWS: dict[str, tuple[View, str]] = {
     "counters": (view_counters, "IOTLB and fault counters"),
     "faults": (view_faults, "the fault queue"),
     "translate": (view_translate, "translate one address for a device (debug)"),
-    "picture": (view_picture, "SVG picture of a domain's IOVA space"),
+    "picture": (view_picture, "SVG picture of a domain's IOVA space, or a PHB's windows"),
 }
