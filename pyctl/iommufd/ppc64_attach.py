@@ -227,7 +227,9 @@ def attach(ictx: Ictx, dev: Device, hwpt: HwptPpc64) -> int:
 
 
 def replace(ictx: Ictx, dev: Device, hwpt: HwptPpc64) -> int:
-    """Move the device (and so its PE) to another domain of the PE."""
+    """Move the device's PE to another domain of the PE: every device of the PE on
+    the old domain moves with it (iommufd_device_do_replace() replaces the group's
+    domain and moves the group's references)."""
     old = ictx.table.find(dev.hwpt_id) if dev.hwpt_id is not None else None
     if old is None:
         raise IommufdError("EINVAL", f"device {dev.id} is not attached")
@@ -235,23 +237,25 @@ def replace(ictx: Ictx, dev: Device, hwpt: HwptPpc64) -> int:
         return hwpt.id
     if not isinstance(old, HwptPpc64):
         raise IommufdError("EINVAL", f"device {dev.id} is on HWPT {old.id}, not a PE's domain")
-    others = [d.id for d in _pe_devices(ictx, hwpt.pe) if d.id != dev.id and d.hwpt_id == old.id]
-    if others:
-        raise IommufdError("EINVAL", f"devices {others} of the PE share HWPT {old.id}")
     pe = dev.info.spapr.phb if dev.info.spapr is not None else None
     if pe != hwpt.pe:
         raise IommufdError("EINVAL", f"HWPT {hwpt.id} belongs to PE {hwpt.pe}, not the device's")
+    group = [d for d in _pe_devices(ictx, hwpt.pe) if d.hwpt_id == old.id]
     iopt = ictx.ioas(hwpt.ioas_id).iopt
     old_iopt = ictx.ioas(old.ioas_id).iopt
     moving = iopt is not old_iopt
-    resv = iopt.check_dev_resv_regions(dev.info.resv_regions(), False) if moving else []
+    resv = {
+        d.id: iopt.check_dev_resv_regions(d.info.resv_regions(), False) if moving else []
+        for d in group
+    }
     make_live(ictx, hwpt)
-    if moving:
-        iopt.reserve(resv, ("device", dev.id))
-        old_iopt.remove_reserved(("device", dev.id))
-    old.devices.discard(dev.id)
-    hwpt.devices.add(dev.id)
-    dev.hwpt_id = hwpt.id
+    for d in group:
+        if moving:
+            iopt.reserve(resv[d.id], ("device", d.id))
+            old_iopt.remove_reserved(("device", d.id))
+        old.devices.discard(d.id)
+        hwpt.devices.add(d.id)
+        d.hwpt_id = hwpt.id
     return hwpt.id
 
 

@@ -355,3 +355,21 @@ def test_guest_window_in_the_way_and_taken_back() -> None:
     ctx.detach(c)
     ctx.attach(c, h2)
     assert [(w.start, w.owner) for w in ctx.pe_windows(c)] == [(0, "guest"), (DDW, "host")]
+
+
+def test_replace_moves_the_whole_pe() -> None:
+    ctx, be = setup()
+    a, b = ctx.bind(A), ctx.bind(B)
+    i1, i2 = ctx.ioas_alloc(), ctx.ioas_alloc()
+    h1 = ctx.hwpt_alloc(a, i1, 0, PPC64_WIN, win())
+    h2 = ctx.hwpt_alloc(a, i2, 0, PPC64_WIN, win(1 << 24, bus_offset=DDW))
+    ctx.attach(a, h1)
+    ctx.attach(b, h1)
+    ctx.ioas_map(i2, 0x700000, 0x1000, RW | FIXED, iova=DDW)
+    assert ctx.replace(a, h2) == h2
+    objs = ctx.objects()
+    assert objs[b].hwpt_id == h2 and objs[h2].devices == {a, b}  # type: ignore[union-attr]
+    assert objs[h1].devices == set()  # type: ignore[union-attr]
+    assert be.translate(B, DDW, "read").addr == 0x700000
+    ctx.destroy(h1)
+    assert ctx.check_tces() == []
