@@ -44,5 +44,26 @@ if [ "$(cat "$patched/.iommulab-rfc" 2>/dev/null)" != "$phash" ]; then
 fi
 [ -e "$rfc_cache/guest/debs" ] || ln -s "$main_cache/guest/debs" "$rfc_cache/guest/debs"
 
+# Seed the first build with the lab kernel's build tree (same version, same
+# configuration but rfc.config): its command files name the pristine source,
+# rewritten to the patched copy, so kbuild's own dependency tracking rebuilds
+# only what the patch and CONFIG_VFIO_DEVICE_CDEV touch (a few hundred files,
+# not the ~1,200 of a build from scratch).  The hard-linked copy keeps every
+# unpatched file's mtime.
+version=$(basename "$src")
+version=${version#linux-}
+lab_build=$main_cache/kernel/build-ppc64le-$version
+rfc_build=$rfc_cache/kernel/build-ppc64le-$version
+if [ ! -d "$rfc_build" ] && [ -f "$main_cache/kernel/ppc64le-$version/built" ] &&
+    [ -f "$lab_build/vmlinux" ]; then
+    echo ">> kernel/ppc64le-rfc: seeding the build from $lab_build" >&2
+    mkdir -p "$rfc_cache/kernel"
+    rm -rf "$rfc_build.tmp"
+    cp -a "$lab_build" "$rfc_build.tmp"
+    grep -rlIF --null "$src" "$rfc_build.tmp" | xargs -0 -r sed -i "s|$src|$patched|g"
+    ! grep -rqIF "$src" "$rfc_build.tmp" || die "the seeded build still names $src"
+    mv "$rfc_build.tmp" "$rfc_build"
+fi
+
 IOMMULAB_CACHE=$rfc_cache IOMMULAB_KERNEL_EXTRA_CONFIG=$here/rfc.config \
     exec bash "$repo/scripts/build-kernel.sh" ppc64le $force
