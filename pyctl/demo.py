@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from pyctl.guest.image import build_image
+from pyctl.guest.image import KERNEL_ENV, KERNELS, build_image
 from pyctl.guest.results import Scenario
 from pyctl.guest.runner import AgentRun
 from pyctl.iommufd import IommufdContext
@@ -47,6 +47,13 @@ def add_boot_arguments(p: argparse.ArgumentParser) -> None:
         "--viommu",
         action="store_true",
         help="put the NVMe behind iommulab-viommu, RAM identity-mapped by the control plane (q35)",
+    )
+    p.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=None,
+        help=f"guest kernel: Debian's package or the lab's build with iommufd "
+        f"(default: ${KERNEL_ENV}, else {KERNELS[0]})",
     )
     p.add_argument(
         "--scenarios",
@@ -100,7 +107,7 @@ class Session:
         self.ioas: int | None = None
 
     def config(self, scenarios: list[Scenario], viommu: bool) -> GuestConfig:
-        image = build_image(self.machine.arch, log=True)
+        image = build_image(self.machine.arch, log=True, kernel=getattr(self.args, "kernel", None))
         disk = create_raw_disk(self.workdir / "nvme.img", self.args.disk_mib << 20)
         from pyctl.guest.results import cmdline_arg
 

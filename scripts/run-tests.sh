@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of the project, setting up whatever is missing first
-# (Debian packages, the venv, QEMU source + build, firmware, guest images).
+# (Debian packages, the venv, QEMU source + build, firmware, lab kernels,
+# guest images).
 #
 #   scripts/run-tests.sh            everything
 #   IOMMULAB_SKIP_BOOT=1 ...        everything but the avocado boot tests
@@ -21,6 +22,10 @@ bash scripts/setup-python.sh
 qemu_build=$(bash scripts/build-qemu.sh)
 export IOMMULAB_QEMU_BUILD="$qemu_build"
 bash scripts/build-guest.sh all >/dev/null
+# The lab kernels (from Debian's linux source, iommufd built in) and their
+# images: built once into the cache, a no-op when up to date.
+for arch in x86_64 ppc64le; do bash scripts/build-kernel.sh "$arch" >/dev/null; done
+bash scripts/build-guest.sh all --kernel lab >/dev/null
 
 failed_stages=()
 run_stage() {   # run_stage NAME CMD...: run, remember a failure, go on

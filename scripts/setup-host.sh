@@ -11,6 +11,8 @@ pkgs=(
     dpkg-dev xz-utils zstd cpio                           # sources, initramfs
     gpgv debian-archive-keyring                           # pyctl.debian lock
     valgrind                                              # callgrind benchmarks
+    bc libelf-dev libssl-dev rsync                        # lab kernels (build-kernel.sh)
+    gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross     # ppc64le kernel + static selftests
 )
 missing=()
 for p in "${pkgs[@]}"; do

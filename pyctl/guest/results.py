@@ -17,7 +17,7 @@ RESULT_MARK = "IOMMULAB-RESULT"
 DONE_MARK = "IOMMULAB-DONE"
 KNOWN_SCENARIOS = (
     "boot", "nvme-probe", "nvme-rw", "nvme-randread", "dmesg-iommu", "wait-host", "mem-hotplug",
-    "nvme-unbound", "nvme-rebind",
+    "nvme-unbound", "nvme-rebind", "iommufd-selftests",
 )  # fmt: skip
 WAIT_MARK = "IOMMULAB-WAIT"
 _RESULT = re.compile(rf"^.*?{RESULT_MARK} (.*?)\s*$", re.MULTILINE)
