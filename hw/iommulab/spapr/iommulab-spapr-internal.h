@@ -83,6 +83,13 @@ void il_spapr_set_phb_owner(SpaprPhbState *sphb,
 bool il_spapr_host_may_change(SpaprTceTable *tcet, const char *what,
                               Error **errp);
 bool il_spapr_blocked(SpaprPhbState *sphb);
+/*
+ * il_spapr_find_phb() for a command that changes the PHB's host side: also
+ * refused unless @owner is the token of its owner, if it has one
+ * (iommulab-owner.h)
+ */
+SpaprPhbState *il_spapr_find_owned_phb(bool has_phb, uint32_t index,
+                                       const char *owner, Error **errp);
 void il_spapr_pe_init(void);
 void il_spapr_pe_machine_done(void);
 

@@ -19,6 +19,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-commands-iommulab-spapr.h"
 #include "system/reset.h"
+#include "hw/iommulab/iommulab-owner.h"
 #include "iommulab-spapr-internal.h"
 #include "trace.h"
 
@@ -77,6 +78,17 @@ bool il_spapr_host_may_change(SpaprTceTable *tcet, const char *what,
     return true;
 }
 
+SpaprPhbState *il_spapr_find_owned_phb(bool has_phb, uint32_t index,
+                                       const char *owner, Error **errp)
+{
+    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, index, errp);
+
+    if (sphb && !iommulab_owner_check(OBJECT(sphb), owner, errp)) {
+        return NULL;
+    }
+    return sphb;
+}
+
 bool il_spapr_blocked(SpaprPhbState *sphb)
 {
     SpaprTceTable *tcet = il_spapr_table(sphb, 0);
@@ -85,9 +97,10 @@ bool il_spapr_blocked(SpaprPhbState *sphb)
 }
 
 void qmp_x_iommulab_spapr_set_blocked(bool has_phb, uint32_t phb,
-                                      bool blocked, Error **errp)
+                                      bool blocked, const char *owner,
+                                      Error **errp)
 {
-    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprPhbState *sphb = il_spapr_find_owned_phb(has_phb, phb, owner, errp);
     SpaprTceTable *tcet;
     int i;
 

@@ -15,6 +15,7 @@
 #include "qapi/qapi-commands-iommulab-spapr.h"
 #include "exec/address-spaces.h"
 #include "exec/memory.h"
+#include "hw/iommulab/iommulab-owner.h"
 #include "hw/iommulab/iommulab-payload.h"
 #include "iommulab-spapr-internal.h"
 #include "trace.h"
@@ -99,8 +100,12 @@ static bool il_spapr_check_tce(SpaprTceTable *tcet, ILSpaprRam *ram,
     return true;
 }
 
-/* The enabled host-side window of a PHB with LIOBN @liobn, or an error */
-static SpaprTceTable *il_spapr_host_window(uint32_t liobn, Error **errp)
+/*
+ * The enabled host-side window of a PHB with LIOBN @liobn, whose PHB @owner
+ * may change, or an error
+ */
+static SpaprTceTable *il_spapr_host_window(uint32_t liobn, const char *owner,
+                                           Error **errp)
 {
     SpaprTceTable *tcet = spapr_tce_find_by_liobn(liobn);
 
@@ -113,6 +118,9 @@ static SpaprTceTable *il_spapr_host_window(uint32_t liobn, Error **errp)
                              TYPE_SPAPR_PCI_HOST_BRIDGE)) {
         error_setg(errp, "'liobn': 0x%" PRIx32 " is not a window of a PHB "
                    "(a VIO device's table is the guest's)", liobn);
+        return NULL;
+    }
+    if (!iommulab_owner_check(OBJECT(tcet)->parent, owner, errp)) {
         return NULL;
     }
     if (!tcet->nb_table) {
@@ -161,6 +169,7 @@ IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
                                                     const char *fd,
                                                     bool has_count,
                                                     uint64_t count,
+                                                    const char *owner,
                                                     Error **errp)
 {
     const char *what = has_tces ? "tces" : data ? "data" : "fd";
@@ -196,7 +205,7 @@ IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
     }
 
     /* 2. The window and the range */
-    tcet = il_spapr_host_window(liobn, errp);
+    tcet = il_spapr_host_window(liobn, owner, errp);
     if (!tcet) {
         goto out;
     }

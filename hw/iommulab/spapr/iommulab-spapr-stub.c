@@ -46,20 +46,23 @@ IommulabSpaprDdwPolicy *qmp_x_iommulab_spapr_set_ddw_policy(
 
 IommulabSpaprWindow *qmp_x_iommulab_spapr_window_create(
     bool has_phb, uint32_t phb, uint8_t page_shift, uint64_t size,
-    bool has_bus_offset, uint64_t bus_offset, Error **errp)
+    bool has_bus_offset, uint64_t bus_offset, const char *owner,
+    Error **errp)
 {
     il_spapr_absent(errp);
     return NULL;
 }
 
 void qmp_x_iommulab_spapr_window_remove(bool has_phb, uint32_t phb,
-                                        uint32_t liobn, Error **errp)
+                                        uint32_t liobn, const char *owner,
+                                        Error **errp)
 {
     il_spapr_absent(errp);
 }
 
 IommulabSpaprWindowList *qmp_x_iommulab_spapr_window_reset(bool has_phb,
                                                            uint32_t phb,
+                                                           const char *owner,
                                                            Error **errp)
 {
     il_spapr_absent(errp);
@@ -85,6 +88,7 @@ IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
                                                     const char *fd,
                                                     bool has_count,
                                                     uint64_t count,
+                                                    const char *owner,
                                                     Error **errp)
 {
     il_spapr_absent(errp);
@@ -92,7 +96,8 @@ IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
 }
 
 void qmp_x_iommulab_spapr_set_blocked(bool has_phb, uint32_t phb,
-                                      bool blocked, Error **errp)
+                                      bool blocked, const char *owner,
+                                      Error **errp)
 {
     il_spapr_absent(errp);
 }

@@ -57,7 +57,8 @@ static bool il_spapr_valid_page_shift(uint64_t shift)
 IommulabSpaprDdwPolicy *qmp_x_iommulab_spapr_set_ddw_policy(
     IommulabSpaprDdwPolicyArgs *arg, Error **errp)
 {
-    SpaprPhbState *sphb = il_spapr_find_phb(arg->has_phb, arg->phb, errp);
+    SpaprPhbState *sphb = il_spapr_find_owned_phb(arg->has_phb, arg->phb,
+                                                  arg->owner, errp);
     uint64_t mask = 0;
     uint8List *l;
 
@@ -181,9 +182,10 @@ static bool il_spapr_overlaps(SpaprPhbState *sphb, uint64_t start,
 
 IommulabSpaprWindow *qmp_x_iommulab_spapr_window_create(
     bool has_phb, uint32_t phb, uint8_t page_shift, uint64_t size,
-    bool has_bus_offset, uint64_t bus_offset, Error **errp)
+    bool has_bus_offset, uint64_t bus_offset, const char *owner,
+    Error **errp)
 {
-    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprPhbState *sphb = il_spapr_find_owned_phb(has_phb, phb, owner, errp);
     SpaprTceTable *tcet, *free_tcet = NULL;
     unsigned active = 0;
     uint64_t entries;
@@ -282,9 +284,10 @@ static SpaprTceTable *il_spapr_phb_window(SpaprPhbState *sphb, uint32_t liobn,
 }
 
 void qmp_x_iommulab_spapr_window_remove(bool has_phb, uint32_t phb,
-                                        uint32_t liobn, Error **errp)
+                                        uint32_t liobn, const char *owner,
+                                        Error **errp)
 {
-    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprPhbState *sphb = il_spapr_find_owned_phb(has_phb, phb, owner, errp);
     SpaprTceTable *tcet;
 
     if (!sphb) {
@@ -300,9 +303,10 @@ void qmp_x_iommulab_spapr_window_remove(bool has_phb, uint32_t phb,
 
 IommulabSpaprWindowList *qmp_x_iommulab_spapr_window_reset(bool has_phb,
                                                            uint32_t phb,
+                                                           const char *owner,
                                                            Error **errp)
 {
-    SpaprPhbState *sphb = il_spapr_find_phb(has_phb, phb, errp);
+    SpaprPhbState *sphb = il_spapr_find_owned_phb(has_phb, phb, owner, errp);
 
     if (!sphb) {
         return NULL;
