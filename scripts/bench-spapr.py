@@ -23,7 +23,7 @@ through a TCE (and stage 2).
 
 Usage: .venv/bin/python scripts/bench-spapr.py [--size 256M] [--runs 2]
        [--per-boot 3] [--calls 2000] [--callgrind] [--skip-nvme] [--skip-hcall]
-       [--skip-put] [--put-rounds 3] [--put-small 16384]
+       [--skip-put] [--put-rounds 3] [--put-small 262144]
 Prints a table and the ratios (stage 2 / stock).  Not a test: no pass/fail.
 """
 
@@ -146,10 +146,18 @@ def put_tces(vm: PseriesQtest, liobn: int, tces: list[int], form: str) -> None:
         os.close(fd)
 
 
+def in_use(vm: PseriesQtest, n: int) -> None:
+    """The measured calls did their work: PHB 0's newest window holds ``n`` TCEs."""
+    windows = vm.qmp.cmd("x-iommulab-spapr-query-phbs")
+    got = [w["entries-in-use"] for p in windows if p["phb"] == 0 for w in p["windows"]]
+    if got != [n]:
+        raise RuntimeError(f"expected one window with {n} TCEs in use, got {got}")
+
+
 def put_rates(rounds: int, small: int) -> dict[str, tuple[int, float]]:
     """(TCEs, best seconds) per way of programming TCEs, each into a new, empty window
     (leaves allocated as a first mapping would): put-tces per form (fd: the whole 1 GiB
-    window in one call; base64 and inline: ``small`` TCEs, QMP reads JSON byte by byte),
+    window in one call; base64 and inline: ``small`` TCEs, by default the same),
     H_PUT_TCE_INDIRECT of 512 over 1 GiB, and the qtest round trip (H_GET_TCE)."""
     vm = pseries(False)
     best: dict[str, tuple[int, float]] = {}
@@ -166,6 +174,7 @@ def put_rates(rounds: int, small: int) -> dict[str, tuple[int, float]]:
                 t0 = time.perf_counter()
                 put_tces(vm, w["liobn"], tces[:n], form)
                 keep(form, n, time.perf_counter() - t0)
+                in_use(vm, n)
                 vm.qmp.cmd("x-iommulab-spapr-window-remove", liobn=w["liobn"])
             w = vm.qmp.cmd("x-iommulab-spapr-window-create", **GIB_WINDOW)
             assert w["liobn"] == LIOBN0
@@ -174,6 +183,7 @@ def put_rates(rounds: int, small: int) -> dict[str, tuple[int, float]]:
             for i in range(GIB_TCES // 512):
                 put_indirect(vm, i)
             keep("hcall", GIB_TCES, time.perf_counter() - t0)
+            in_use(vm, GIB_TCES)
             t0 = time.perf_counter()
             for _ in range(GIB_TCES // 512):
                 vm.qt.command(f"hcall 0x{H_GET_TCE:x} 0x{LIOBN0:x} 0x1000")
@@ -297,7 +307,10 @@ def main() -> int:
     ap.add_argument("--skip-put", action="store_true", help="no put-tces measurement")
     ap.add_argument("--put-rounds", type=int, default=3, help="put-tces rounds (best of)")
     ap.add_argument(
-        "--put-small", type=int, default=16384, help="TCEs per base64 and inline put-tces"
+        "--put-small",
+        type=int,
+        default=GIB_TCES,
+        help="TCEs per base64 and inline put-tces (default: the 1 GiB window, as fd)",
     )
     ap.add_argument("--skip-hcall", action="store_true", help="no wall-clock hypercall timing")
     ap.add_argument(
