@@ -11,6 +11,7 @@ import base64
 import os
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,7 +122,15 @@ def test_count_over_the_maximum(vm: TwoPhbs) -> None:
     assert vm.tces(w["liobn"], 0, 3) == v and vm.tces(w["liobn"], n + 1, 2) == [v[2], 0]
 
 
+def qemu_fds(vm: TwoPhbs) -> list[str]:
+    """What QEMU's file descriptors point to."""
+    assert vm.proc is not None
+    d = Path(f"/proc/{vm.proc.pid}/fd")
+    return sorted(os.readlink(f) for f in d.iterdir() if f.exists())
+
+
 def test_fd_errors(vm: TwoPhbs) -> None:
+    held = qemu_fds(vm)
     r, w = os.pipe()
     os.write(w, struct.pack("<Q", OK))
     os.close(w)
@@ -132,11 +141,22 @@ def test_fd_errors(vm: TwoPhbs) -> None:
     refused(vm, lambda: vm.put_fd(nocount, LIOBN0, 0, None), "'fd'", "'count'")
     bad = memfd_from(struct.pack("<2Q", OK, DST | 0x800 | 1))
     refused(vm, lambda: vm.put_fd(bad, LIOBN0, 0, 2), "fd[1]", "reserved bits")
-    # a refused fd was closed by QEMU: the name is free, the monitor holds no fd
-    assert "tces" not in str(vm.cmd("query-fdsets"))
+    guest = memfd_from(struct.pack("<Q", OK))
+    refused(vm, lambda: vm.put_fd(guest, 0x7777, 0, 1), "'liobn'")
     good = memfd_from(struct.pack("<2Q", 0, DST | 3))
     assert vm.put_fd(good, LIOBN0, 0, 2)["count"] == 2
     assert vm.tces(LIOBN0, 0, 2) == [0, DST | 3]
+    # QEMU closed every fd it was passed, refused or not
+    assert qemu_fds(vm) == held
+    # (the check sees an fd QEMU holds: one passed to a command that does not take it)
+    kept = memfd_from(b"x")
+    try:
+        vm.qmp.execute_with_fd("query-status", {}, kept, "kept")
+    finally:
+        os.close(kept)
+    assert qemu_fds(vm) != held
+    vm.cmd("closefd", fdname="kept")
+    assert qemu_fds(vm) == held
 
 
 def test_table_memory_limit_refuses_the_whole_put(vm: TwoPhbs) -> None:

@@ -180,6 +180,7 @@ IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
     void *records;
 
     if (!il_spapr_machine(errp)) {
+        iommulab_payload_discard(fd);   /* a passed fd is always closed */
         return NULL;
     }
     /* 1. The TCEs, from exactly one source (a passed fd is always closed) */

@@ -7,6 +7,7 @@
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qapi/qapi-commands-iommulab-spapr.h"
+#include "hw/iommulab/iommulab-payload.h"
 #include "iommulab-spapr.h"
 
 static void il_spapr_absent(Error **errp)
@@ -91,6 +92,7 @@ IommulabSpaprPutTces *qmp_x_iommulab_spapr_put_tces(uint32_t liobn,
                                                     const char *owner,
                                                     Error **errp)
 {
+    iommulab_payload_discard(fd);   /* a passed fd is always closed */
     il_spapr_absent(errp);
     return NULL;
 }
