@@ -29,9 +29,9 @@ import socket
 import sys
 from array import array
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Self, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
-from pyctl.qemu.qmp import Address, ExecuteError, QmpSession, memfd_from
+from pyctl.qemu.qmp import Address, ExecuteError, QmpSession
 
 from .backend import (
     Access,
@@ -47,16 +47,22 @@ from .backend import (
 )
 from .errors import BackendError
 from .hwinfo import device_hw_info
-
-#: mappings per x-iommulab-map command sent as JSON (QEMU's JSON parser caps tokens per
-#: message); packed payloads go up to the device's max-batch
-MAP_CHUNK = 8192
-#: how bulk ranges travel: "auto" picks fd on a UNIX socket, else base64
-Payload = Literal["auto", "fd", "base64", "inline"]
-#: the getfd name of a payload fd (one at a time: each command closes it)
-PAYLOAD_FD = "iommulab-payload"
+from .qmp_bulk import (
+    MAP_CHUNK,
+    PACKED_CHUNK,
+    READ,
+    SMALL_BATCH,
+    WRITE,
+    BulkSender,
+    Payload,
+    Words,
+    map_words,
+    page_words,
+    range_words,
+)
 
 T = TypeVar("T")
+
 #: the commands that change a vIOMMU's state: they carry the owner's token
 CHANGING = frozenset(
     {
@@ -78,14 +84,6 @@ def owner_token() -> str:
     return f"pyctl pid {os.getpid()}#{next(_tokens)} on {socket.gethostname()}"[:64]
 
 
-def _pack(words: list[int]) -> bytes:
-    """Little-endian 64-bit words (docs/qmp.md's packed records)."""
-    a = array("Q", words)
-    if sys.byteorder != "little":
-        a.byteswap()
-    return a.tobytes()
-
-
 #: QEMU events kept for :meth:`QmpBackend.events` (memory hotplug and unplug;
 #: QEMU 10.0 has no DEVICE_ADDED, a device_add is seen by re-reading the RAM)
 WATCHED_EVENTS = ("DEVICE_DELETED", "MEMORY_DEVICE_SIZE_CHANGE")
@@ -105,7 +103,7 @@ class QmpBackend:
     ) -> None:
         if map_chunk is not None and map_chunk < 1:
             raise ValueError(f"map_chunk {map_chunk} must be >= 1")
-        #: ranges per command (None: MAP_CHUNK inline, the device's max-batch packed)
+        #: ranges per command (None: MAP_CHUNK inline, PACKED_CHUNK packed)
         self.map_chunk = map_chunk
         self.payload: Payload = payload
         self._max_batch: int | None = None
@@ -122,6 +120,7 @@ class QmpBackend:
             else QmpSession.connect(address, connect_timeout, timeout, name="iommulab-pyctl")
         )
         self._events = self.session.listen(WATCHED_EVENTS)
+        self._sender = BulkSender(self.session, self.execute, self._count, timeout)
         self._devices: dict[str, DeviceHwInfo] = {}
         self._aliases: dict[str, str] = {}
         self.commands_sent = 0
@@ -247,11 +246,13 @@ class QmpBackend:
     def _mapping(m: MapEntry) -> dict[str, object]:
         return {"iova": m.iova, "size": m.size, "addr": m.addr, "read": m.read, "write": m.write}
 
-    def payload_mode(self) -> Payload:
-        """How bulk ranges go now: ``payload``, or for "auto" fd on a UNIX socket, else
-        base64."""
+    def payload_mode(self, n: int = PACKED_CHUNK) -> Payload:
+        """How ``n`` ranges go now: ``payload``, or for "auto" JSON if at most SMALL_BATCH,
+        else fd on a UNIX socket, else base64."""
         if self.payload != "auto":
             return self.payload
+        if n <= SMALL_BATCH:
+            return "inline"
         return "fd" if self.session.can_pass_fds else "base64"
 
     def _chunk(self, mode: Payload) -> int:
@@ -260,7 +261,7 @@ class QmpBackend:
         if self._max_batch is None:
             limits = self.execute("x-iommulab-query-hw-info", {"device": self.iommu})["limits"]
             self._max_batch = int(limits["max-batch"])
-        return min(self.map_chunk or self._max_batch, self._max_batch)
+        return min(self.map_chunk or PACKED_CHUNK, self._max_batch)
 
     def _bulk(
         self,
@@ -268,53 +269,19 @@ class QmpBackend:
         domain: int,
         key: str,
         items: Sequence[T],
-        words: Callable[[Sequence[T]], list[int]],
+        words: Callable[[Sequence[T]], Words],
         to_json: Callable[[T], dict[str, object]],
         done: Callable[[Sequence[T], Any], None],
     ) -> None:
-        """``command`` over ``items`` in chunks, each as ``payload_mode()`` says; ``done``
-        gets each chunk and its answer (a refused chunk raises, later ones are not sent)."""
-        mode = self.payload_mode()
-        step = self._chunk(mode)
-        for i in range(0, len(items), step):
-            part = items[i : i + step]
-            args: dict[str, object] = {"iommu": self.iommu, "domain": domain}
-            if self.owner is not None:
-                args["owner"] = self.owner
-            if mode == "inline":
-                args[key] = [to_json(x) for x in part]
-                done(part, self.execute(command, args))
-            elif mode == "base64":
-                args["data"] = base64.b64encode(_pack(words(part))).decode()
-                done(part, self.execute(command, args))
-            else:
-                args.update(fd=PAYLOAD_FD, count=len(part))
-                fd = memfd_from(_pack(words(part)))
-                try:
-                    done(part, self._execute_fd(command, args, fd))
-                finally:
-                    os.close(fd)
+        """``command`` over ``items`` in chunks, each as :meth:`payload_mode` says."""
+        mode = self.payload_mode(len(items))
+        args: dict[str, object] = {"iommu": self.iommu, "domain": domain}
+        if self.owner is not None:
+            args["owner"] = self.owner
+        self._sender.run(mode, command, args, key, items, self._chunk(mode), words, to_json, done)
 
-    def _execute_fd(self, command: str, args: Mapping[str, object], fd: int) -> Any:
+    def _count(self) -> None:
         self.commands_sent += 1
-        try:
-            return self.session.execute_with_fd(command, args, fd, PAYLOAD_FD, self.timeout)
-        except ExecuteError as e:
-            raise BackendError(f"{command}: {e}") from e
-
-    @staticmethod
-    def _map_words(part: Sequence[MapEntry]) -> list[int]:
-        out: list[int] = []
-        for m in part:
-            out += (m.iova, m.size, m.addr, m.read | m.write << 1)
-        return out
-
-    @staticmethod
-    def _range_words(part: Sequence[tuple[int, int]]) -> list[int]:
-        out: list[int] = []
-        for iova, size in part:
-            out += (iova, size)
-        return out
 
     def map(self, domain: int, mappings: list[MapEntry]) -> None:
         done: list[MapEntry] = []
@@ -324,7 +291,7 @@ class QmpBackend:
                 domain,
                 "mappings",
                 mappings,
-                self._map_words,
+                map_words,
                 self._mapping,
                 lambda part, _: done.extend(part),
             )
@@ -344,11 +311,45 @@ class QmpBackend:
             domain,
             "ranges",
             ranges,
-            self._range_words,
+            range_words,
             lambda r: {"iova": r[0], "size": r[1]},
             add,
         )
         return total[0]
+
+    def map_pages(
+        self,
+        domain: int,
+        iova: int,
+        addr: int,
+        size: int,
+        read: bool = True,
+        write: bool = True,
+        page: int = 4096,
+    ) -> None:
+        """Map [iova, iova + size) to addr as one mapping per ``page`` (no blocks: what a
+        VMM that maps guest RAM page by page asks), packed without an object per page; all
+        or nothing like :meth:`map`."""
+        if size % page or iova % page or addr % page:
+            raise BackendError(f"map_pages: iova, addr and size must be multiples of {page}")
+        flags = (READ if read else 0) | (WRITE if write else 0)
+        done: list[range] = []
+        try:
+            self._bulk(
+                "x-iommulab-map",
+                domain,
+                "mappings",
+                range(size // page),
+                lambda part: page_words(cast(range, part), iova, addr, page, flags),
+                lambda k: self._mapping(
+                    MapEntry(iova + k * page, page, addr + k * page, read, write)
+                ),
+                lambda part, _: done.append(cast(range, part)),
+            )
+        except BackendError:
+            if done:
+                self.unmap(domain, [(iova + r.start * page, len(r) * page) for r in done])
+            raise
 
     def attach(self, device: str, mode: AttachMode, domain: int | None = None) -> None:
         args: dict[str, object] = {"device": device, "mode": mode}

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClient, QMPError
@@ -97,6 +98,15 @@ class _Client(QMPClient):
         return msg_id
 
 
+@dataclass
+class Submitted:
+    """Commands sent by :meth:`QmpSession.submit_with_fd`, answered by ``finish``."""
+
+    command: str
+    msgs: list[Message]
+    ids: list[str | None]
+
+
 class QmpError(Exception):
     """The QMP connection could not be made, timed out, or broke (not a refused command)."""
 
@@ -113,7 +123,7 @@ def parse_address(text: str) -> str | tuple[str, int]:
     return text
 
 
-def memfd_from(data: bytes, name: str = "iommulab-payload") -> int:
+def memfd_from(data: bytes | memoryview, name: str = "iommulab-payload") -> int:
     """A sealed memfd holding ``data`` from offset 0 (a bulk payload for ``fd`` arguments,
     docs/qmp.md "Bulk payloads"); the caller closes it."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -262,14 +272,27 @@ class QmpSession:
         (whose arguments name it), both sent at once and answered in order: one round trip.
         The caller keeps and closes its own copy of ``fd``.  A refused ``getfd`` raises its
         error (the command then fails too: the fd is not there)."""
-        t = self.timeout if timeout == -1.0 else timeout
+        return self.finish(self.submit_with_fd(command, args, fd, fdname), timeout)
+
+    def submit_with_fd(
+        self, command: str, args: Mapping[str, object], fd: int, fdname: str = "iommulab-payload"
+    ) -> Submitted:
+        """:meth:`execute_with_fd` without waiting: the caller may work (pack the next
+        payload) while QEMU runs the command, then :meth:`finish` it.  Only one may be in
+        flight: a second fd sent before QEMU took the first would replace it."""
         msgs = [
             QMPClient.make_execute_msg("getfd", {"fdname": fdname}),
             QMPClient.make_execute_msg(command, dict(args)),
         ]
-        return self._wait(self._pipelined(msgs, fd), t, command)[-1]
+        ids = self._wait(self._issue_all(msgs, fd), self.timeout, command)
+        return Submitted(command, msgs, ids)
 
-    async def _pipelined(self, msgs: list[Message], fd: int | None) -> list[object]:
+    def finish(self, sub: Submitted, timeout: float | None = -1.0) -> Any:
+        """The answer of a :meth:`submit_with_fd` command (``ExecuteError`` if refused)."""
+        t = self.timeout if timeout == -1.0 else timeout
+        return self._wait(self._replies(sub), t, sub.command)[-1]
+
+    async def _issue_all(self, msgs: list[Message], fd: int | None) -> list[str | None]:
         client = self._client
         if fd is not None:
             client.send_fd_scm(fd)
@@ -277,8 +300,11 @@ class QmpSession:
         for msg in msgs:
             msg["id"] = client._get_exec_id()  # qemu.qmp's own id scheme
             ids.append(await client._issue(msg))
-        replies = [await client._reply(i) for i in ids]
-        for msg, reply in zip(msgs, replies, strict=True):
+        return ids
+
+    async def _replies(self, sub: Submitted) -> list[object]:
+        replies = [await self._client._reply(i) for i in sub.ids]
+        for msg, reply in zip(sub.msgs, replies, strict=True):
             if "error" in reply:
                 raise ExecuteError(ErrorResponse(reply), msg, reply)
         return [reply["return"] for reply in replies]

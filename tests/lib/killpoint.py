@@ -3,8 +3,8 @@
     IOMMULAB_KILL_AFTER=N  python tests/lib/killpoint.py --qmp SOCK map-ram edu0
     IOMMULAB_QMP_LOG=FILE  python tests/lib/killpoint.py ...   (one command name a line)
 
-The hook wraps :meth:`pyctl.qemu.qmp.QmpSession.execute` and ``execute_with_fd`` (a
-command with a payload fd, counted as one) in this process only:
+The hook wraps :meth:`pyctl.qemu.qmp.QmpSession.execute` and ``finish`` (a command sent
+with a payload fd, counted as one when answered) in this process only:
 the product code has no kill point of its own, and without the variables this
 is just ``iommulab``.  The kill comes after QEMU answered command N (a
 command QEMU received is carried out whether or not its client lives to read
@@ -34,7 +34,7 @@ def install(kill_after: int | None, log: Path | None) -> None:
             sent += 1
             if log is not None:
                 with log.open("a") as f:
-                    f.write(f"{args[0]}\n")
+                    f.write(f"{getattr(args[0], 'command', args[0])}\n")
             if sent == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
@@ -42,7 +42,7 @@ def install(kill_after: int | None, log: Path | None) -> None:
         return execute
 
     QmpSession.execute = counted(QmpSession.execute)  # type: ignore[method-assign]
-    QmpSession.execute_with_fd = counted(QmpSession.execute_with_fd)  # type: ignore[method-assign]
+    QmpSession.finish = counted(QmpSession.finish)  # type: ignore[method-assign]
 
 
 def main() -> int:

@@ -171,3 +171,21 @@ def test_every_payload_form_maps_the_same(hw: QmpBackend, payload: str) -> None:
     assert dom.mappings == tuple(batch)
     assert hw.unmap(1, [(m.iova, m.size) for m in batch[:5]]) == 5 * 4096
     assert hw.query().domains[0].mappings == tuple(batch[5:])
+
+
+def test_map_pages_maps_one_page_each_all_or_nothing(hw: QmpBackend) -> None:
+    from pyctl.iommufd import BackendError
+    from pyctl.iommufd.backend import MapEntry
+
+    assert hw.payload_mode(1) == "inline"  # a tiny batch is cheapest as JSON
+    hw.map_chunk = 3
+    hw.domain_alloc(1, "paging")
+    hw.map_pages(1, 0x100000, 0x200000, 8 * 4096, write=False)
+    # separate 4 KiB mappings, merged in the answer (same permissions, contiguous)
+    (dom,) = hw.query().domains
+    assert dom.mappings == (MapEntry(0x100000, 8 * 4096, 0x200000, True, False),)
+    assert hw.counters()["iotlb-entries"] == 0
+    hw.map(1, [MapEntry(0x10_0000 + 20 * 4096, 4096, 0, True, True)])
+    with pytest.raises(BackendError, match="x-iommulab-map"):  # the 7th chunk overlaps
+        hw.map_pages(1, 0x100000 + 8 * 4096, 0, 16 * 4096)
+    assert len(hw.query().domains[0].mappings) == 2  # the first chunks were undone

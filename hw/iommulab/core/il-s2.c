@@ -395,6 +395,7 @@ ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
                         size_t *bad_index)
 {
     ILError err;
+    bool sorted = true;
 
     for (size_t i = 0; i < n; i++) {
         err = il_s2_check_mapping(s2, &maps[i]);
@@ -408,7 +409,11 @@ ILError il_s2_map_batch(ILS2 *s2, const ILMapping *maps, size_t n,
             return err;
         }
     }
-    if (n > 1) {
+    /* A batch in iova order (as control planes send them) needs no sort. */
+    for (size_t k = 1; k < n && sorted; k++) {
+        sorted = maps[k - 1].iova + (maps[k - 1].size - 1) < maps[k].iova;
+    }
+    if (!sorted) {
         S2Span *spans = il_zalloc_array(n, sizeof(*spans));
 
         if (!spans) {
