@@ -67,7 +67,8 @@ def soak(session: Session, args: argparse.Namespace, out: Path, name: str) -> in
     rate = stats.ops / stats.seconds if stats.seconds else 0.0
     print(
         f"{name}: seeds {args.seed}..{seed - 1}, {stats.ops} calls in {stats.seconds:.1f} s "
-        f"({rate:.0f} calls/s), {len(found)} divergences; answers {stats.errors}"
+        f"({rate:.0f} calls/s), {len(found)} divergences; documented differences "
+        f"{stats.known}; answers {stats.errors}"
     )
     return 1 if found else 0
 
