@@ -187,3 +187,21 @@ def test_a_mock_domain_cannot_attach_to_its_own_unfinished_selftest_object(
     assert model.run(Op("ia", (0,))) == Answer(None, (1,))
     assert model.run(Op("md", (2,))) == Answer("ENOENT")  # id 2 is the new SELFTEST object
     assert model.run(Op("md", (1,))) == Answer(None, (2, 4, 3))
+
+
+def test_documented_differences_are_recognised_narrowly() -> None:
+    from pyctl.conformance.known import known_difference
+
+    long = U64 - 4095  # above SIZE_MAX - PAGE_SIZE
+    op = Op("m", (1, RW | FIXED, APERTURE, Src(1, 0), long))
+    einval, eoverflow = Answer("EINVAL"), Answer("EOVERFLOW")
+    name = "map-length-before-overflow"
+    assert known_difference(op, einval, eoverflow, HELLO, 4096) == name
+    assert known_difference(op, eoverflow, einval, HELLO, 4096) is None  # the other way round
+    assert known_difference(op, einval, Answer(None, (APERTURE,)), HELLO, 4096) is None
+    short = Op("m", (1, RW | FIXED, APERTURE, Src(1, 0), 0x1000))
+    assert known_difference(short, einval, eoverflow, HELLO, 4096) is None
+    no_overflow = Op("m", (1, RW | FIXED, APERTURE, 0, long))  # user_va 0: no wrap
+    assert known_difference(no_overflow, einval, eoverflow, HELLO, 4096) is None
+    unmap = Op("u", (1, APERTURE, long))
+    assert known_difference(unmap, einval, eoverflow, HELLO, 4096) is None
