@@ -55,7 +55,7 @@ CONTROL: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench-qmp-input.py", ["--rounds", "5"], ["--rounds", "2", "--calls", "50"]),
     (
         "bench-iommufd.py",
-        ["--areas", "100000", "--ops", "1000", "--plain-ops", "5", "--qmp-pages", "65536"],
+        ["--areas", "50000", "--ops", "1000", "--plain-ops", "5", "--qmp-pages", "16384"],
         ["--areas", "10000", "--ops", "200", "--plain-ops", "2", "--qmp-pages", "4096"],
     ),
     (
