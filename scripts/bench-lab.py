@@ -50,7 +50,11 @@ FULL = Plan("64M", "8M", 100)
 QUICK = Plan("32M", "4M", 40)
 #: control-path scripts (other helpers' own), their arguments (full, quick)
 CONTROL: tuple[tuple[str, list[str], list[str]], ...] = (
-    ("bench-qmp.py", ["--calls", "3000", "--rounds", "3"], ["--calls", "300", "--rounds", "2"]),
+    (
+        "bench-qmp.py",
+        ["--calls", "2000", "--rounds", "3"],
+        ["--calls", "300", "--rounds", "2", "--pages", "16384", "--no-ram"],
+    ),
     # needs a QEMU build without the QMP input patch: run only with --unpatched-qemu
     ("bench-qmp-input.py", ["--rounds", "5"], ["--rounds", "2", "--calls", "50"]),
     (
