@@ -32,6 +32,7 @@ def _qmp(lab: Lab, name: str, **args: Any) -> Any:
 
 def dma_check(lab: Lab, policy: dict[str, Any] | None = None) -> None:
     """Raise a Finding unless bytes land through the new domain and nowhere else."""
+    lab.release_owners()
     state = lab.lab_state()
     dom = free_domain([d["domain"] for d in state["domains"]])
     pattern = bytes((i * 7 + 3) & 0xFF for i in range(64))

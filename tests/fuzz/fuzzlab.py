@@ -246,6 +246,24 @@ class Lab:
         res: dict[str, Any] = self.qmp("x-iommulab-query", iommu=self.iommu)
         return res
 
+    def ownable(self) -> list[str]:
+        """The devices that can be owned (docs/qmp.md "Ownership")."""
+        return [self.iommu, *(p["path"] for p in self.phbs)]
+
+    def owners(self) -> dict[str, Any]:
+        return {d: self.qmp("x-iommulab-query-owner", device=d) for d in self.ownable()}
+
+    def release_owners(self) -> None:
+        """Give up whatever the stream claimed (tokens are not secret: query-owner names
+        them), so that the harness's own programming is not refused."""
+        for d, o in self.owners().items():
+            if "owner" in o:
+                out = self.run(
+                    Step("qmp", "x-iommulab-owner-release", {"device": d, "owner": o["owner"]})
+                )
+                if not out.ok:
+                    raise Finding("divergence", f"release of {d} by its token refused: {out.error}")
+
     def snapshot(self) -> str:
         """Everything a refused command must leave alone, canonical JSON."""
         counters = self.qmp("x-iommulab-query-counters", iommu=self.iommu)
@@ -256,6 +274,7 @@ class Lab:
             "query": self.lab_state(),
             "counters": counters,
             "faults": [len(faults["faults"]), faults["dropped"]],
+            "owners": self.owners(),
         }
         if self.target == "pseries":
             snap["phbs"] = self.qmp("x-iommulab-spapr-query-phbs")

@@ -14,15 +14,23 @@ state must survive it with an empty IOTLB.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import random
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from fuzzlab import EDU_BUF, Finding, Lab, Step, diff, free_domain, paths
 
 from pyctl.qemu.pseries_qtest import H_PUT_TCE, LIOBN0
+
+#: the inline list of the commands with bulk forms (docs/qmp.md "Bulk payloads")
+SOURCES = {"x-iommulab-map": "mappings", "x-iommulab-unmap": "ranges",
+           "x-iommulab-invalidate": "ranges"}  # fmt: skip
+#: owner tokens of the stream (a claim by one refuses the other's changes)
+OWNERS = ["fuzz-a", "fuzz-b", "fuzz-a"]
 
 U64 = 1 << 64
 ADDRS = [
@@ -202,6 +210,10 @@ class QmpFuzzer:
         r, lab = self.rnd, self.lab
         if r.random() < 0.02:
             return r.choice(self.mem.names) * r.randint(100, 400)  # a few KiB
+        if name in ("owner", "to") and not self._hostile():
+            return r.choice(OWNERS)
+        if name == "data" and not self._hostile():
+            return self._packed()
         if not self._hostile():
             if name == "iommu":
                 if r.random() < 0.85:
@@ -210,6 +222,20 @@ class QmpFuzzer:
             if name == "device":
                 return r.choice(lab.requesters + self.mem.devices)
         return r.choice(self.mem.names + self.mem.devices)
+
+    def _packed(self) -> str:
+        """base64 of 1-4 plausible records (docs/qmp.md "Bulk payloads"): 4 words can be
+        read as a mapping or as two ranges."""
+        words: list[int] = []
+        for _ in range(self.rnd.randint(1, 4)):
+            words += [
+                self._int("iova"),
+                self._int("size"),
+                self._int("addr"),
+                self.rnd.choice([1, 2, 3, 3, 4]),
+            ]
+        words = [w % (1 << 64) for w in words]  # hostile ints wrap to 64 bits
+        return base64.b64encode(struct.pack(f"<{len(words)}Q", *words)).decode()
 
     def value(self, name: str, t: Any) -> Any:
         kind = t[0]
@@ -284,7 +310,23 @@ class QmpFuzzer:
         # on q35 the sPAPR commands only have their stub's refusal to test
         weights = [0.2 if self.lab.target == "q35" and "spapr" in n else 1.0 for n in names]
         name = self.rnd.choices(names, weights)[0]
-        return name, self.obj(self.schema.commands[name])
+        return name, self._one_source(name, self.obj(self.schema.commands[name]))
+
+    def _one_source(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Most calls of a command with bulk forms give exactly one (inline or data), as a
+        control plane would; the rest keep whatever combination the schema drew."""
+        key = SOURCES.get(name)
+        if key is None or self._hostile() or self.rnd.random() < 0.2:
+            return args
+        for k in (key, "data", "fd", "count"):
+            args.pop(k, None)
+        members = {n: t for n, t, _ in self.schema.commands[name]}
+        pick = self.rnd.choice([key, key, "data"])
+        args[pick] = self.value(pick, members[pick])
+        if name == "x-iommulab-invalidate":
+            args.pop("iova", None)
+            args.pop("size", None)
+        return args
 
     def step(self) -> None:
         lab = self.lab
@@ -341,6 +383,7 @@ class QmpFuzzer:
         """A fresh domain mapping 16 KiB of RAM, edu0 (pseries: the PHB, s2) attached to it,
         so that traffic fills the IOTLB; refusals here are checked like any other."""
         lab = self.lab
+        lab.release_owners()
         dom = free_domain(self.mem.domains, 2000)
         pseries = lab.target == "pseries"
         m = {
