@@ -31,7 +31,7 @@ from typing import Any, Self, TypeVar
 
 from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClient, QMPError
 from qemu.qmp.models import ErrorResponse
-from qemu.qmp.qmp_client import GreetingError
+from qemu.qmp.qmp_client import BadReplyError, GreetingError
 
 __all__ = [
     "READ_LIMIT",
@@ -69,6 +69,14 @@ _QUERY_PAGE = QUERY_MAX_MAPPINGS * 123 + 4096 * 201
 READ_LIMIT = -(-(max(_TCE_PAGE, _QUERY_PAGE) + (4 << 20)) // (1 << 20)) << 20
 
 
+def _lazy_message(cmd: str, arguments: Mapping[str, object] | None, oob: bool = False) -> Message:
+    """An execute message encoded only when sent."""
+    body: dict[str, object] = {"exec-oob" if oob else "execute": cmd}
+    if arguments is not None:
+        body["arguments"] = arguments
+    return Message(body, eager=False)
+
+
 class _Client(QMPClient):
     """QMPClient, cheaper per command (qemu.qmp is pinned, 0.0.6): no debug string of
     every message (a JSON dump) unless the debug log is on, and a command is written
@@ -84,6 +92,19 @@ class _Client(QMPClient):
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("<-- %s", msg)
         return msg
+
+    async def execute(
+        self, cmd: str, arguments: Mapping[str, object] | None = None, oob: bool = False
+    ) -> object:
+        # one JSON encoding per command: qemu.qmp's execute() encodes three times (an
+        # eager Message, its copy, the send), which triples the cost of a large command
+        msg = _lazy_message(cmd, arguments, oob)
+        reply = await self._execute(msg)
+        if "error" in reply:
+            raise ExecuteError(ErrorResponse(reply), msg, reply)
+        if "return" not in reply:
+            raise BadReplyError("QMP reply is missing 'error' or 'return'", reply, msg)
+        return reply["return"]
 
     async def _issue(self, msg: Message) -> str | None:
         # write at once instead of waking the writer task: one loop turn less
@@ -280,10 +301,7 @@ class QmpSession:
         """:meth:`execute_with_fd` without waiting: the caller may work (pack the next
         payload) while QEMU runs the command, then :meth:`finish` it.  Only one may be in
         flight: a second fd sent before QEMU took the first would replace it."""
-        msgs = [
-            QMPClient.make_execute_msg("getfd", {"fdname": fdname}),
-            QMPClient.make_execute_msg(command, dict(args)),
-        ]
+        msgs = [_lazy_message("getfd", {"fdname": fdname}), _lazy_message(command, args)]
         ids = self._wait(self._issue_all(msgs, fd), self.timeout, command)
         return Submitted(command, msgs, ids)
 
