@@ -81,7 +81,10 @@ class LoopbackRunner:
         for s, e in f.reserved:
             ranges += [s - 1, e + 1]
         ranges.append(f.aperture[1])
-        head = (f.page_size, f.hw_info_type, f.test_reg, f.capabilities, f.hpage_size, f.pgsize)
+        if f.mock_errno is not None:
+            code = getattr(_errno, f.mock_errno)
+            return Answer(None, (f.page_size, f.hpage_size, code, 0, 0, 0, 0, 0))
+        head = (f.page_size, f.hpage_size, 0, f.hw_info_type, f.test_reg, f.capabilities, f.pgsize)
         return Answer(None, (*head, len(ranges) // 2, *ranges))
 
     def send(self, lines: list[str]) -> None:

@@ -31,7 +31,7 @@ from pyctl.iommufd.backend import (
 )
 from pyctl.iommufd.errors import BackendError
 
-from .protocol import Answer, ProtocolError
+from .protocol import Answer, ProtocolError, errno_name
 
 Range = tuple[int, int]
 
@@ -48,6 +48,9 @@ class MockFacts:
     pgsize: int  # the mock domain's smallest page (the IOAS's IOVA alignment)
     aperture: Range
     reserved: tuple[Range, ...]  # holes inside the aperture
+    #: the kernel cannot create mock devices: IOMMU_TEST_OP_MOCK_DOMAIN's errno
+    #: (then the device facts above are placeholders for the generator only)
+    mock_errno: str | None = None
 
     def device(self, name: str) -> DeviceHwInfo:
         start, last = self.aperture
@@ -68,11 +71,18 @@ def facts_from_probe(ans: Answer) -> MockFacts:
     if ans.errno is not None:
         raise ProtocolError(f"the runner's probe failed: {ans.errno} (is CONFIG_IOMMUFD_TEST on?)")
     v = ans.values
-    if len(v) < 7 or len(v) != 7 + 2 * v[6] or v[6] == 0:
+    if len(v) < 8 or len(v) != 8 + 2 * v[7]:
         raise ProtocolError(f"bad probe answer {ans}")
-    ranges = [(v[7 + 2 * i], v[8 + 2 * i]) for i in range(v[6])]
+    page, thp, mock_err = v[0], v[1], v[2]
+    if mock_err:  # no mock devices: IOAS calls only
+        return MockFacts(
+            page, 0, 0, 0, thp, page, (1 << 24, (1 << 31) - 1), (), errno_name(mock_err)
+        )
+    if v[7] == 0:
+        raise ProtocolError(f"bad probe answer {ans}: no IOVA range")
+    ranges = [(v[8 + 2 * i], v[9 + 2 * i]) for i in range(v[7])]
     holes = tuple((a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(ranges))
-    return MockFacts(v[0], v[1], v[2], v[3], v[4], v[5], (ranges[0][0], ranges[-1][1]), holes)
+    return MockFacts(page, v[3], v[4], v[5], thp, v[6], (ranges[0][0], ranges[-1][1]), holes)
 
 
 @dataclass

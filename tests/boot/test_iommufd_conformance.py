@@ -84,6 +84,9 @@ class IommufdConformance(Test):  # type: ignore[misc]
             "seconds_per_10000": round(stats.seconds * 10000 / max(stats.ops, 1), 2),
             "boot_s": round(boot_s, 1),
             "facts": {
+                # None: mock devices work; else IOMMU_TEST_OP_MOCK_DOMAIN's errno (pseries
+                # 6.12: the TCE IOMMU probes the mock device, bind is EINVAL)
+                "mock_device_errno": facts.mock_errno,
                 "page_size": facts.page_size,
                 "thp": facts.hpage_size,
                 "mock_page": facts.pgsize,

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from pyctl.conformance import Answer, ModelSide, Op, Src
+from pyctl.conformance import Answer, ModelSide, Op, RunStats, Session, Src, differential
 from pyctl.conformance.generator import Generator
 from pyctl.conformance.loopback import HELLO, PPC64LE_FACTS, X86_FACTS, LoopbackRunner
 from pyctl.conformance.mockhw import MockFacts, MockHardware
@@ -205,3 +205,21 @@ def test_documented_differences_are_recognised_narrowly() -> None:
     assert known_difference(no_overflow, einval, eoverflow, HELLO, 4096) is None
     unmap = Op("u", (1, APERTURE, long))
     assert known_difference(unmap, einval, eoverflow, HELLO, 4096) is None
+
+
+def test_a_kernel_without_mock_devices_runs_the_ioas_calls() -> None:
+    """pseries 6.12: the platform's TCE IOMMU probes the mock device, whose bind is
+    then EINVAL; the model answers mock-domain calls with the kernel's errno, and the
+    run goes on with the IOAS calls (64 KiB pages)."""
+    facts = replace(PPC64LE_FACTS, mock_errno="EINVAL")
+    m = ModelSide(facts, HELLO)
+    m.run(Op("S"))
+    assert run(m, Op("ia", (0,)), Op("md", (1,)), Op("md", (7,)), Op("ia", (0,))) == [
+        Answer(None, (1,)),
+        Answer("EINVAL"),
+        Answer("EINVAL"),  # bind fails before the page table is looked up
+        Answer(None, (2,)),  # the SELFTEST and DEVICE ids were given back
+    ]
+    stats = RunStats()
+    assert differential(Session(LoopbackRunner(facts)), 5, 2000, stats=stats) is None
+    assert stats.errors["ok"] > 500

@@ -84,8 +84,8 @@ def test_hello() -> None:
 
 
 def test_facts_from_the_probe() -> None:
-    # page size, hw info type, test reg, caps, THP size, alignment, 2 ranges around a hole
-    ans = Answer(None, (0x10000, 0xFEEDBEEF, 0xDEADBEEF, 1, 1 << 21, 0x8000, 2, 0x1000000,
+    # page size, THP size, mock errno, hw info type, test reg, caps, alignment, 2 ranges
+    ans = Answer(None, (0x10000, 1 << 21, 0, 0xFEEDBEEF, 0xDEADBEEF, 1, 0x8000, 2, 0x1000000,
                         0x1FFFFFF, 0x3000000, 0x7FFFFFFF))  # fmt: skip
     f = facts_from_probe(ans)
     assert (f.page_size, f.hpage_size, f.pgsize) == (0x10000, 1 << 21, 0x8000)
@@ -93,6 +93,9 @@ def test_facts_from_the_probe() -> None:
     assert f.reserved == ((0x2000000, 0x2FFFFFF),)
     dev = f.device("iommufd_mock0")
     assert (dev.ias, dev.aperture_start, dev.pgsize_bitmap) == (31, 0x1000000, 0x8000)
+    assert f.mock_errno is None
+    none = facts_from_probe(Answer(None, (0x10000, 1 << 21, 22, 0, 0, 0, 0, 0)))
+    assert (none.mock_errno, none.page_size, none.hpage_size) == ("EINVAL", 0x10000, 1 << 21)
     with pytest.raises(ProtocolError, match="IOMMUFD_TEST"):
         facts_from_probe(Answer("ENOENT"))
     with pytest.raises(ProtocolError, match="bad probe"):
