@@ -33,6 +33,8 @@ from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClie
 from qemu.qmp.models import ErrorResponse
 from qemu.qmp.qmp_client import BadReplyError, GreetingError
 
+from . import qmp_fast
+
 __all__ = [
     "READ_LIMIT",
     "Address",
@@ -100,6 +102,15 @@ class _Client(QMPClient):
         # eager Message, its copy, the send), which triples the cost of a large command
         msg = _lazy_message(cmd, arguments, oob)
         reply = await self._execute(msg)
+        if "error" in reply:
+            raise ExecuteError(ErrorResponse(reply), msg, reply)
+        if "return" not in reply:
+            raise BadReplyError("QMP reply is missing 'error' or 'return'", reply, msg)
+        return reply["return"]
+
+    async def reply_of(self, msg_id: str, msg: Message) -> object:
+        """The answer to ``msg``, sent already under ``msg_id`` (see qmp_fast)."""
+        reply = await self._reply(msg_id)
         if "error" in reply:
             raise ExecuteError(ErrorResponse(reply), msg, reply)
         if "return" not in reply:
@@ -265,6 +276,11 @@ class QmpSession:
     ) -> Any:
         """Run one command; ``ExecuteError`` if QEMU refuses it."""
         t = self.timeout if timeout == -1.0 else timeout
+        state, value = qmp_fast.execute(self._client, command, args or None, t)
+        if state == qmp_fast.DONE:
+            return value
+        if state == qmp_fast.SENT:
+            return self._wait(self._client.reply_of(*value), t, command)
         return self._wait(self._client.execute(command, dict(args) if args else None), t, command)
 
     def cmd(self, cmd: str, **args: Any) -> Any:
