@@ -189,3 +189,21 @@ def test_map_pages_maps_one_page_each_all_or_nothing(hw: QmpBackend) -> None:
     with pytest.raises(BackendError, match="x-iommulab-map"):  # the 7th chunk overlaps
         hw.map_pages(1, 0x100000 + 8 * 4096, 0, 16 * 4096)
     assert len(hw.query().domains[0].mappings) == 2  # the first chunks were undone
+
+
+def test_fast_path_keeps_events_errors_and_big_answers(hw: QmpBackend) -> None:
+    """QmpSession's synchronous path hands events that come before an answer to the
+    listeners, raises QEMU's refusals, and reads answers of megabytes (qmp_fast.py)."""
+    from qemu.qmp import ExecuteError
+
+    s = hw.session
+    events = s.listen(["RESUME", "STOP"])
+    s.cmd("cont")  # RESUME comes before the answer: qemu.qmp's reader takes over
+    s.cmd("stop")
+    assert [e["event"] for e in s.drain(events)] == ["RESUME", "STOP"]
+    with pytest.raises(ExecuteError, match="'nosuch' is not") as e:
+        s.cmd("x-iommulab-query", iommu="nosuch")
+    assert e.value.error.error.class_ == "GenericError"
+    schema = s.cmd("query-qmp-schema")  # ~300 KB in one line
+    assert any(x.get("name") == "x-iommulab-map" for x in schema)
+    assert s.cmd("query-status")["status"] == "paused"
