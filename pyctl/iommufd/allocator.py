@@ -15,7 +15,7 @@ address order, and the scan stops at the best candidate found so far.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from sortedcontainers import SortedDict, SortedList
 
@@ -141,10 +141,19 @@ class HoleSet:
             self._insert(s, e)
 
     # -- allocation ------------------------------------------------------------
-    def find(self, length: int, align: int, page_offset: int = 0) -> int | None:
-        """Lowest IOVA where ``length`` bytes fit with the kernel's alignment rule."""
+    def find(
+        self, length: int, align: int, page_offset: int = 0, spans: list[Range] | None = None
+    ) -> int | None:
+        """Lowest IOVA where ``length`` bytes fit with the kernel's alignment rule.
+
+        ``spans``: the allowed spans (sorted, disjoint) the holes lie in.  The kernel
+        first moves each span's start to ``ALIGN_UP(start) | page_offset``
+        (``__alloc_iova_check_used()`` on the allowed span) and only then looks at
+        the holes from there, so a hole at the head of a span starts no lower.
+        """
         if length <= 0:
             return None
+        fit = self._fitter(length, align, page_offset, spans)
         need = length + align - 1 + page_offset
         if length == 1:
             need += 1  # hole_fit never starts on a hole's last byte
@@ -157,7 +166,7 @@ class HoleSet:
             if (1 << k) >= need:
                 s = bucket[0]
                 if best is None or s < best:
-                    pos = hole_fit(s, self._holes[s], length, align, page_offset)
+                    pos = fit(s, self._holes[s])
                     if pos is not None:
                         best = pos if best is None else min(best, pos)
                 continue
@@ -166,11 +175,35 @@ class HoleSet:
             for s in bucket:
                 if best is not None and s >= best:
                     break
-                pos = hole_fit(s, self._holes[s], length, align, page_offset)
+                pos = fit(s, self._holes[s])
                 if pos is not None:
                     best = pos
                     break
         return best
+
+    @staticmethod
+    def _fitter(
+        length: int, align: int, page_offset: int, spans: list[Range] | None
+    ) -> Callable[[int, int], int | None]:
+        if not spans:
+            return lambda s, e: hole_fit(s, e, length, align, page_offset)
+        starts = [sp[0] for sp in spans]
+
+        def fit(s: int, e: int) -> int | None:
+            i = bisect.bisect_right(starts, s) - 1
+            if i < 0:
+                return hole_fit(s, e, length, align, page_offset)
+            span_start, span_last = spans[i]
+            head = hole_fit(span_start, span_last, length, align, page_offset)
+            if head is None:  # the span itself cannot take it
+                return None
+            if s < head:
+                s = head
+                if s > e:
+                    return None
+            return hole_fit(s, e, length, align, page_offset)
+
+        return fit
 
 
 def allocatable_base(

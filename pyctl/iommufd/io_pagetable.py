@@ -20,7 +20,7 @@ from .backend import DomainMapper, HardwareBackend, MapEntry, ResvRegion
 from .errors import IommufdError
 from .pages import entries, fill_domains, hw_errors, unfill_domains
 from .pinning import Pins
-from .ranges import Range, complement, normalize, overlaps
+from .ranges import Range, complement, intersect, normalize, overlaps
 from .uapi import PAGE_SIZE, U64_MAX, ULONG_MAX
 
 
@@ -141,10 +141,18 @@ class IoPagetable:
                 "EINVAL",
                 f"allocation alignment {want:#x} below IOAS alignment {self.iova_alignment:#x}",
             )
-        found = self.holes.find(length, want, addr % self.page_size)
+        found = self.holes.find(length, want, addr % self.page_size, self._allowed_spans())
         if found is None:
             raise IommufdError("ENOSPC", f"no free IOVA for {length:#x} bytes")
         return found
+
+    def _allowed_spans(self) -> list[Range]:
+        """The spans iopt_alloc_iova() walks: the allowed ranges (all if none), joined
+        where they touch, within PAGE_SIZE .. ULONG_MAX - PAGE_SIZE."""
+        lo, hi = self.page_size, ULONG_MAX - self.page_size
+        if not self.allowed:
+            return [(lo, hi)]
+        return intersect(normalize(self.allowed), [(lo, hi)])
 
     def check_iova(self, iova: int, length: int) -> None:
         """iopt_check_iova(): a FIXED_IOVA map (allowed ranges do not apply)."""

@@ -223,3 +223,16 @@ def test_a_kernel_without_mock_devices_runs_the_ioas_calls() -> None:
     stats = RunStats()
     assert differential(Session(LoopbackRunner(facts)), 5, 2000, stats=stats) is None
     assert stats.errors["ok"] > 500
+
+
+def test_automatic_iova_starts_from_the_span_head_like_the_kernel() -> None:
+    """Found by the run on pseries (64 KiB pages): with an in-page offset the kernel
+    first moves the allowed span's start to ALIGN_UP(start) | offset and looks for
+    holes from there, so 1-byte areas at the span's head do not push the IOVA up."""
+    m = ModelSide(replace(PPC64LE_FACTS, mock_errno="EINVAL"), HELLO)
+    m.run(Op("S"))
+    m.run(Op("ia", (0,)))
+    for i in range(3):  # 1-byte areas at 0x10000, 0x10001, 0x10002
+        assert m.run(Op("m", (1, RW, 0, Src(0, 0), 1))) == Answer(None, (0x10000 + i,))
+    # user address ...0x39: alignment 1, page offset 0x39: the kernel answers 0x10039
+    assert m.run(Op("m", (1, RW, 0, Src(0, 0x500039), 0xE0000))) == Answer(None, (0x10039,))
