@@ -131,6 +131,19 @@ class BulkSender:
         done: Callable[[Sequence[T], Any], None],
     ) -> None:
         args = {**args, "fd": PAYLOAD_FD}
+        if len(items) <= step:  # one command: nothing to overlap, the synchronous path
+            fd = memfd_from(pack(words(items)))
+            try:
+                self.sent()
+                answer = self.session.execute_with_fd(
+                    command, {**args, "count": len(items)}, fd, PAYLOAD_FD, self.timeout
+                )
+            except ExecuteError as e:
+                raise BackendError(f"{command}: {e}") from e
+            finally:
+                os.close(fd)
+            done(items, answer)
+            return
         prev: tuple[Sequence[T], Submitted] | None = None
         try:
             for i in range(0, len(items), step):

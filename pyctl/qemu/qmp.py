@@ -306,30 +306,43 @@ class QmpSession:
         timeout: float | None = -1.0,
     ) -> Any:
         """Pass ``fd`` (SCM_RIGHTS) to QEMU as ``fdname`` with ``getfd``, then run ``command``
-        (whose arguments name it), both sent at once and answered in order: one round trip.
-        The caller keeps and closes its own copy of ``fd``.  A refused ``getfd`` raises its
-        error (the command then fails too: the fd is not there)."""
-        return self.finish(self.submit_with_fd(command, args, fd, fdname), timeout)
+        (whose arguments name it).  The caller keeps and closes its own copy of ``fd``."""
+        self._pass_fd(fd, fdname)
+        return self.execute(command, args, timeout)
 
     def submit_with_fd(
         self, command: str, args: Mapping[str, object], fd: int, fdname: str = "iommulab-payload"
     ) -> Submitted:
-        """:meth:`execute_with_fd` without waiting: the caller may work (pack the next
-        payload) while QEMU runs the command, then :meth:`finish` it.  Only one may be in
+        """:meth:`execute_with_fd` without waiting for ``command``: the caller may work (pack
+        the next payload) while QEMU runs it, then :meth:`finish` it.  Only one may be in
         flight: a second fd sent before QEMU took the first would replace it."""
-        msgs = [_lazy_message("getfd", {"fdname": fdname}), _lazy_message(command, args)]
-        ids = self._wait(self._issue_all(msgs, fd), self.timeout, command)
+        self._pass_fd(fd, fdname)
+        msgs = [_lazy_message(command, args)]
+        ids = self._wait(self._issue_all(msgs), self.timeout, command)
         return Submitted(command, msgs, ids)
+
+    def _pass_fd(self, fd: int, fdname: str) -> None:
+        # the fd rides on getfd's own bytes (qmp_fast); else sent ahead of it, as qemu.qmp does
+        t = self.timeout
+        state, value = qmp_fast.execute(self._client, "getfd", {"fdname": fdname}, t, fd)
+        if state == qmp_fast.DONE:
+            return
+        if state == qmp_fast.SENT:
+            self._wait(self._client.reply_of(*value), t, "getfd")
+            return
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise QmpError(f"getfd: cannot pass the fd: {_reason(exc)}") from exc
+        self._wait(self._client.execute("getfd", {"fdname": fdname}), t, "getfd")
 
     def finish(self, sub: Submitted, timeout: float | None = -1.0) -> Any:
         """The answer of a :meth:`submit_with_fd` command (``ExecuteError`` if refused)."""
         t = self.timeout if timeout == -1.0 else timeout
         return self._wait(self._replies(sub), t, sub.command)[-1]
 
-    async def _issue_all(self, msgs: list[Message], fd: int | None) -> list[str | None]:
+    async def _issue_all(self, msgs: list[Message]) -> list[str | None]:
         client = self._client
-        if fd is not None:
-            client.send_fd_scm(fd)
         ids = []
         for msg in msgs:
             msg["id"] = client._get_exec_id()  # qemu.qmp's own id scheme
