@@ -32,9 +32,8 @@ MAP_CHUNK = 8192
 #: ranges per packed command: large enough that a command costs little, small enough that
 #: packing the next chunk overlaps QEMU's work on this one (at most the device's max-batch)
 PACKED_CHUNK = 1 << 16
-#: batches this small go as JSON under "auto": an fd command (memfd, getfd and the command,
-#: whose reading QEMU's monitor resumes only after getfd) costs about what 16 mappings of
-#: JSON do (scripts/bench-qmp.py, sections 2 and 3)
+#: batches this small go as JSON under "auto": an fd command (a memfd, getfd, the command:
+#: two round trips) costs about what 16 mappings of JSON do (scripts/bench-qmp.py)
 SMALL_BATCH = 16
 #: a packed mapping's flags
 READ, WRITE = 1, 2
