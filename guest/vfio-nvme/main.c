@@ -326,6 +326,7 @@ int main(int argc, char **argv)
     jstr(stdout, g_ctrl.serial);
     printf(", \"fw\": ");
     jstr(stdout, g_ctrl.fw);
+    printf(", \"bar\": \"%s\"", g_ctrl.bar ? "mmap" : "pread");
     printf(", \"vid\": %u, \"nsze\": %llu, \"lba_size\": %u, \"mdts\": %u, \"mqes\": %u",
            g_ctrl.vid, (unsigned long long)g_ctrl.nsze, g_ctrl.lba_size,
            g_ctrl.mdts_bytes, g_ctrl.mqes);

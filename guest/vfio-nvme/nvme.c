@@ -62,13 +62,25 @@ static struct vn_dma *g_dma;
 /* BAR0 is device memory: every access must reach it (volatile), in order. */
 static inline uint32_t rd32(struct vn_ctrl *c, uint32_t off)
 {
-    return *(volatile uint32_t *)(c->bar + off); /* device memory */
+    uint32_t v = ~0u;
+
+    if (c->bar) {
+        return *(volatile uint32_t *)(c->bar + off); /* device memory */
+    }
+    if (pread(c->bar_fd, &v, 4, c->bar_off + off) != 4) {
+        return ~0u;
+    }
+    return v;
 }
 
 static inline void wr32(struct vn_ctrl *c, uint32_t off, uint32_t v)
 {
     __sync_synchronize(); /* queue entries visible before the doorbell */
-    *(volatile uint32_t *)(c->bar + off) = v; /* device memory */
+    if (c->bar) {
+        *(volatile uint32_t *)(c->bar + off) = v; /* device memory */
+    } else if (pwrite(c->bar_fd, &v, 4, c->bar_off + off) != 4) {
+        fprintf(stderr, "vfio-nvme: BAR0 write at 0x%x: %s\n", off, strerror(errno));
+    }
 }
 
 static uint64_t rd64(struct vn_ctrl *c, uint32_t off)
@@ -138,17 +150,22 @@ void vn_ctrl_open(struct vn_ctrl *c, struct vn_dma *d, uint32_t qd)
     if (ioctl(d->dev_fd, VFIO_DEVICE_GET_REGION_INFO, &ri) < 0) {
         vn_fail("bar", "VFIO_DEVICE_GET_REGION_INFO BAR0: %s", strerror(errno));
     }
-    if (!(ri.flags & VFIO_REGION_INFO_FLAG_MMAP) || ri.size < 0x2000) {
-        vn_fail("bar", "BAR0 of %s cannot be mapped (flags 0x%x, %llu bytes)", d->pci,
-                ri.flags, (unsigned long long)ri.size);
+    if (ri.size < 0x2000 || !(ri.flags & VFIO_REGION_INFO_FLAG_READ) ||
+        !(ri.flags & VFIO_REGION_INFO_FLAG_WRITE)) {
+        vn_fail("bar", "BAR0 of %s is not a usable register window (flags 0x%x, %llu "
+                "bytes)", d->pci, ri.flags, (unsigned long long)ri.size);
     }
-    p = mmap(NULL, ri.size, PROT_READ | PROT_WRITE, MAP_SHARED, d->dev_fd, ri.offset);
-    if (p == MAP_FAILED) {
-        vn_fail("bar", "mmap BAR0 (%llu bytes): %s", (unsigned long long)ri.size,
-                strerror(errno));
-    }
-    c->bar = p;
+    c->bar_fd = d->dev_fd;
+    c->bar_off = ri.offset;
     c->bar_len = ri.size;
+    /*
+     * mmap when VFIO allows it; else (a BAR smaller than the kernel's page that
+     * shares it, e.g. 16 KiB BARs under 64 KiB pages) pread/pwrite the region.
+     */
+    p = (ri.flags & VFIO_REGION_INFO_FLAG_MMAP) ?
+        mmap(NULL, ri.size, PROT_READ | PROT_WRITE, MAP_SHARED, d->dev_fd, ri.offset) :
+        MAP_FAILED;
+    c->bar = p == MAP_FAILED ? NULL : p;
     pci_command(d, true);
 
     cap = rd64(c, REG_CAP);
@@ -438,7 +455,7 @@ int vn_ctrl_io(struct vn_ctrl *c, bool write, uint64_t lba0, uint32_t bs, uint64
 /* Best effort and bounded: delete the I/O queues, shut down, disable. */
 void vn_ctrl_close(struct vn_ctrl *c)
 {
-    if (!c->bar) {
+    if (!c->bar_len) {
         return;
     }
     if (c->ioq_created) {
@@ -463,6 +480,9 @@ void vn_ctrl_close(struct vn_ctrl *c)
     if (g_dma && g_dma->dev_fd >= 0) {
         pci_command(g_dma, false);
     }
-    munmap((void *)c->bar, c->bar_len);
+    if (c->bar) {
+        munmap((void *)c->bar, c->bar_len);
+    }
     c->bar = NULL;
+    c->bar_len = 0;
 }

@@ -52,6 +52,8 @@ struct vn_buf {
 struct vn_ctrl {
     volatile uint8_t *bar;  /* BAR0 mapping: device memory, every access counts */
     size_t bar_len;
+    int bar_fd;         /* no mmap: registers through pread/pwrite of the region */
+    uint64_t bar_off;
     uint32_t dstrd;     /* doorbell stride in bytes */
     uint32_t mqes;      /* max queue entries (CAP.MQES + 1) */
     uint32_t timeout_ms;

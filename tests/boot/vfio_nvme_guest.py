@@ -104,9 +104,9 @@ def pseries_second_phb(disk: Path, ddw: bool) -> list[str]:
 
 
 def pseries_two_on_second_phb(disk: Path, disk2: Path) -> list[str]:
-    """Two NVMe functions on PHB 1 (ddw=off): one PE, one IOMMU group."""
+    """Two NVMe functions on PHB 1 (ddw=on): one PE, one IOMMU group."""
     return [
-        *pseries_second_phb(disk, ddw=False),
+        *pseries_second_phb(disk, ddw=True),
         "-drive", f"file={disk2},if=none,id=vn2-drive,format=raw",
         "-device", f"nvme,id=vn2,drive=vn2-drive,serial={SERIAL}-2,bus=pci.1.0,addr=0x2",
     ]  # fmt: skip

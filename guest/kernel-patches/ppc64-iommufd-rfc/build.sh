@@ -20,8 +20,13 @@ source "$repo/scripts/common.sh"
 force=${2:-}
 [ -z "$force" ] || [ "$force" = --force ] || die "unknown option '$force'"
 
-main_cache=$IOMMULAB_CACHE
+# The image builder calls this with the flavour's own cache root as IOMMULAB_CACHE.
+case "$IOMMULAB_CACHE" in
+    */rfc) main_cache=${IOMMULAB_CACHE%/rfc} ;;
+    *) main_cache=$IOMMULAB_CACHE ;;
+esac
 rfc_cache=$main_cache/rfc
+export IOMMULAB_CACHE=$main_cache
 src=$(bash "$repo/scripts/fetch-linux.sh")
 patched=$rfc_cache/linux-src/$(basename "$src")
 phash=$(cat "$here"/0*.patch | sha256sum | cut -d' ' -f1)
