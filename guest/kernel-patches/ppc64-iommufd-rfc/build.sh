@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the RFC flavour of the ppc64le lab kernel (about as long as the lab kernel: a
-# second full build):
+# Build the RFC flavour of the ppc64le lab kernel (seeded from the lab kernel's build
+# tree when that exists: about a minute; else a full build):
 #
 #     guest/kernel-patches/ppc64-iommufd-rfc/build.sh ppc64le [--force]
 #
