@@ -239,8 +239,9 @@ def render(data: dict[str, Any], img_dir: str = "img") -> tuple[str, dict[str, s
         ),
         *headline(sums, data.get("dma") or {}),
         "Regenerate: `.venv/bin/python scripts/bench-lab.py` (full: 3 rounds of 9 boots plus "
-        "the instruction counts and the control path, 20-30 minutes on a 2-CPU machine) or "
-        "`--quick` (about 8 minutes); `--from-json results/bench-lab.json` redraws the page "
+        "the instruction counts and the control path, 12-30 minutes on a 2-CPU machine "
+        "depending on its load) or `--quick` (about 8 minutes); "
+        "`--from-json results/bench-lab.json` redraws the page "
         "from a run's saved results.  Wall-clock figures under TCG move with the host's "
         "load (see the ranges); the instruction counts do not.",
         "",
