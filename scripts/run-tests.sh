@@ -25,6 +25,8 @@ bash scripts/build-guest.sh all >/dev/null
 # The lab kernels (from Debian's linux source, iommufd built in) and their
 # images: built once into the cache, a no-op when up to date.
 for arch in x86_64 ppc64le; do bash scripts/build-kernel.sh "$arch" >/dev/null; done
+# The ppc64 iommufd RFC's flavour (seeded from the lab ppc64le build: ~1 min).
+bash guest/kernel-patches/ppc64-iommufd-rfc/build.sh ppc64le >/dev/null
 bash scripts/build-guest.sh all --kernel lab >/dev/null
 
 failed_stages=()
@@ -49,6 +51,9 @@ core_tests() {
     "$venv/meson" test -C build --print-errorlogs
 }
 run_stage "core: meson unit tests" core_tests
+
+run_stage "qemu: QEMU's own tests of the patched code (QMP, chardev)" \
+    bash scripts/qemu-own-tests.sh
 
 run_stage "pytest: control plane, device and fuzz tests" \
     "$venv/pytest" -q tests/pyctl tests/device tests/fuzz --junitxml="$results/pytest.xml"
