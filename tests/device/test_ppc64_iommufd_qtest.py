@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import qemu_binary
+from ppc64_ops import random_step
 from testvm import needs_ppc64
 
 from pyctl.iommufd import IommufdContext, IommufdError
@@ -35,8 +36,7 @@ from pyctl.vfio.uapi import VFIO_SPAPR_TCE_v2_IOMMU
 pytestmark = needs_ppc64
 
 DDW = 1 << 59
-RW, R, W, FIXED = 6, 4, 2, 1
-U64_MAX = (1 << 64) - 1
+RW, R, FIXED = 6, 4, 1
 
 
 @pytest.fixture
@@ -171,67 +171,6 @@ def test_bad_input_over_qmp_changes_nothing(lab: tuple[PseriesQtest, SpaprQmpBac
 
 
 # ---------------------------------------------------------------- property test
-def _step(rng: random.Random, ctx: IommufdContext, st: dict[str, Any]) -> str:
-    """One random operation of the model (it may be refused: then nothing changed)."""
-    devs, ioases, hwpts = st["devs"], st["ioases"], st["hwpts"]
-    op = rng.choice(["alloc", "win+", "win-", "map", "map", "unmap", "copy", "attach",
-                     "attach", "detach", "destroy"])  # fmt: skip
-    shift = rng.choice([12, 16])
-    if op == "alloc" or not hwpts:
-        dev = rng.choice(devs)
-        size = 1 << rng.choice([24, 26])
-        offset = rng.choice([None, None, DDW])
-        h = ctx.hwpt_alloc(dev, rng.choice(ioases), 0, PPC64_WIN,
-                           Ppc64DmaWindow(size, shift, bus_offset=offset))  # fmt: skip
-        hwpts.append(h)
-        return f"alloc {h} dev {dev}"
-    h = rng.choice(hwpts)
-    hw = ctx.hwpt_windows(h)
-    ioas = ctx.objects()[h].ioas_id  # type: ignore[union-attr]
-    if op == "win+" or not hw:
-        ctx.hwpt_window_add(h, Ppc64DmaWindow(1 << 24, shift))
-        return f"win+ {h}"
-    if op == "win-":
-        ctx.hwpt_window_remove(h, rng.choice(hw).start)
-        return f"win- {h}"
-    if op == "map":
-        w = rng.choice(hw)
-        page = 1 << w.page_shift
-        n = rng.randint(1, 4)
-        iova = w.start + page * rng.randrange(0, (w.size // page) - n)
-        phys = 0x1000000 + page * rng.randrange(0, 0x100)
-        fl = rng.choice([RW, R, W]) | FIXED
-        ctx.ioas_map(ioas, phys, n * page, fl, iova=iova)
-        return f"map {ioas} {iova:#x}"
-    if op == "unmap":
-        areas = ctx.areas(ioas)
-        if rng.random() < 0.2 or not areas:
-            return f"unmap-all {ioas} {ctx.ioas_unmap(ioas, 0, U64_MAX):#x}"
-        a = rng.choice(areas)
-        ctx.ioas_unmap(ioas, a.iova, a.length)
-        return f"unmap {ioas} {a.iova:#x}"
-    if op == "copy":
-        src = rng.choice(ioases)
-        areas = ctx.areas(src)
-        if not areas:
-            return "copy: nothing"
-        a = rng.choice(areas)
-        w = rng.choice(hw)
-        page = 1 << w.page_shift
-        iova = w.start + page * rng.randrange(0, 64)
-        ctx.ioas_copy(ioas, iova, src, a.iova, a.length, R | FIXED)
-        return f"copy {src}->{ioas} {iova:#x}"
-    if op == "attach":
-        dev = rng.choice(devs)
-        ctx.attach(dev, h)
-        return f"attach {dev} {h}"
-    if op == "detach":
-        dev = rng.choice(devs)
-        ctx.detach(dev)
-        return f"detach {dev}"
-    ctx.destroy(h)
-    hwpts.remove(h)
-    return f"destroy {h}"
 
 
 def run_sequence(ctx: IommufdContext, seed: int, steps: int, check: Callable[[], None]) -> int:
@@ -244,7 +183,7 @@ def run_sequence(ctx: IommufdContext, seed: int, steps: int, check: Callable[[],
     refused = 0
     for i in range(steps):
         try:
-            what = _step(rng, ctx, st)
+            what = random_step(rng, ctx, st)
         except IommufdError as e:
             # the model refuses before the device could: the device never has to
             assert e.errno != "EIO", f"seed {seed} step {i}: {e}"
