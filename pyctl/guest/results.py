@@ -17,7 +17,7 @@ RESULT_MARK = "IOMMULAB-RESULT"
 DONE_MARK = "IOMMULAB-DONE"
 KNOWN_SCENARIOS = (
     "boot", "nvme-probe", "nvme-rw", "nvme-randread", "dmesg-iommu", "wait-host", "mem-hotplug",
-    "nvme-unbound", "nvme-rebind", "iommufd-selftests",
+    "nvme-unbound", "nvme-rebind", "pci-unplug", "pci-plug", "iommufd-selftests",
 )  # fmt: skip
 WAIT_MARK = "IOMMULAB-WAIT"
 _RESULT = re.compile(rf"^.*?{RESULT_MARK} (.*?)\s*$", re.MULTILINE)
@@ -67,11 +67,22 @@ def cmdline_arg(scenarios: list[Scenario], check_known: bool = True) -> str:
     return "iommulab.run=" + ",".join(s.spec() for s in scenarios)
 
 
+# PowerNV's firmware (skiboot) logs to the console the guest writes to, with
+# its own timestamp "[   15.245035974,4] " (nine decimals and a log level; the
+# kernel's have six and none), possibly in the middle of an agent line.
+_FIRMWARE_MSG = re.compile(r"\[ *\d+\.\d{9},\d\] [^\n]*\n?")
+
+
+def agent_text(console: str) -> str:
+    """The console without firmware messages, so that agent lines they cut are whole again."""
+    return _FIRMWARE_MSG.sub("", console)
+
+
 def parse_results(console: str) -> list[dict[str, Any]]:
     """Every result line on the console, in order.  A garbled line becomes a failed result."""
     out: list[dict[str, Any]] = []
     decoder = json.JSONDecoder()
-    for m in _RESULT.finditer(console):
+    for m in _RESULT.finditer(agent_text(console)):
         text = m.group(1)
         try:
             # Text after the JSON value (a kernel message sharing the line) is ignored.
@@ -89,7 +100,7 @@ def parse_results(console: str) -> list[dict[str, Any]]:
 
 
 def parse_done(console: str) -> dict[str, Any] | None:
-    m = _DONE.search(console)
+    m = _DONE.search(agent_text(console))
     if m is None:
         return None
     try:

@@ -48,6 +48,25 @@ def test_truncated_line_is_not_a_result_but_a_failure() -> None:
     assert parse_results("IOMMULAB-RESULT\n") == [], "a marker without payload is no result"
 
 
+def test_firmware_messages_inside_an_agent_line_are_taken_out() -> None:
+    # as seen on a loaded PowerNV9: skiboot's log cut the selftests' result line in two
+    console = (
+        'IOMMULAB-RESULT {"scenario": "s", "ok": false, "failed": ["a.iova_'
+        "[   15.245035974,4] SBE: Timer is lagging, increasing polling rate.\n"
+        'ranges", "b"]}\n'
+        "[   13.841584] reboot: Power down\n"
+        "[   15.415290209,5] OPAL: Shutdown request type 0x0...\n"
+        'IOMMULAB-DONE {"scenarios": 1, "failed": 1}\n'
+    )
+    assert parse_results(console) == [
+        {"scenario": "s", "ok": False, "failed": ["a.iova_ranges", "b"]}
+    ]
+    assert parse_done(console) == {"scenarios": 1, "failed": 1}
+    # the kernel's own timestamps (six decimals, no level) are left alone
+    kernel = '[    3.100000] x IOMMULAB-RESULT {"scenario": "k", "ok": true}\n'
+    assert parse_results(kernel) == [{"scenario": "k", "ok": True}]
+
+
 def test_done_line() -> None:
     assert parse_done(CONSOLE) == {"scenarios": 3, "failed": 1, "uptime_s": 6.4}
     assert parse_done("no marker here") is None
