@@ -148,6 +148,23 @@ class VfioNvmeBoot(Test):  # type: ignore[misc]
             f.write(json.dumps(ratio) + "\n")
         return ratio
 
+    def second_window(self, run: AgentRun, disk: Path) -> None:
+        """Cancelled while the RFC's only aperture is the default window: the fixed map at
+        1 << 59 refused because it is outside the IOAS's one range; any other failure fails."""
+        (res,) = self.drivers(run)
+        err = str(res.get("error", ""))
+        if (
+            res.get("ok") is not True
+            and res["driver"].get("stage") == "map"
+            and f"at {hex(1 << 59)}" in err
+            and err.endswith("ranges 0x0-0x40000000)")
+        ):
+            self.cancel(
+                "expected failure (RFC: the domain's aperture is the 1 GiB default window "
+                f"only, no 64-bit window at 1 << 59): {err}"
+            )
+        self.check_ok(res, disk, "iommufd")
+
 
 # POWER has no MSI isolation in the kernel's sense (arch_is_isolated_msi() is false), so
 # iommufd refuses to bind a device without this (the legacy sPAPR container does not ask).
@@ -316,10 +333,7 @@ class VfioNvmePseries(VfioNvmeBoot):
             "pseries", "rfc", [vfio(iommu="iommufd", iova=hex(1 << 59), seed=43, size="1M")],
             lambda d: pseries_second_phb(d, ddw=True), append=UNSAFE_MSI,
         )  # fmt: skip
-        (res,) = self.drivers(run)
-        if res.get("ok") is not True and res["driver"].get("stage") == "map":
-            self.cancel(f"expected failure (RFC: default window only): {res['error']}")
-        self.check_ok(res, disk, "iommufd")
+        self.second_window(run, disk)
 
 
 class VfioNvmePowernv(VfioNvmeBoot):
@@ -365,3 +379,17 @@ class VfioNvmePowernv(VfioNvmeBoot):
         :avocado: tags=machine:powernv9
         """
         self.run_rfc("powernv9", 62)
+
+    def test_rfc_iommufd_second_window(self) -> None:
+        """Expected to fail with the RFC as posted: on PowerNV the PE's second TVE (bus
+        address bit 59, the kernel's bypass / 64-bit window) is not in the RFC's domain
+        (aperture 0..1 GiB); a fixed map at 1 << 59 is refused.  Green when a version of
+        the patch exposes it.
+
+        :avocado: tags=machine:powernv10,rfc-limits
+        """
+        run, disk = self.run_guest(
+            "powernv10", "rfc", [vfio(iommu="iommufd", iova=hex(1 << 59), seed=63, size="1M")],
+            lambda d: [], machine_nvme=True, append=UNSAFE_MSI,
+        )  # fmt: skip
+        self.second_window(run, disk)
