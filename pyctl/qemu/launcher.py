@@ -10,14 +10,21 @@ guest runs.  Shutdown is QMP ``quit``, then SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from pyctl.qemu.machines import GuestConfig, build_command, qemu_build_dir
+from pyctl.qemu.machines import (
+    HOST_CHANNEL_ON_CONSOLE,
+    GuestConfig,
+    build_command,
+    qemu_build_dir,
+)
 from pyctl.qemu.process import SUN_PATH_MAX, LaunchError, QemuProcess
 
 __all__ = [
@@ -44,6 +51,15 @@ class GuestTimeout(LaunchError):
 
 class GuestDied(LaunchError):
     """QEMU exited, or the guest hit a fatal state, before the pattern appeared."""
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read ``sock`` until it closes, dropping what comes."""
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 def create_raw_disk(path: Path, size: int) -> Path:
@@ -111,6 +127,8 @@ class QemuInstance(QemuProcess):
 
     def _release(self) -> None:
         if self._host is not None:
+            with contextlib.suppress(OSError):  # wakes a _drain thread's recv
+                self._host.shutdown(socket.SHUT_RDWR)
             self._host.close()
             self._host = None
         super()._release()
@@ -182,6 +200,11 @@ class QemuInstance(QemuProcess):
                 s.close()
                 raise LaunchError(f"cannot connect to the host channel: {exc}") from exc
             self._host = s
+            if self.cfg.spec.name in HOST_CHANNEL_ON_CONSOLE:
+                # the socket also carries the console (machines.py); unread, the
+                # guest's one-byte writes fill it within a few hundred bytes and
+                # stall the guest: read and drop (the console log has it all)
+                threading.Thread(target=_drain, args=(s,), daemon=True).start()
         self._host.sendall(line.encode() + b"\n")
 
     def keep_console(self, dest: Path) -> Path:

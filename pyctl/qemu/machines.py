@@ -78,7 +78,18 @@ class NvmeDisk:
 
 
 #: where the host channel appears in the guest, by machine
-HOST_CHANNEL_DEVICE = {"pseries": "/dev/hvc1", "q35": "/dev/ttyS1"}
+HOST_CHANNEL_DEVICE = {
+    "pseries": "/dev/hvc1",
+    "q35": "/dev/ttyS1",
+    "powernv9": "/dev/hvc0",
+    "powernv10": "/dev/hvc0",
+}
+#: machines whose host channel is the console itself.  PowerNV's only console
+#: the lab kernel can drive is OPAL's (hvc_opal: skiboot serves one terminal,
+#: the LPC UART); the kernel has no 8250 or virtio-console driver.  So the
+#: console's chardev becomes a hub of the log file and the host socket: the
+#: host reads the console's output too and must skip what is not its own.
+HOST_CHANNEL_ON_CONSOLE = frozenset({"powernv9", "powernv10"})
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,9 @@ class GuestConfig:
     #: (-m SIZE,slots=N,maxmem=MAX); 0 slots = no hotplug
     memory_slots: int = 0
     max_memory_mib: int = 0
-    #: a second console for the host to answer the agent's wait-host
-    #: scenario (pseries: a spapr-vty, hvc1; q35: a second UART, ttyS1)
+    #: a console for the host to answer the agent's wait-host scenario
+    #: (pseries: a second spapr-vty, hvc1; q35: a second UART, ttyS1;
+    #: PowerNV: the console hvc0 itself, HOST_CHANNEL_ON_CONSOLE)
     host_channel: bool = False
     #: -no-reboot: a reset (the guest's or QMP system_reset) makes QEMU exit
     #: instead of rebooting the guest; a guest panic then ends QEMU too
@@ -191,6 +203,33 @@ def _nvme_bus(cfg: GuestConfig) -> str | None:
     return None
 
 
+def _console_args(cfg: GuestConfig, console_log: Path, host_socket: Path | None) -> list[str]:
+    """The console chardev (a file) and the host channel's socket, if any.
+
+    On a machine whose host channel is the console, ``console0`` is a hub:
+    the guest's output goes to the file and, while connected, to the socket;
+    the socket's input goes to the guest.
+    """
+    log = f"file,id=console0,path={_opt_value(str(console_log))}"
+    if not cfg.host_channel:
+        return ["-chardev", log, "-serial", "chardev:console0"]
+    if host_socket is None:
+        raise ConfigError("this configuration has a host channel: give its socket path")
+    sock = f"socket,id=host0,path={_opt_value(str(host_socket))},server=on,wait=off"
+    if cfg.spec.name not in HOST_CHANNEL_ON_CONSOLE:
+        return ["-chardev", log, "-serial", "chardev:console0", "-chardev", sock]
+    return [
+        "-chardev",
+        log.replace("id=console0", "id=consolelog0", 1),
+        "-chardev",
+        sock,
+        "-chardev",
+        "hub,id=console0,chardevs.0=consolelog0,chardevs.1=host0",
+        "-serial",
+        "chardev:console0",
+    ]
+
+
 def build_command(
     cfg: GuestConfig,
     build_dir: Path,
@@ -217,10 +256,7 @@ def build_command(
         memory,
         "-smp",
         str(cfg.smp),
-        "-chardev",
-        f"file,id=console0,path={_opt_value(str(console_log))}",
-        "-serial",
-        "chardev:console0",
+        *_console_args(cfg, console_log, host_socket),
         "-kernel",
         str(cfg.kernel),
         "-append",
@@ -228,13 +264,7 @@ def build_command(
     ]
     if cfg.initrd is not None:
         args += ["-initrd", str(cfg.initrd)]
-    if cfg.host_channel:
-        if host_socket is None:
-            raise ConfigError("this configuration has a host channel: give its socket path")
-        args += [
-            "-chardev",
-            f"socket,id=host0,path={_opt_value(str(host_socket))},server=on,wait=off",
-        ]
+    if cfg.host_channel and cfg.spec.name not in HOST_CHANNEL_ON_CONSOLE:
         if cfg.spec.name == "pseries":
             args += ["-device", "spapr-vty,chardev=host0"]
         else:

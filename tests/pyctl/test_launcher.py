@@ -118,7 +118,6 @@ def test_paused_extra_args_and_comma_escaping() -> None:
         ({"machine": "pseries", "max_memory_mib": 4096}, "both memory_slots"),
         ({"machine": "pseries", "memory_slots": 2, "max_memory_mib": 512}, "must exceed"),
         ({"machine": "pseries", "memory_slots": 33, "max_memory_mib": 4096}, "0..32"),
-        ({"machine": "powernv9", "host_channel": True}, "host channel needs pseries or q35"),
     ],
 )
 def test_bad_configs_are_refused(kw: dict[str, object], msg: str) -> None:
@@ -250,6 +249,8 @@ def test_memory_hotplug_slots() -> None:
     [
         ("pseries", ["-device", "spapr-vty,chardev=host0"], "/dev/hvc1"),
         ("q35", ["-serial", "chardev:host0"], "/dev/ttyS1"),
+        ("powernv9", ["-serial", "chardev:console0"], "/dev/hvc0"),
+        ("powernv10", ["-serial", "chardev:console0"], "/dev/hvc0"),
     ],
 )
 def test_host_channel(machine: str, device: list[str], guest_dev: str) -> None:
@@ -262,6 +263,20 @@ def test_host_channel(machine: str, device: list[str], guest_dev: str) -> None:
     with pytest.raises(ConfigError, match="give its socket path"):
         build_command(cfg, BUILD, Path("/w/c.log"))
     assert "iommulab.host" not in kernel_cmdline(GuestConfig(machine, K))
+
+
+def test_powernv_host_channel_is_the_console_through_a_hub() -> None:
+    # PowerNV's lab kernel drives only OPAL's console: the console's chardev
+    # is a hub of the log file and the host socket, and there is one UART.
+    cfg = GuestConfig("powernv9", K, host_channel=True)
+    a = build_command(cfg, BUILD, Path("/w/c.log"), Path("/w/h.sock"))
+    assert opt(a, "-chardev") == [
+        "file,id=consolelog0,path=/w/c.log",
+        "socket,id=host0,path=/w/h.sock,server=on,wait=off",
+        "hub,id=console0,chardevs.0=consolelog0,chardevs.1=host0",
+    ]
+    assert opt(a, "-serial") == ["chardev:console0"]
+    assert opt(argv(machine="powernv9"), "-chardev") == ["file,id=console0,path=/w/console.log"]
 
 
 def test_tell_guest_writes_a_line_on_the_host_socket(tmp_path: Path) -> None:
