@@ -13,14 +13,14 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from .generator import Generator
 from .known import known_difference
 from .mockhw import MockFacts, facts_from_probe
 from .model import ModelSide
-from .protocol import Answer, Hello, Op, ProtocolError, decode_answer, decode_hello
+from .protocol import Answer, Hello, Op, ProtocolError, Src, decode_answer, decode_hello
 
 
 class Transport(Protocol):
@@ -89,9 +89,38 @@ class Session:
         self.seq = 0
         try:
             self.hello: Hello = decode_hello(self._line())
-            self.facts: MockFacts = facts_from_probe(self.call([Op("P")])[0])
+            facts = facts_from_probe(self.call([Op("P")])[0])
+            self.facts: MockFacts = replace(facts, iova_cap=self._probe_iova_cap(facts))
         except ProtocolError as exc:
             raise RunnerFailure(str(exc)) from exc
+
+    def _probe_iova_cap(self, facts: MockFacts) -> int:
+        """``iopt_alloc_iova()``'s alignment cap as the kernel shows it, if below a page.
+
+        The cap is HPAGE_SIZE, which ppc64 sets only when the MMU has a huge
+        page size: on TCG's PowerNV it is 1 << 0 and automatic IOVAs are not
+        even page aligned.  On a fresh context: a 2-byte area at PAGE_SIZE + 1
+        (the allocator starts at PAGE_SIZE), then two pages from an aligned
+        address go to the first hole from PAGE_SIZE + 3, aligned to
+        min(2 pages, cap).  0: the cap is a page or more (the THP size or
+        PAGE_SIZE, as the facts say).  The next S starts the run's own context.
+        """
+        page = facts.page_size
+        ans = self.call([Op("S"), Op("ia", (0,))])
+        ioas = ans[1].values[0] if ans[1].errno is None and ans[1].values else 0
+        first, second = self.call(
+            [Op("m", (ioas, 6, 0, Src(0, 1), 2)), Op("m", (ioas, 6, 0, Src(0, 0), 2 * page))]
+        )
+        if first.errno or second.errno or first.values[:1] != (page + 1,):
+            raise ProtocolError(f"IOVA cap probe: answers {first}, {second}")
+        gap = second.values[0] - page
+        if gap == 3:
+            return 1
+        if gap == page:
+            return 0
+        if 3 < gap < page and not gap & (gap - 1):
+            return gap
+        raise ProtocolError(f"IOVA cap probe: two pages at {second}, after an area at page + 1")
 
     def _line(self) -> str:
         try:

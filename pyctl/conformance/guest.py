@@ -14,16 +14,17 @@ import re
 import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pyctl.guest import cpio
 from pyctl.guest.image import GuestImage
 from pyctl.guest.results import BOOT_PATTERN, Scenario, cmdline_arg
 from pyctl.qemu.launcher import LaunchError, QemuInstance
-from pyctl.qemu.machines import GuestConfig
+from pyctl.qemu.machines import HOST_CHANNEL_ON_CONSOLE, GuestConfig
 
 from .differ import RunnerFailure, Session
 
@@ -100,6 +101,69 @@ class SocketTransport:
         self.sock.close()
 
 
+class ConsoleTransport(SocketTransport):
+    """The host channel that is the guest's console (PowerNV's hvc0, machines.py).
+
+    The socket carries the console's output too: kernel messages, the agent's
+    lines, the runner's stderr.  Only the runner's lines are returned (its
+    hello, ``SEQ ok|e|bad ...``, ``- ...``); the rest is in the console log.
+    It connects before the guest boots, so the hello is not missed (the
+    console hub sends nothing to a socket nobody is connected to), and a
+    thread reads all the time: the guest's UART sends a byte at a time, and
+    unread one-byte messages fill a Unix socket's buffer after a few hundred
+    bytes, which stalls the guest's console.
+    """
+
+    RUNNER_LINE = re.compile(r"^(hello |- |[0-9a-f]+ (ok|e|bad)( |$))")
+
+    def __init__(self, path: Path, connect_timeout: float = 10.0) -> None:
+        super().__init__(path, connect_timeout)
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._pump, name="console-channel", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                chunk = b""
+            with self._cond:
+                if not chunk:
+                    self._eof = True
+                else:
+                    self.buf += chunk
+                self._cond.notify_all()
+            if not chunk:
+                return
+
+    def _rawline(self, deadline: float) -> str:
+        with self._cond:
+            while b"\n" not in self.buf:
+                if self._eof:
+                    raise EOFError
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._cond.wait(min(left, 1.0))
+            line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace").lstrip("\r")
+
+    def readline(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._rawline(deadline)
+            if self.RUNNER_LINE.match(line):
+                return line
+
+    def close(self) -> None:
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._reader.join(5.0)
+
+
 def console_check(inst: QemuInstance, start: int = 0) -> None:
     """RunnerFailure if the guest kernel reported trouble (with the console's end)."""
     text = inst.console_text()
@@ -138,11 +202,14 @@ def guest_session(
     transport: SocketTransport | None = None
     try:
         inst.start()
+        if machine in HOST_CHANNEL_ON_CONSOLE:
+            transport = ConsoleTransport(inst.host_path)
         try:
             inst.wait_for(BOOT_PATTERN, boot_timeout)
         except LaunchError as exc:
             raise RunnerFailure(f"the guest did not boot: {exc}") from exc
-        transport = SocketTransport(inst.host_path)
+        if transport is None:
+            transport = SocketTransport(inst.host_path)
         try:
             session = Session(transport, answer_timeout, check=lambda: console_check(inst))
         except RunnerFailure as exc:

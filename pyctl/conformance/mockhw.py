@@ -51,6 +51,9 @@ class MockFacts:
     #: the kernel cannot create mock devices: IOMMU_TEST_OP_MOCK_DOMAIN's errno
     #: (then the device facts above are placeholders for the generator only)
     mock_errno: str | None = None
+    #: iopt_alloc_iova()'s cap on the automatic IOVA alignment (HPAGE_SIZE) when
+    #: the kernel shows one below two pages (differ.Session probes it), else 0
+    iova_cap: int = 0
 
     def device(self, name: str) -> DeviceHwInfo:
         start, last = self.aperture

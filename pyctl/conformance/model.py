@@ -27,11 +27,11 @@ SELFTEST_DATA_LEN = 4
 
 def kernel_options(facts: MockFacts) -> ModelOptions:
     """The model with the kernel's behaviour where it differs by choice (docs/iommufd.md,
-    "Deliberate differences"), and the kernel's page and THP sizes."""
+    "Deliberate differences"), and the kernel's page and THP sizes and IOVA cap."""
     return ModelOptions(
         atomic_unmap=False,
         pin_per_guest_page=False,
-        max_iova_alignment=facts.hpage_size or facts.page_size,
+        max_iova_alignment=facts.iova_cap or facts.hpage_size or facts.page_size,
         page_size=facts.page_size,
     )
 

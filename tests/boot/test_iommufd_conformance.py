@@ -85,11 +85,12 @@ class IommufdConformance(Test):  # type: ignore[misc]
             "boot_s": round(boot_s, 1),
             "facts": {
                 # None: mock devices work; else IOMMU_TEST_OP_MOCK_DOMAIN's errno (pseries
-                # 6.12: the TCE IOMMU probes the mock device, bind is EINVAL)
+                # and PowerNV 6.12: the TCE IOMMU probes the mock device, bind is EINVAL)
                 "mock_device_errno": facts.mock_errno,
                 "page_size": facts.page_size,
                 "thp": facts.hpage_size,
                 "mock_page": facts.pgsize,
+                "iova_cap": facts.iova_cap,  # 0: two pages or more (HPAGE_SIZE)
                 "aperture": [hex(x) for x in facts.aperture],
                 "reserved": [[hex(a), hex(b)] for a, b in facts.reserved],
             },
@@ -125,3 +126,10 @@ class IommufdConformance(Test):  # type: ignore[misc]
 
     def test_pseries(self) -> None:
         self.run_machine("pseries")
+
+    def test_powernv9(self) -> None:
+        """PowerNV's host channel is its console (hvc0 through OPAL), shared with the log.
+
+        :avocado: tags=machine:powernv9
+        """
+        self.run_machine("powernv9")
