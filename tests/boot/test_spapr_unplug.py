@@ -60,13 +60,13 @@ BUSY = 64 << 20
 SLOT = "0x2"
 SCENARIOS = [
     Scenario("nvme-probe"),
-    Scenario("nvme-rw", {"size": str(IO), "dev": "nvme0n1"}),
-    Scenario("nvme-rw", {"size": str(IO), "dev": "nvme1n1"}),
+    Scenario("nvme-rw", {"size": str(IO), "serial": STAYS}),
+    Scenario("nvme-rw", {"size": str(IO), "serial": GOES}),
     Scenario("wait-host", {"name": "unplug"}),
-    Scenario("pci-unplug", {"serial": GOES, "busy": "nvme0n1", "size": str(BUSY)}),
+    Scenario("pci-unplug", {"serial": GOES, "busy": STAYS, "size": str(BUSY)}),
     Scenario("wait-host", {"name": "plug"}),
     Scenario("pci-plug", {"serial": NEW}),
-    Scenario("nvme-rw", {"size": str(IO), "dev": "nvme1n1"}),
+    Scenario("nvme-rw", {"size": str(IO), "serial": NEW}),
 ]
 
 
@@ -182,12 +182,14 @@ class SpaprPciUnplug(Test):  # type: ignore[misc]
         _, probe, rw0, rw1, _, unplug, _, plug, rw_new = results
         for r in (probe, rw0, rw1, unplug, plug, rw_new):
             self.assertTrue(r["ok"], json.dumps(r)[:3000])
-        serials = {c["name"]: c["serial"] for c in probe["controllers"]}
-        self.assertEqual(serials, {"nvme0": STAYS, "nvme1": GOES})
+        ctrl = {c["serial"]: c["name"] for c in probe["controllers"]}
+        self.assertEqual(sorted(ctrl), sorted([STAYS, GOES]))
+        self.assertEqual((rw0["dev"], rw1["dev"]), (ctrl[STAYS] + "n1", ctrl[GOES] + "n1"))
 
         # 2. the guest removed the function while both NVMe were busy, and
         # finished QEMU's device_del with one RTAS isolate
-        self.assertEqual((unplug["ctrl"], unplug["removed"]), ("nvme1", True))
+        self.assertEqual((unplug["ctrl"], unplug["removed"]), (ctrl[GOES], True))
+        self.assertEqual(unplug["busy"], ctrl[STAYS] + "n1")
         self.assertEqual(unplug["isolate_status"], "0")
         self.assertTrue(unplug["dt_pruned"])
         self.assertTrue(unplug["reading_at_remove"], "no read in flight on the function removed")
@@ -209,7 +211,7 @@ class SpaprPciUnplug(Test):  # type: ignore[misc]
         # own disk, the old disk keeps what was written before the unplug
         self.assertEqual((plug["pci"], plug["drc_index"]), (unplug["pci"], unplug["drc_index"]))
         self.assertEqual(plug["unisolate_status"], "0")
-        self.assertEqual(plug["ctrl"], "nvme1")
+        self.assertEqual(rw_new["dev"], plug["ctrl"] + "n1")
         self.assertEqual(rw_new["sha256_read"], rw_new["sha256_written"])
         self.assertEqual(sha256(disks["new"], IO), rw_new["sha256_written"])
         self.assertEqual(sha256(disks["goes"], IO), rw1["sha256_written"])
