@@ -138,8 +138,9 @@ class BootSample:
 DOMAIN_TYPE = {"strict": "DMA", "lazy": "DMA-FQ"}
 
 
-def _lab_setup(cfg: DataConfig, q: Any, ram: int) -> None:
-    iommu = SPAPR_S2 if cfg.lab == "spapr-s2" else LAB_IOMMU
+def attach_all_ram(q: Any, iommu: str, device: str, ram: int, s1_root: int | None = None) -> None:
+    """Domain 1 maps all guest RAM at IOVA = GPA; with ``s1_root``, a nested domain 2 (the
+    guest's stage-1 tables at ``s1_root``) over it; ``device`` is attached to the last."""
     q.cmd("x-iommulab-domain-alloc", iommu=iommu, domain=1, type="paging")
     q.cmd(
         "x-iommulab-map",
@@ -148,14 +149,24 @@ def _lab_setup(cfg: DataConfig, q: Any, ram: int) -> None:
         mappings=[{"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}],
     )
     domain = 1
-    if cfg.lab == "nested":
+    if s1_root is not None:
         q.cmd(
             "x-iommulab-domain-alloc",
-            iommu=iommu, domain=2, type="nested", parent=1, **{"s1-root": S1_BASE},
+            iommu=iommu, domain=2, type="nested", parent=1, **{"s1-root": s1_root},
         )  # fmt: skip
         domain = 2
-    device = SPAPR_S2 if cfg.lab == "spapr-s2" else "nvme0"
     q.cmd("x-iommulab-attach", iommu=iommu, device=device, mode="domain", domain=domain)
+
+
+def _lab_setup(cfg: DataConfig, q: Any, ram: int) -> None:
+    spapr = cfg.lab == "spapr-s2"
+    attach_all_ram(
+        q,
+        SPAPR_S2 if spapr else LAB_IOMMU,
+        SPAPR_S2 if spapr else "nvme0",
+        ram,
+        S1_BASE if cfg.lab == "nested" else None,
+    )
 
 
 def evidence_of(cfg: DataConfig, results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyctl.bench.dataplane import attach_all_ram
 from pyctl.guest.image import build_image
 from pyctl.guest.results import BOOT_PATTERN, DONE_PATTERN, Scenario, parse_done, parse_results
 from pyctl.guest.runner import guest_config
@@ -101,25 +102,7 @@ def boot(
         inst.start()
         q = inst.qmp
         if mode != "none":
-            q.cmd("x-iommulab-domain-alloc", iommu=IOMMU, domain=1, type="paging")
-            q.cmd(
-                "x-iommulab-map",
-                iommu=IOMMU,
-                domain=1,
-                mappings=[{"iova": 0, "size": ram, "addr": 0, "read": True, "write": True}],
-            )
-            domain = 1
-            if mode == "nested":
-                q.cmd(
-                    "x-iommulab-domain-alloc",
-                    iommu=IOMMU,
-                    domain=2,
-                    type="nested",
-                    parent=1,
-                    **{"s1-root": S1_BASE},
-                )
-                domain = 2
-            q.cmd("x-iommulab-attach", iommu=IOMMU, device="nvme0", mode="domain", domain=domain)
+            attach_all_ram(q, IOMMU, "nvme0", ram, S1_BASE if mode == "nested" else None)
         q.cmd("cont")
         inst.wait_for(BOOT_PATTERN, timeout)
         inst.wait_for(DONE_PATTERN, timeout)
