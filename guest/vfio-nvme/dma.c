@@ -4,7 +4,9 @@
  * driver's buffers for it, three ways:
  *   iommufd  /dev/vfio/devices/vfioN bound to /dev/iommu, an IOAS of its own,
  *            buffers mapped with IOMMU_IOAS_MAP (the kernel picks the IOVA
- *            inside the ranges the attached device allows);
+ *            inside the ranges the attached device allows); more functions
+ *            can join: bound to the same iommufd, attached to the same HWPT
+ *            (one iommu_domain for all), their buffers in the same IOAS;
  *   type1    the legacy container, VFIO_TYPE1v2_IOMMU, IOVAs from the
  *            container's reported ranges;
  *   spapr    the legacy container, VFIO_SPAPR_TCE_v2_IOMMU: memory
@@ -24,72 +26,6 @@
 #include "uapi.h"
 #include "vn.h"
 
-#define SYSPCI "/sys/bus/pci/devices"
-
-static int read_sysfs(const char *pci, const char *attr, char *out, size_t len)
-{
-    char path[PATH_MAX];
-    FILE *f;
-
-    snprintf(path, sizeof(path), SYSPCI "/%s/%s", pci, attr);
-    f = fopen(path, "r");
-    if (!f) {
-        return -1;
-    }
-    if (!fgets(out, (int)len, f)) {
-        out[0] = 0;
-    }
-    fclose(f);
-    out[strcspn(out, "\n")] = 0;
-    return 0;
-}
-
-/* basename of the symlink SYSPCI/pci/link, or "" */
-static void link_name(const char *pci, const char *link, char *out, size_t len)
-{
-    char path[PATH_MAX], target[PATH_MAX];
-    ssize_t n;
-    const char *slash;
-
-    snprintf(path, sizeof(path), SYSPCI "/%s/%s", pci, link);
-    n = readlink(path, target, sizeof(target) - 1);
-    out[0] = 0;
-    if (n <= 0) {
-        return;
-    }
-    target[n] = 0;
-    slash = strrchr(target, '/');
-    slash = slash ? slash + 1 : target;
-    if (strlen(slash) < len) {
-        memcpy(out, slash, strlen(slash) + 1);
-    }
-}
-
-/* The checks every mode shares: an NVMe function held by vfio-pci. */
-static void check_owned(const char *pci)
-{
-    char buf[64], drv[64];
-
-    if (read_sysfs(pci, "class", buf, sizeof(buf)) < 0) {
-        vn_fail("device", "no PCI device %s (%s/%s missing)", pci, SYSPCI, pci);
-    }
-    if (strcmp(buf, "0x010802") != 0) {
-        vn_fail("device", "%s is class %s, not an NVMe controller (0x010802): "
-                "refusing it", pci, buf);
-    }
-    link_name(pci, "driver", drv, sizeof(drv));
-    if (!drv[0]) {
-        vn_fail("device", "%s has no driver: bind it to vfio-pci first "
-                "(echo vfio-pci > %s/%s/driver_override; echo %s > "
-                "/sys/bus/pci/drivers_probe)", pci, SYSPCI, pci, pci);
-    }
-    if (strcmp(drv, "vfio-pci") != 0) {
-        vn_fail("device", "%s is bound to the kernel driver '%s', not vfio-pci: this "
-                "driver cannot own it (unbind it and set driver_override=vfio-pci)",
-                pci, drv);
-    }
-}
-
 static int open_dev(const char *path, const char *what)
 {
     int fd = open(path, O_RDWR | O_CLOEXEC);
@@ -102,20 +38,13 @@ static int open_dev(const char *path, const char *what)
     return fd;
 }
 
-static void open_iommufd(struct vn_dma *d)
+/* The function's VFIO device cdev, opened, and bound to d->iommufd. */
+static void bind_cdev(struct vn_dma *d)
 {
     char dir[PATH_MAX], cdev[PATH_MAX] = "", devattr[PATH_MAX + 64] = "";
     struct dirent *e;
     DIR *dp;
     struct vn_vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
-    struct vn_iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
-    struct vn_vfio_device_attach_iommufd_pt at = { .argsz = sizeof(at) };
-    struct vn_iommu_iova_range ranges[8];
-    struct vn_iommu_ioas_iova_ranges rq = {
-        .size = sizeof(rq), .num_iovas = 8,
-        .allowed_iovas = (uintptr_t)ranges,
-    };
-    size_t off = 0;
 
     snprintf(dir, sizeof(dir), SYSPCI "/%s/vfio-dev", d->pci);
     dp = opendir(dir);
@@ -143,10 +72,12 @@ static void open_iommufd(struct vn_dma *d)
                 "node)", cdev);
     }
     d->dev_fd = open_dev(cdev, "VFIO device cdev");
-    if (access("/dev/iommu", F_OK) < 0) {
-        vn_fail("iommufd", "no /dev/iommu: the kernel has no CONFIG_IOMMUFD");
+    if (d->iommufd < 0) {
+        if (access("/dev/iommu", F_OK) < 0) {
+            vn_fail("iommufd", "no /dev/iommu: the kernel has no CONFIG_IOMMUFD");
+        }
+        d->iommufd = open_dev("/dev/iommu", "iommufd");
     }
-    d->iommufd = open_dev("/dev/iommu", "iommufd");
     bind.iommufd = d->iommufd;
     if (ioctl(d->dev_fd, VN_VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0) {
         int e = errno;
@@ -155,28 +86,64 @@ static void open_iommufd(struct vn_dma *d)
                 "iommufd.allow_unsafe_interrupts=1 allows it)" : "");
     }
     d->devid = bind.out_devid;
-    if (ioctl(d->iommufd, VN_IOMMU_IOAS_ALLOC, &alloc) < 0) {
-        vn_fail("ioas", "IOMMU_IOAS_ALLOC: %s", strerror(errno));
-    }
-    d->ioas_id = alloc.out_ioas_id;
-    at.pt_id = d->ioas_id;
+}
+
+/*
+ * Attach the bound device to pt_id (an IOAS: iommufd picks or makes the
+ * domain; a HWPT: exactly that domain) and describe the IOAS's ranges.
+ */
+static void attach_pt(struct vn_dma *d, uint32_t pt_id, const char *what)
+{
+    struct vn_vfio_device_attach_iommufd_pt at = { .argsz = sizeof(at), .pt_id = pt_id };
+    struct vn_iommu_iova_range ranges[8];
+    struct vn_iommu_ioas_iova_ranges rq = {
+        .size = sizeof(rq), .num_iovas = 8, .ioas_id = d->ioas_id,
+        .allowed_iovas = (uintptr_t)ranges,
+    };
+    size_t off = 0;
+
     if (ioctl(d->dev_fd, VN_VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at) < 0) {
-        vn_fail("attach", "VFIO_DEVICE_ATTACH_IOMMUFD_PT ioas %u: %s", d->ioas_id,
+        vn_fail("attach", "VFIO_DEVICE_ATTACH_IOMMUFD_PT %s %u: %s", what, pt_id,
                 strerror(errno));
     }
     d->attached = true;
     d->hwpt_id = at.pt_id;
-    rq.ioas_id = d->ioas_id;
     if (ioctl(d->iommufd, VN_IOMMU_IOAS_IOVA_RANGES, &rq) < 0) {
         vn_fail("ioas", "IOMMU_IOAS_IOVA_RANGES: %s", strerror(errno));
     }
-    off += snprintf(d->info, sizeof(d->info), "devid %u ioas %u hwpt %u ranges",
-                    d->devid, d->ioas_id, d->hwpt_id);
+    off += snprintf(d->info, sizeof(d->info), "devid %u ioas %u hwpt %u%s ranges",
+                    d->devid, d->ioas_id, d->hwpt_id, d->joined ? " (joined)" : "");
     for (uint32_t i = 0; i < rq.num_iovas && i < 8 && off < sizeof(d->info); i++) {
         off += snprintf(d->info + off, sizeof(d->info) - off, " 0x%llx-0x%llx",
                         (unsigned long long)ranges[i].start,
                         (unsigned long long)ranges[i].last);
     }
+}
+
+static void open_iommufd(struct vn_dma *d)
+{
+    struct vn_iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
+
+    bind_cdev(d);
+    if (ioctl(d->iommufd, VN_IOMMU_IOAS_ALLOC, &alloc) < 0) {
+        vn_fail("ioas", "IOMMU_IOAS_ALLOC: %s", strerror(errno));
+    }
+    d->ioas_id = alloc.out_ioas_id;
+    attach_pt(d, d->ioas_id, "ioas");
+}
+
+void vn_dma_join(struct vn_dma *d, const char *pci, const struct vn_dma *first)
+{
+    memset(d, 0, sizeof(*d));
+    d->mode = VN_IOMMUFD;
+    d->dev_fd = d->container_fd = d->group_fd = -1;
+    d->iommufd = first->iommufd;
+    d->ioas_id = first->ioas_id;
+    d->joined = true;
+    snprintf(d->pci, sizeof(d->pci), "%s", pci);
+    vn_check_owned(pci);
+    bind_cdev(d);
+    attach_pt(d, first->hwpt_id, "hwpt");
 }
 
 /* The group, a container with the given IOMMU type, the device fd. */
@@ -185,7 +152,7 @@ static void open_container(struct vn_dma *d, int type, const char *tname)
     char grp[32], path[64];
     struct vfio_group_status st = { .argsz = sizeof(st) };
 
-    link_name(d->pci, "iommu_group", grp, sizeof(grp));
+    vn_link_name(d->pci, "iommu_group", grp, sizeof(grp));
     if (!grp[0]) {
         vn_fail("group", "%s is in no IOMMU group (no IOMMU translates it)", d->pci);
     }
@@ -321,7 +288,7 @@ void vn_dma_open(struct vn_dma *d, const char *pci, enum vn_iommu mode, uint64_t
     d->mode = mode;
     d->dev_fd = d->iommufd = d->container_fd = d->group_fd = -1;
     snprintf(d->pci, sizeof(d->pci), "%s", pci);
-    check_owned(pci);
+    vn_check_owned(pci);
     switch (mode) {
     case VN_IOMMUFD:
         open_iommufd(d);
@@ -456,6 +423,10 @@ void vn_dma_close(struct vn_dma *d)
     if (d->dev_fd >= 0) {
         close(d->dev_fd);
     }
+    if (d->joined) { /* the IOAS and the iommufd are the first device's */
+        d->ioas_id = 0;
+        d->iommufd = -1;
+    }
     if (d->ioas_id) {
         struct vn_iommu_destroy x = { .size = sizeof(x), .id = d->ioas_id };
         ioctl(d->iommufd, VN_IOMMU_DESTROY, &x);
@@ -472,21 +443,4 @@ void vn_dma_close(struct vn_dma *d)
         close(d->iommufd);
     }
     d->dev_fd = d->group_fd = d->container_fd = d->iommufd = -1;
-}
-
-uint64_t vn_phys(const void *va)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    uint64_t ent = 0, off = (uintptr_t)va / pg * sizeof(ent);
-    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0) {
-        return 0;
-    }
-    if (pread(fd, &ent, sizeof(ent), off) != sizeof(ent) || !(ent & (1ULL << 63))) {
-        ent = 0;
-    }
-    close(fd);
-    ent &= (1ULL << 55) - 1;
-    return ent ? ent * pg + (uintptr_t)va % pg : 0;
 }

@@ -5,7 +5,7 @@
  *
  *   vfio-nvme --pci 0000:00:04.0 [--iommu iommufd|type1|spapr] [--bs 4K]
  *             [--qd 8] [--size 4M] [--lba 0] [--seed 1] [--timeout-ms 10000]
- *             [--iova ADDR] [--between CMD]
+ *             [--iova ADDR] [--between CMD] [--with PCI[,PCI...]]
  *
  * The pattern: the 64-bit little-endian word at byte offset o of the
  * namespace is splitmix64(seed + o / 8), so the host can check the disk file.
@@ -14,6 +14,11 @@
  * ("start+len,..." in hex): a test hook to break the DMA path under the I/O.
  * --iova maps the data buffer at that IOVA (iommufd: IOMMU_IOAS_MAP_FIXED_IOVA;
  * type1: MAP_DMA there) instead of where the kernel or the driver would put it.
+ * --with (iommufd only) drives more NVMe functions in the same run: each is
+ * bound to the same iommufd and attached to the first one's HWPT, so all of
+ * them do DMA through one iommu_domain at once (one thread each per phase),
+ * each writing the same pattern to its own namespace; their reports are the
+ * "peers" list, and "ok" is true only if every function's bytes came back.
  * Exit status 0 only when every byte read back matched.
  */
 #include <errno.h>
@@ -27,8 +32,10 @@
 
 #include "vn.h"
 
-static struct vn_dma g_dma;
-static struct vn_ctrl g_ctrl;
+static struct vn_dev g_dev[VN_MAX_DEVS];
+static struct vn_io g_io;
+static int g_ndev;
+static const char *g_cur_pci = ""; /* the function an error is about */
 static int g_failing;
 
 uint64_t vn_now_ns(void)
@@ -55,6 +62,15 @@ static void jstr(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* Joined functions first: they borrow the first one's iommufd and IOAS. */
+static void close_all(void)
+{
+    for (int i = g_ndev - 1; i >= 0; i--) {
+        vn_ctrl_close(&g_dev[i].ctrl);
+        vn_dma_close(&g_dev[i].dma);
+    }
+}
+
 /* The error line, then a bounded best-effort teardown; never returns. */
 void vn_fail(const char *stage, const char *fmt, ...)
 {
@@ -73,30 +89,11 @@ void vn_fail(const char *stage, const char *fmt, ...)
     printf(", \"error\": ");
     jstr(stdout, msg);
     printf(", \"pci\": ");
-    jstr(stdout, g_dma.pci);
+    jstr(stdout, g_cur_pci);
     printf("}\n");
     fflush(stdout);
-    vn_ctrl_close(&g_ctrl);
-    vn_dma_close(&g_dma);
+    close_all();
     exit(1);
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    uint64_t z = x + 0x9e3779b97f4a7c15ULL;
-
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t le64(uint64_t v)
-{
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    return __builtin_bswap64(v);
-#else
-    return v;
-#endif
 }
 
 static uint64_t parse_size(const char *opt, const char *s)
@@ -159,25 +156,50 @@ static void usage(void)
 {
     fprintf(stderr, "usage: vfio-nvme --pci DDDD:BB:DD.F [--iommu iommufd|type1|spapr] "
             "[--bs 4K] [--qd 8] [--size 4M] [--lba 0] [--seed 1] [--timeout-ms 10000] "
-            "[--iova ADDR] [--between CMD]\n");
+            "[--iova ADDR] [--between CMD] [--with DDDD:BB:DD.F[,...]]\n");
     exit(2);
+}
+
+/* The fields every function's report has. */
+static void report_dev(const struct vn_dev *v)
+{
+    double w = v->wns / 1e9, r = v->rns / 1e9, size = v->data.len;
+
+    printf("\"pci\": ");
+    jstr(stdout, v->dma.pci);
+    printf(", \"dma\": ");
+    jstr(stdout, v->dma.info);
+    printf(", \"model\": ");
+    jstr(stdout, v->ctrl.model);
+    printf(", \"serial\": ");
+    jstr(stdout, v->ctrl.serial);
+    printf(", \"data_iova\": %llu, \"queue_iova\": %llu",
+           (unsigned long long)v->data.iova, (unsigned long long)v->ctrl.ctl.iova);
+    printf(", \"write_s\": %.6f, \"write_iops\": %.0f, \"write_mibs\": %.1f",
+           w, w ? g_io.count / w : 0, w ? size / 1048576.0 / w : 0);
+    printf(", \"read_s\": %.6f, \"read_iops\": %.0f, \"read_mibs\": %.1f",
+           r, r ? g_io.count / r : 0, r ? size / 1048576.0 / r : 0);
+    printf(", \"verified_bytes\": %llu, \"mismatched_words\": %llu"
+           ", \"bad_commands\": %llu, \"failed_commands\": %llu",
+           (unsigned long long)v->verified, (unsigned long long)v->mismatched,
+           (unsigned long long)v->bad_chunks, (unsigned long long)v->failed_chunks);
 }
 
 int main(int argc, char **argv)
 {
-    const char *pci = NULL, *iommu = "iommufd", *between = NULL;
+    const char *pci = NULL, *iommu = "iommufd", *between = NULL, *with = NULL;
+    const char *pcis[VN_MAX_DEVS];
+    char withbuf[256] = "", gpa[4096];
     uint64_t bs = 4096, qd = 8, size = 4 << 20, lba0 = 0, seed = 1, timeout_ms = 10000;
+    uint64_t iova = 0, lbas_per;
     enum vn_iommu mode;
-    struct vn_buf data = { 0 };
-    uint64_t iova = 0;
-    bool fixed_iova = false;
-    uint8_t *state;
-    uint64_t count, t0, wns, rns, mismatched = 0, bad_chunks = 0, failed_chunks = 0;
-    uint64_t verified = 0, lbas_per;
-    char err[512] = "", gpa[4096];
-    int rc;
+    bool fixed_iova = false, ok = true;
+    int n = 1, bad = -1;
 
-    g_dma.dev_fd = g_dma.iommufd = g_dma.container_fd = g_dma.group_fd = -1;
+    for (int i = 0; i < VN_MAX_DEVS; i++) {
+        g_dev[i].dma.dev_fd = g_dev[i].dma.iommufd = -1;
+        g_dev[i].dma.container_fd = g_dev[i].dma.group_fd = -1;
+    }
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
@@ -205,6 +227,8 @@ int main(int argc, char **argv)
             fixed_iova = true;
         } else if (!strcmp(o, "--between")) {
             between = v;
+        } else if (!strcmp(o, "--with")) {
+            with = v;
         } else {
             usage();
         }
@@ -212,7 +236,7 @@ int main(int argc, char **argv)
     if (!pci) {
         usage();
     }
-    snprintf(g_dma.pci, sizeof(g_dma.pci), "%s", pci);
+    g_cur_pci = pcis[0] = pci;
     if (!strcmp(iommu, "iommufd")) {
         mode = VN_IOMMUFD;
     } else if (!strcmp(iommu, "type1")) {
@@ -221,6 +245,27 @@ int main(int argc, char **argv)
         mode = VN_SPAPR;
     } else {
         vn_fail("args", "--iommu %s: give iommufd, type1 or spapr", iommu);
+    }
+    if (with) {
+        if (mode != VN_IOMMUFD) {
+            vn_fail("args", "--with: only with --iommu iommufd (the functions join one "
+                    "iommufd domain)");
+        }
+        if (strlen(with) >= sizeof(withbuf)) {
+            vn_fail("args", "--with: too long");
+        }
+        memcpy(withbuf, with, strlen(with) + 1);
+        for (char *t = strtok(withbuf, ","); t; t = strtok(NULL, ",")) {
+            if (n == VN_MAX_DEVS) {
+                vn_fail("args", "--with: at most %d more functions", VN_MAX_DEVS - 1);
+            }
+            for (int j = 0; j < n; j++) {
+                if (!strcmp(pcis[j], t)) {
+                    vn_fail("args", "--with: %s is given twice", t);
+                }
+            }
+            pcis[n++] = t;
+        }
     }
     if (qd < 1 || qd > 1024) {
         vn_fail("args", "--qd %llu: give 1..1024", (unsigned long long)qd);
@@ -237,56 +282,68 @@ int main(int argc, char **argv)
         vn_fail("args", "--timeout-ms %llu: give 1..600000",
                 (unsigned long long)timeout_ms);
     }
-    count = size / bs;
+    g_io.count = size / bs;
+    g_io.lba0 = lba0;
+    g_io.bs = (uint32_t)bs;
+    g_io.qd = (uint32_t)qd;
+    g_io.seed = seed;
 
-    vn_dma_open(&g_dma, pci, mode, size + (qd + 8) * 4096);
-    g_ctrl.timeout_ms = (uint32_t)timeout_ms;
-    vn_ctrl_open(&g_ctrl, &g_dma, (uint32_t)qd);
-    vn_ctrl_identify(&g_ctrl);
-    if (bs % g_ctrl.lba_size) {
-        vn_fail("args", "--bs %llu is not a multiple of the namespace's %u-byte blocks",
-                (unsigned long long)bs, g_ctrl.lba_size);
-    }
-    if (g_ctrl.mdts_bytes && bs > g_ctrl.mdts_bytes) {
-        vn_fail("args", "--bs %llu exceeds the controller's maximum transfer of %u bytes",
-                (unsigned long long)bs, g_ctrl.mdts_bytes);
-    }
-    lbas_per = bs / g_ctrl.lba_size;
-    if (lba0 > g_ctrl.nsze || count * lbas_per > g_ctrl.nsze - lba0) {
-        vn_fail("args", "--lba %llu + --size %llu is past the namespace's end "
-                "(%llu blocks of %u bytes)", (unsigned long long)lba0,
-                (unsigned long long)size,
-                (unsigned long long)g_ctrl.nsze, g_ctrl.lba_size);
-    }
-    vn_ctrl_create_ioq(&g_ctrl);
+    /* Every function brought up in turn; the first owns the IOAS, the others join its HWPT. */
+    for (int i = 0; i < n; i++) {
+        struct vn_dev *v = &g_dev[i];
 
-    data.len = size;
-    data.va = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    state = calloc(count, 1);
-    if (data.va == MAP_FAILED || !state) {
-        vn_fail("memory", "cannot allocate %llu bytes of data buffer",
-                (unsigned long long)size);
+        g_cur_pci = pcis[i];
+        g_ndev = i + 1;
+        if (i == 0) {
+            vn_dma_open(&v->dma, pcis[i], mode, size + (qd + 8) * 4096);
+        } else {
+            vn_dma_join(&v->dma, pcis[i], &g_dev[0].dma);
+        }
+        v->ctrl.timeout_ms = (uint32_t)timeout_ms;
+        vn_ctrl_open(&v->ctrl, &v->dma, (uint32_t)qd);
+        vn_ctrl_identify(&v->ctrl);
+        if (bs % v->ctrl.lba_size) {
+            vn_fail("args", "--bs %llu is not a multiple of the namespace's %u-byte blocks",
+                    (unsigned long long)bs, v->ctrl.lba_size);
+        }
+        if (v->ctrl.mdts_bytes && bs > v->ctrl.mdts_bytes) {
+            vn_fail("args", "--bs %llu exceeds the controller's maximum transfer of %u bytes",
+                    (unsigned long long)bs, v->ctrl.mdts_bytes);
+        }
+        lbas_per = bs / v->ctrl.lba_size;
+        if (lba0 > v->ctrl.nsze || g_io.count * lbas_per > v->ctrl.nsze - lba0) {
+            vn_fail("args", "--lba %llu + --size %llu is past the namespace's end "
+                    "(%llu blocks of %u bytes)", (unsigned long long)lba0,
+                    (unsigned long long)size,
+                    (unsigned long long)v->ctrl.nsze, v->ctrl.lba_size);
+        }
+        vn_ctrl_create_ioq(&v->ctrl);
+
+        v->data.len = size;
+        v->data.va = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        v->state = calloc(g_io.count, 1);
+        if (v->data.va == MAP_FAILED || !v->state) {
+            vn_fail("memory", "cannot allocate %llu bytes of data buffer",
+                    (unsigned long long)size);
+        }
+        vn_fill_pattern(v, &g_io);
+        v->data.iova = i == 0 ? iova : 0; /* --iova is the first function's */
+        v->data.fixed_iova = i == 0 && fixed_iova;
+        vn_dma_map(&v->dma, &v->data);
     }
-    {
-        uint64_t *w = data.va, base = lba0 * g_ctrl.lba_size / 8;
-        for (uint64_t i = 0; i < size / 8; i++) {
-            w[i] = le64(splitmix64(seed + base + i));
+    g_cur_pci = pci;
+    export_gpa(g_dev[0].data.va, size, gpa, sizeof(gpa));
+
+    vn_run_phase(g_dev, n, &g_io, true);
+    for (int i = 0; i < n; i++) {
+        if (g_dev[i].rc) {
+            g_cur_pci = pcis[i];
+            vn_fail("write", "%s", g_dev[i].err);
         }
     }
-    data.iova = iova;
-    data.fixed_iova = fixed_iova;
-    vn_dma_map(&g_dma, &data);
-    export_gpa(data.va, size, gpa, sizeof(gpa));
-
-    t0 = vn_now_ns();
-    rc = vn_ctrl_io(&g_ctrl, true, lba0, (uint32_t)bs, count, (uint32_t)qd, &data, state,
-                    err, sizeof(err));
-    wns = vn_now_ns() - t0;
-    if (rc) {
-        vn_fail("write", "%s", err);
-    }
     if (between) {
+        int rc;
         setenv("VN_DATA_GPA", gpa, 1);
         fflush(stdout);
         rc = system(between);
@@ -294,74 +351,57 @@ int main(int argc, char **argv)
             fprintf(stderr, "vfio-nvme: --between command ended with status %d\n", rc);
         }
     }
-    memset(data.va, 0xa5, size); /* a read that does not land leaves this poison */
-    t0 = vn_now_ns();
-    rc = vn_ctrl_io(&g_ctrl, false, lba0, (uint32_t)bs, count, (uint32_t)qd, &data, state,
-                    err, sizeof(err));
-    rns = vn_now_ns() - t0;
-    {
-        uint64_t *w = data.va, base = lba0 * g_ctrl.lba_size / 8, per = bs / 8;
-        for (uint64_t c = 0; c < count; c++) {
-            uint64_t bad = 0;
-            if (state[c] != VN_DONE) {
-                failed_chunks++;
-                continue;
-            }
-            for (uint64_t i = c * per; i < (c + 1) * per; i++) {
-                bad += w[i] != le64(splitmix64(seed + base + i));
-            }
-            verified += bs;
-            mismatched += bad;
-            bad_chunks += bad != 0;
+    for (int i = 0; i < n; i++) { /* a read that does not land leaves this poison */
+        memset(g_dev[i].data.va, 0xa5, size);
+    }
+    vn_run_phase(g_dev, n, &g_io, false);
+    for (int i = 0; i < n; i++) {
+        vn_verify(&g_dev[i], &g_io);
+        if (!vn_dev_ok(&g_dev[i]) && ok) {
+            ok = false;
+            bad = i;
         }
     }
 
-    printf("{\"ok\": %s, \"pci\": ", !rc && !mismatched ? "true" : "false");
-    jstr(stdout, pci);
-    printf(", \"iommu\": \"%s\", \"dma\": ", iommu);
-    jstr(stdout, g_dma.info);
-    printf(", \"model\": ");
-    jstr(stdout, g_ctrl.model);
-    printf(", \"serial\": ");
-    jstr(stdout, g_ctrl.serial);
-    printf(", \"fw\": ");
-    jstr(stdout, g_ctrl.fw);
-    printf(", \"bar\": \"%s\"", g_ctrl.bar ? "mmap" : "pread");
+    printf("{\"ok\": %s, ", ok ? "true" : "false");
+    report_dev(&g_dev[0]);
+    printf(", \"iommu\": \"%s\", \"fw\": ", iommu);
+    jstr(stdout, g_dev[0].ctrl.fw);
+    printf(", \"bar\": \"%s\"", g_dev[0].ctrl.bar ? "mmap" : "pread");
     printf(", \"vid\": %u, \"nsze\": %llu, \"lba_size\": %u, \"mdts\": %u, \"mqes\": %u",
-           g_ctrl.vid, (unsigned long long)g_ctrl.nsze, g_ctrl.lba_size,
-           g_ctrl.mdts_bytes, g_ctrl.mqes);
+           g_dev[0].ctrl.vid, (unsigned long long)g_dev[0].ctrl.nsze,
+           g_dev[0].ctrl.lba_size, g_dev[0].ctrl.mdts_bytes, g_dev[0].ctrl.mqes);
     printf(", \"bs\": %llu, \"qd\": %llu, \"size\": %llu, \"lba\": %llu, \"seed\": %llu",
            (unsigned long long)bs, (unsigned long long)qd, (unsigned long long)size,
            (unsigned long long)lba0, (unsigned long long)seed);
-    printf(", \"commands\": %llu, \"data_iova\": %llu, \"queue_iova\": %llu"
-           ", \"data_gpa\": ",
-           (unsigned long long)count, (unsigned long long)data.iova,
-           (unsigned long long)g_ctrl.ctl.iova);
+    printf(", \"commands\": %llu, \"data_gpa\": ", (unsigned long long)g_io.count);
     jstr(stdout, gpa);
-    printf(", \"write_s\": %.6f, \"write_iops\": %.0f, \"write_mibs\": %.1f",
-           wns / 1e9, count / (wns / 1e9), size / 1048576.0 / (wns / 1e9));
-    printf(", \"read_s\": %.6f, \"read_iops\": %.0f, \"read_mibs\": %.1f",
-           rns / 1e9, rns ? count / (rns / 1e9) : 0,
-           rns ? size / 1048576.0 / (rns / 1e9) : 0);
-    printf(", \"verified_bytes\": %llu, \"mismatched_words\": %llu"
-           ", \"bad_commands\": %llu, \"failed_commands\": %llu",
-           (unsigned long long)verified,
-           (unsigned long long)mismatched, (unsigned long long)bad_chunks,
-           (unsigned long long)failed_chunks);
-    if (rc || mismatched) {
-        printf(", \"stage\": \"read\", \"error\": ");
-        if (!rc) {
-            snprintf(err, sizeof(err),
-                     "%llu words in %llu commands differ from the pattern",
-                     (unsigned long long)mismatched, (unsigned long long)bad_chunks);
+    if (n > 1) {
+        printf(", \"peers\": [");
+        for (int i = 1; i < n; i++) {
+            printf("%s{\"ok\": %s, ", i > 1 ? ", " : "", vn_dev_ok(&g_dev[i]) ? "true" : "false");
+            report_dev(&g_dev[i]);
+            if (!vn_dev_ok(&g_dev[i])) {
+                printf(", \"error\": ");
+                jstr(stdout, g_dev[i].err);
+            }
+            printf("}");
         }
-        jstr(stdout, err);
+        printf("]");
+    }
+    if (!ok) { /* last, so that a reader taking the last "error" gets this one */
+        char msg[600];
+        snprintf(msg, sizeof(msg), "%s%s%s", bad ? pcis[bad] : "", bad ? ": " : "",
+                 g_dev[bad].err);
+        printf(", \"stage\": \"read\", \"error\": ");
+        jstr(stdout, msg);
     }
     printf("}\n");
     fflush(stdout);
     g_failing = 1; /* teardown errors go to stderr only */
-    vn_ctrl_close(&g_ctrl);
-    vn_dma_close(&g_dma);
-    munmap(data.va, size);
-    return rc || mismatched ? 1 : 0;
+    close_all();
+    for (int i = 0; i < n; i++) {
+        munmap(g_dev[i].data.va, size);
+    }
+    return ok ? 0 : 1;
 }

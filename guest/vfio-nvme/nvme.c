@@ -57,8 +57,6 @@ struct cqe {
     uint16_t sqhd, sqid, cid, status; /* status bit 0 is the phase */
 };
 
-static struct vn_dma *g_dma;
-
 /* BAR0 is device memory: every access must reach it (volatile), in order. */
 static inline uint32_t rd32(struct vn_ctrl *c, uint32_t off)
 {
@@ -146,7 +144,7 @@ void vn_ctrl_open(struct vn_ctrl *c, struct vn_dma *d, uint32_t qd)
 
     memset(c, 0, sizeof(*c));
     c->timeout_ms = timeout_ms;
-    g_dma = d;
+    c->dma = d;
     if (ioctl(d->dev_fd, VFIO_DEVICE_GET_REGION_INFO, &ri) < 0) {
         vn_fail("bar", "VFIO_DEVICE_GET_REGION_INFO BAR0: %s", strerror(errno));
     }
@@ -268,9 +266,19 @@ static uint32_t admin(struct vn_ctrl *c, struct sqe *cmd, const char *what)
     c->asq_tail = (c->asq_tail + 1) % c->aq_size;
     sq_db(c, 0, c->asq_tail);
     while ((e->status & 1) != c->acq_phase) {
+        uint32_t csts = rd32(c, REG_CSTS);
+        /*
+         * CFS: the controller gave up, e.g. it could not fetch the command by
+         * DMA; no completion will come, so say so now rather than time out.
+         */
+        if (csts & CSTS_CFS) {
+            vn_fail("admin", "%s: the controller reports a fatal status (CSTS 0x%x): "
+                    "it could not fetch the command or post its completion by DMA",
+                    what, csts);
+        }
         if (vn_now_ns() > end) {
             vn_fail("admin", "%s: no completion within %u ms (CSTS 0x%x)", what,
-                    c->timeout_ms, rd32(c, REG_CSTS));
+                    c->timeout_ms, csts);
         }
         usleep(50);
     }
@@ -477,8 +485,8 @@ void vn_ctrl_close(struct vn_ctrl *c)
             fprintf(stderr, "vfio-nvme: CSTS.RDY still 1 after disable\n");
         }
     }
-    if (g_dma && g_dma->dev_fd >= 0) {
-        pci_command(g_dma, false);
+    if (c->dma && c->dma->dev_fd >= 0) {
+        pci_command(c->dma, false);
     }
     if (c->bar) {
         munmap((void *)c->bar, c->bar_len);

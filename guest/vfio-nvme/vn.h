@@ -25,6 +25,7 @@ struct vn_dma {
     int iommufd;
     uint32_t devid, ioas_id, hwpt_id;
     bool attached;
+    bool joined;        /* iommufd and IOAS borrowed from the first device */
     /* containers */
     int container_fd, group_fd, group;
     /* sPAPR: the window the buffers go to */
@@ -50,6 +51,7 @@ struct vn_buf {
 
 /* Controller state. */
 struct vn_ctrl {
+    struct vn_dma *dma; /* how its buffers are mapped; its device fd */
     volatile uint8_t *bar;  /* BAR0 mapping: device memory, every access counts */
     size_t bar_len;
     int bar_fd;         /* no mmap: registers through pread/pwrite of the region */
@@ -76,16 +78,43 @@ struct vn_ctrl {
     uint16_t vid;
 };
 
+/* One driven function: [0] is --pci, the others came with --with. */
+struct vn_dev {
+    struct vn_dma dma;
+    struct vn_ctrl ctrl;
+    struct vn_buf data;
+    uint8_t *state;
+    uint64_t wns, rns, verified, mismatched, bad_chunks, failed_chunks;
+    int rc;
+    char err[512];
+};
+#define VN_MAX_DEVS 4
+
+/* The I/O every function does: the same on each, its own namespace and buffer. */
+struct vn_io {
+    uint64_t lba0, count, seed;
+    uint32_t bs, qd;
+};
+
 /* main.c */
 void vn_fail(const char *stage, const char *fmt, ...)
     __attribute__((format(printf, 2, 3), noreturn));
 uint64_t vn_now_ns(void);
 
+/* sysfs.c */
+#define SYSPCI "/sys/bus/pci/devices"
+/* The NVMe function is there and held by vfio-pci, or the run fails saying why. */
+void vn_check_owned(const char *pci);
+/* basename of the symlink SYSPCI/pci/link, or "" */
+void vn_link_name(const char *pci, const char *link, char *out, size_t len);
+uint64_t vn_phys(const void *va); /* guest physical address (pagemap), 0 if unknown */
+
 /* dma.c */
 void vn_dma_open(struct vn_dma *d, const char *pci, enum vn_iommu mode, uint64_t want);
+/* iommufd only: bind pci to first's iommufd, attach it to first's HWPT. */
+void vn_dma_join(struct vn_dma *d, const char *pci, const struct vn_dma *first);
 void vn_dma_map(struct vn_dma *d, struct vn_buf *b);
 void vn_dma_close(struct vn_dma *d);
-uint64_t vn_phys(const void *va); /* guest physical address (pagemap), 0 if unknown */
 
 /* nvme.c */
 void vn_ctrl_open(struct vn_ctrl *c, struct vn_dma *d, uint32_t qd);
@@ -100,6 +129,13 @@ void vn_ctrl_create_ioq(struct vn_ctrl *c);
 int vn_ctrl_io(struct vn_ctrl *c, bool write, uint64_t lba0, uint32_t bs,
                uint64_t count, uint32_t qd, const struct vn_buf *data,
                uint8_t *state, char *err, size_t errlen);
+/* phase.c */
+void vn_fill_pattern(struct vn_dev *v, const struct vn_io *io);
+/* The write or read phase on devs[0..n) at once; each one's rc, err, state, time. */
+void vn_run_phase(struct vn_dev *devs, int n, const struct vn_io *io, bool write);
+void vn_verify(struct vn_dev *v, const struct vn_io *io);
+bool vn_dev_ok(const struct vn_dev *v);
+
 #define VN_NOT_RUN 0
 #define VN_DONE 1
 #define VN_FAILED 2
