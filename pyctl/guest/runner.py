@@ -7,7 +7,8 @@ timeout passes; in every case the console log is kept and returned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from pyctl.guest.results import (
     parse_done,
     parse_results,
 )
-from pyctl.qemu.launcher import LaunchError, QemuInstance
+from pyctl.qemu.launcher import FATAL_PATTERNS, LaunchError, QemuInstance
 from pyctl.qemu.machines import GuestConfig, NvmeDisk
+from pyctl.qemu.qmp import QmpSession
 
 
 @dataclass
@@ -33,6 +35,7 @@ class AgentRun:
     seconds_to_done: float | None
     error: str | None  # why the run failed (timeout, panic, QEMU exit), None if it finished
     exit_status: int | None
+    inspected: Any = None  # what run_agent's ``inspect`` returned
 
     @property
     def ok(self) -> bool:
@@ -66,27 +69,42 @@ def run_agent(
     timeout: float = 180.0,
     build_dir: Path | None = None,
     poweroff_timeout: float = 15.0,
+    inspect: Callable[[QmpSession], Any] | None = None,
+    fatal: tuple[str, ...] = FATAL_PATTERNS,
 ) -> AgentRun:
-    """Boot ``cfg`` (whose command line names the scenarios) and wait for the agent."""
+    """Boot ``cfg`` (whose command line names the scenarios) and wait for the agent.
+
+    ``inspect(qmp)``, if given, runs once the agent is DONE, with the guest's last
+    state still in QEMU (its power-off pauses QEMU instead of ending it); what it
+    returns is the run's ``inspected``.  ``fatal``: console patterns that end the run at
+    once (the guest will produce no more results).
+    """
+    if inspect is not None:
+        cfg = replace(cfg, extra_args=(*cfg.extra_args, "-action", "shutdown=pause"))
     inst = QemuInstance(cfg, workdir, build_dir)
     error: str | None = None
     seconds: float | None = None
     boot: float | None = None
+    inspected: Any = None
     try:
         inst.start()
         if cfg.paused:
             inst.qmp.cmd("cont")
-        inst.wait_for(BOOT_PATTERN, timeout)
+        inst.wait_for(BOOT_PATTERN, timeout, fatal)
         boot = inst.elapsed()
-        inst.wait_for(DONE_PATTERN, max(1.0, timeout - boot))
+        inst.wait_for(DONE_PATTERN, max(1.0, timeout - boot), fatal)
         seconds = inst.elapsed()
-        # The agent powers off; wait for QEMU to exit on its own before forcing it.
-        inst.wait_exit(poweroff_timeout)
+        if inspect is not None:
+            inspected = inspect(inst.qmp)
+        else:
+            # The agent powers off; wait for QEMU to exit on its own before forcing it.
+            inst.wait_exit(poweroff_timeout)
     except LaunchError as exc:
         error = str(exc)
     finally:
         status = inst.shutdown()
     text = inst.console_text()
     return AgentRun(
-        parse_results(text), parse_done(text), inst.console_path, boot, seconds, error, status
-    )
+        parse_results(text), parse_done(text), inst.console_path, boot, seconds, error, status,
+        inspected,
+    )  # fmt: skip
