@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ from vfio_nvme_guest import (
 from pyctl.guest.image import GuestImage
 from pyctl.guest.results import Scenario, cmdline_arg
 from pyctl.guest.runner import AgentRun, run_agent
-from pyctl.qemu.launcher import create_raw_disk
+from pyctl.qemu.launcher import FATAL_PATTERNS, create_raw_disk
 from pyctl.qemu.machines import GuestConfig, NvmeDisk, qemu_build_dir
+from pyctl.qemu.qmp import QmpSession
 
 # Bounded: a hung driver or guest fails the test within this.
 BOOT_TIMEOUT = float(os.environ.get("IOMMULAB_BOOT_TIMEOUT", "300"))
@@ -71,25 +73,36 @@ class VfioNvmeBoot(Test):  # type: ignore[misc]
         extra: Any,
         append: str = "",
         machine_nvme: bool = False,
+        inspect: Callable[[QmpSession], Any] | None = None,
         **cfg: Any,
     ) -> tuple[AgentRun, Path]:
         """Boot with the driver in the initramfs; ``extra(disk)`` gives the NVMe's args, or
-        with ``machine_nvme`` the machine's own NVMe placement has the disk."""
+        with ``machine_nvme`` the machine's own NVMe placement has the disk; ``inspect``:
+        run_agent's, the host's look at QEMU once the agent is done."""
         arch = "x86_64" if machine == "q35" else "ppc64le"
         image = self.image(arch, kernel)
         work = Path(self.workdir)
         disk = create_raw_disk(work / "nvme.raw", DISK_BYTES)
+        fatal = FATAL_PATTERNS
         if kernel == "rfc":
-            append = f"{append} panic_on_oops=1".strip()  # an RFC oops ends the run at once
+            # an RFC oops is fatal (the kernel stops there); the end of its trace ends the
+            # run at once instead of a stopped guest waiting out the timeout
+            append = f"{append} panic_on_oops=1".strip()
+            fatal = (*fatal, r"---\[ end trace [0-9a-f]+ \]---")
         line = " ".join(x for x in (cmdline_arg(scenarios, check_known=False), append) if x)
         config = GuestConfig(
             machine=machine, kernel=image.kernel, initrd=with_driver(image, work),
             append=line, extra_args=tuple(extra(disk)),
             nvme=NvmeDisk(disk, serial=SERIAL) if machine_nvme else None, **cfg,
         )  # fmt: skip
-        # an RFC oops halts the guest: do not wait the whole boot timeout for it
-        limit = min(BOOT_TIMEOUT, 150.0) if kernel == "rfc" else BOOT_TIMEOUT
-        run = run_agent(config, Path(self.outputdir) / "qemu", limit, qemu_build_dir())
+        run = run_agent(
+            config,
+            Path(self.outputdir) / "qemu",
+            BOOT_TIMEOUT,
+            qemu_build_dir(),
+            inspect=inspect,
+            fatal=fatal,
+        )
         (Path(self.outputdir) / "results.json").write_text(
             json.dumps({"machine": machine, "kernel": kernel, "error": run.error,
                         "results": run.results}, indent=2) + "\n"

@@ -138,7 +138,11 @@ class VfioNvmeHostRefusals(Test):  # type: ignore[misc]
             (("--pci", "x", "--size", "3K", "--bs", "2K"), "args", "--size 3072: give a multiple"),
             (("--pci", "x", "--qd", "8x"), "args", "--qd 8x: trailing 'x'"),
             (("--pci", "x", "--timeout-ms", "0"), "args", "--timeout-ms 0: give 1..600000"),
-        ):
+            (("--pci", "x", "--iommu", "type1", "--with", "y"), "args",
+             "--with: only with --iommu iommufd"),
+            (("--pci", "x", "--with", "y,x"), "args", "--with: x is given twice"),
+            (("--pci", "x", "--with", "a,b,c,d"), "args", "--with: at most 3 more functions"),
+        ):  # fmt: skip
             rep = self.refuse(*args)
             self.assertEqual(rep["stage"], stage)
             self.assertIn(text, rep["error"])
@@ -147,6 +151,7 @@ class VfioNvmeHostRefusals(Test):  # type: ignore[misc]
         rep = self.refuse("--pci", "0000:ff:1f.7")
         self.assertEqual(rep["stage"], "device")
         self.assertIn("no PCI device 0000:ff:1f.7", rep["error"])
+        self.assertEqual(rep["pci"], "0000:ff:1f.7")
         # any PCI function of the host that is not an NVMe controller
         for dev in sorted(Path("/sys/bus/pci/devices").iterdir()):
             if (dev / "class").read_text().strip() != "0x010802":

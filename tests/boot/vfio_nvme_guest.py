@@ -105,10 +105,40 @@ def pseries_second_phb(disk: Path, ddw: bool) -> list[str]:
 
 def pseries_two_on_second_phb(disk: Path, disk2: Path) -> list[str]:
     """Two NVMe functions on PHB 1 (ddw=on): one PE, one IOMMU group."""
+    return [*pseries_second_phb(disk, ddw=True), *second_nvme(disk2, "pci.1.0", "0x2")]
+
+
+def second_nvme(disk2: Path, bus: str | None = None, addr: str | None = None) -> list[str]:
+    """A second NVMe (serial ``SERIAL-2``) on ``disk2``, where the machine puts it or on
+    ``bus`` at ``addr``."""
+    place = f",bus={bus},addr={addr}" if bus else ""
+    return [
+        "-drive", f"file={disk2},if=none,id=vn2-drive,format=raw",
+        "-device", f"nvme,id=vn2,drive=vn2-drive,serial={SERIAL}-2{place}",
+    ]  # fmt: skip
+
+
+def q35_intel_iommu_two(disk: Path, disk2: Path) -> list[str]:
+    """Two NVMe behind intel-iommu (each its own IOMMU group)."""
+    return [*q35_intel_iommu(disk), *second_nvme(disk2)]
+
+
+def pseries_two_phbs(disk: Path, disk2: Path) -> list[str]:
+    """An NVMe alone on PHB 1 and another alone on PHB 2: two PEs, two IOMMU groups."""
     return [
         *pseries_second_phb(disk, ddw=True),
-        "-drive", f"file={disk2},if=none,id=vn2-drive,format=raw",
-        "-device", f"nvme,id=vn2,drive=vn2-drive,serial={SERIAL}-2,bus=pci.1.0,addr=0x2",
+        "-device", "spapr-pci-host-bridge,index=2,id=pci.2",
+        *second_nvme(disk2, "pci.2.0", "0x1"),
+    ]  # fmt: skip
+
+
+def powernv_second_phb(disk2: Path) -> list[str]:
+    """PowerNV: a second PHB (index 1) with a root port and an NVMe behind it (the machine's
+    own NVMe is behind PHB 0's root port): two PEs, two IOMMU groups."""
+    return [
+        "-device", "pnv-phb,chip-id=0,index=1,id=pcie.1",
+        "-device", "pnv-phb-root-port,id=rp1,bus=pcie.1",
+        *second_nvme(disk2, "rp1", "0x0"),
     ]  # fmt: skip
 
 
