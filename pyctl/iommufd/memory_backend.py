@@ -27,25 +27,15 @@ from .backend import (
     Range,
     SpaprPeInfo,
     Translation,
-    Window,
     WindowCaps,
-    WindowEvent,
     merged,
 )
 from .errors import BackendError
+from .memory_windows import DEFAULT_SPAPR_CAPS, DEFAULT_SPAPR_WINDOW, InMemoryWindows
 from .ppc64_hw import InMemoryPes
 
 GRANULE = 4096
 U64_LIMIT = 1 << 64
-
-DEFAULT_SPAPR_CAPS = WindowCaps(
-    windows_supported=2,
-    page_shifts=(12, 16, 21, 24),
-    ddw_offset=1 << 59,
-    max_size=1 << 40,
-)
-#: the default 32-bit window every sPAPR PE starts with (index 0, 4 KiB TCEs)
-DEFAULT_SPAPR_WINDOW = Window(index=0, start=0, size=1 << 30, page_shift=12)
 
 
 @dataclass
@@ -71,7 +61,7 @@ def _check_range(what: str, iova: int, size: int, limit: int = U64_LIMIT) -> Non
         raise BackendError(f"{what}: range {iova:#x}+{size:#x} exceeds {limit:#x}")
 
 
-class InMemoryBackend(InMemoryPes):
+class InMemoryBackend(InMemoryPes, InMemoryWindows):
     """A paging vIOMMU (x86 flavour) and/or sPAPR PEs, held in Python objects."""
 
     def __init__(
@@ -88,8 +78,7 @@ class InMemoryBackend(InMemoryPes):
         self.faults_dropped = 0
         self.fault_queue_size = fault_queue_size
         self.spapr_caps = spapr_caps
-        self._windows: dict[str, dict[int, Window]] = {}
-        self._events: list[WindowEvent] = []
+        self._windows_init()
         #: guest stage-1 tables in "guest memory": root -> {iova page: (ipa, r, w)}
         self.guest_s1: dict[int, dict[int, tuple[int, bool, bool]]] = {}
         self.fail_next: str | None = None
@@ -133,7 +122,7 @@ class InMemoryBackend(InMemoryPes):
         self._devinfo[info.device] = info
         self._attach[info.device] = (getattr(self, "_default_mode", "blocked"), None)
         if info.platform == "spapr":
-            self._windows[info.device] = {0: DEFAULT_SPAPR_WINDOW}
+            self._add_window_device(info.device)
 
     def _enter(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -360,9 +349,7 @@ class InMemoryBackend(InMemoryPes):
         mode, domain = self._attach[device]
         if mode == "blocked":
             return Translation(False, stage="device", reason="blocked")
-        if info.platform == "spapr" and not any(
-            w.start <= iova <= w.last for w in self._windows[device].values()
-        ):
+        if info.platform == "spapr" and not self._in_window(device, iova):
             return Translation(False, stage="device", reason="address-size")
         if mode == "bypass" or domain is None:
             return Translation(True, addr=iova, read=True, write=True)
@@ -419,71 +406,6 @@ class InMemoryBackend(InMemoryPes):
         table = self.guest_s1.setdefault(s1_root, {})
         for off in range(0, size, GRANULE):
             table.pop(iova + off, None)
-
-    # -- WindowBackend -------------------------------------------------------
-    def _spapr(self, device: str) -> dict[int, Window]:
-        info = self._dev(device)
-        if info.platform != "spapr":
-            raise BackendError(f"device {device!r} has no sPAPR DMA windows")
-        return self._windows[device]
-
-    def window_caps(self, device: str) -> WindowCaps:
-        self._spapr(device)
-        return self.spapr_caps
-
-    def windows(self, device: str) -> list[Window]:
-        return sorted(self._spapr(device).values(), key=lambda w: w.index)
-
-    def create_window(self, device: str, page_shift: int, size: int, offset: int) -> Window:
-        self._enter("create_window")
-        wins = self._spapr(device)
-        caps = self.spapr_caps
-        if page_shift not in caps.page_shifts:
-            raise BackendError(f"page shift {page_shift} not supported")
-        if size <= 0 or size & (size - 1) or size < (1 << page_shift) or size > caps.max_size:
-            raise BackendError(f"window size {size:#x} invalid")
-        if offset % (1 << page_shift) or offset + size > U64_LIMIT:
-            raise BackendError(f"window offset {offset:#x} invalid")
-        free = [i for i in range(caps.windows_supported) if i not in wins]
-        if not free:
-            raise BackendError("no free window")
-        for w in wins.values():
-            if offset <= w.last and w.start <= offset + size - 1:
-                raise BackendError(f"window overlaps window {w.index}")
-        win = Window(free[0], offset, size, page_shift)
-        wins[win.index] = win
-        return win
-
-    def remove_window(self, device: str, index: int) -> None:
-        self._enter("remove_window")
-        wins = self._spapr(device)
-        if index not in wins:
-            raise BackendError(f"window {index} does not exist")
-        del wins[index]
-
-    def window_events(self) -> list[WindowEvent]:
-        out, self._events = self._events, []
-        return out
-
-    def guest_create_window(self, device: str, page_shift: int, size: int, offset: int) -> Window:
-        """The guest's RTAS ibm,create-pe-dma-window: changes the PE and raises an event."""
-        win = self.create_window(device, page_shift, size, offset)
-        self._events.append(WindowEvent(device, "created", win))
-        return win
-
-    def guest_reset_windows(self, device: str) -> None:
-        """The guest's ibm,reset-pe-dma-window: only the default window remains."""
-        wins = self._spapr(device)
-        wins.clear()
-        wins[0] = DEFAULT_SPAPR_WINDOW
-        self._events.append(WindowEvent(device, "reset", DEFAULT_SPAPR_WINDOW))
-
-    def guest_remove_window(self, device: str, index: int) -> None:
-        wins = self._spapr(device)
-        win = wins.get(index)
-        self.remove_window(device, index)
-        if win is not None:
-            self._events.append(WindowEvent(device, "removed", win))
 
 
 #: The interrupt window of x86 (the LAPIC's MSI address range), which x86 IOMMUs
