@@ -5,6 +5,9 @@
  * uint32 id and an attachment (mode and domain) that the caller keeps.
  * Guest memory is read through a callback.
  *
+ * Implemented by il-engine.c (engine, translation), il-domain.c (domains)
+ * and il-iotlb.c (invalidation), which share il-engine-internal.h.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #ifndef IL_ENGINE_H

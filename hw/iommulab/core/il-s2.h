@@ -7,6 +7,9 @@
  * 1 GiB blocks at the two levels above it when iova and addr are aligned.
  * A lookup reads one entry per level.
  *
+ * Implemented by il-s2.c (table memory, lookup, walk), il-s2-map.c and
+ * il-s2-unmap.c, which share il-s2-internal.h.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #ifndef IL_S2_H
