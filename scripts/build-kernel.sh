@@ -42,7 +42,7 @@ for tool in flex bison bc; do
     command -v $tool >/dev/null || die "$tool not found: run scripts/setup-host.sh"
 done
 
-version=$LINUX_SOURCE_VERSION
+version=$LINUX_ORIG_VERSION
 fragments=("$IOMMULAB_REPO/guest/kernel/common.config" "$IOMMULAB_REPO/guest/kernel/$arch.config")
 # A kernel variant adds fragments of its own (guest/kernel-patches/*/build.sh sets this).
 [ -z "${IOMMULAB_KERNEL_EXTRA_CONFIG:-}" ] || fragments+=($IOMMULAB_KERNEL_EXTRA_CONFIG)
