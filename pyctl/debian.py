@@ -214,11 +214,14 @@ Want = tuple[str, str, str, str]
 def wanted(versions: dict[str, str], suite: str = SUITE) -> list[Want]:
     """Everything the build and the guests take from Debian.  The lab kernels'
     source is an upstream tarball alone (``LINUX_ORIG_VERSION``), pinned from
-    the Sources index of ``LINUX_ORIG_SUITE`` (default: ``suite``)."""
+    the Sources index of ``LINUX_ORIG_SUITE``; their selftests' libcap-dev comes
+    from ``LIBCAP_DEV_SUITE`` (both default to ``suite``)."""
     abi = versions["LINUX_ABI"]
     linux = versions["LINUX_VERSION"]
     busybox = versions["BUSYBOX_VERSION"]
     orig_suite = versions.get("LINUX_ORIG_SUITE", suite)
+    libcap = versions["LIBCAP_DEV_VERSION"]
+    libcap_suite = versions.get("LIBCAP_DEV_SUITE", suite)
     return [
         ("qemu", SOURCE, versions["QEMU_DEB_VERSION"], suite),
         ("qemu-system-data", "all", versions["QEMU_SYSTEM_DATA_VERSION"], suite),
@@ -228,6 +231,8 @@ def wanted(versions: dict[str, str], suite: str = SUITE) -> list[Want]:
         ("linux", ORIG, versions["LINUX_ORIG_VERSION"], orig_suite),
         ("busybox-static", "amd64", busybox, suite),
         ("busybox-static", "ppc64el", busybox, suite),
+        ("libcap-dev", "amd64", libcap, libcap_suite),
+        ("libcap-dev", "ppc64el", libcap, libcap_suite),
     ]
 
 

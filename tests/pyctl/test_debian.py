@@ -215,4 +215,7 @@ def test_an_orig_tarball_is_pinned_from_its_suites_signed_sources(
     want = debian.wanted(versions)
     orig = [w for w in want if w[1] == debian.ORIG]
     assert orig == [("linux", "orig", versions["LINUX_ORIG_VERSION"], "trixie-backports")]
-    assert all(w[3] == debian.SUITE for w in want if w[1] != debian.ORIG)
+    libcap = [w for w in want if w[0] == "libcap-dev"]
+    assert {w[1] for w in libcap} == {"amd64", "ppc64el"}
+    assert {w[3] for w in libcap} == {versions["LIBCAP_DEV_SUITE"]}
+    assert all(w[3] == debian.SUITE for w in want if w not in orig + libcap)
