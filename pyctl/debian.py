@@ -47,6 +47,9 @@ KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 #: architectures of binary packages in the lock (``all`` is in every index)
 BINARY_ARCHES = ("amd64", "ppc64el")
 SOURCE = "source"
+#: the "arch" of a pin that is a source package's upstream tarball alone
+#: (``NAME_VERSION.orig.tar.xz``), taken from the Sources index of its suite
+ORIG = "orig"
 RETRIES = 3
 
 _ENV_LINE = re.compile(r'^([A-Z0-9_]+)="?([^"]*)"?\s*$')
@@ -58,10 +61,11 @@ class DebianError(Exception):
 
 @dataclass(frozen=True)
 class Pin:
-    """One file in the pool: a binary package (.deb) or a source package (.dsc)."""
+    """One file in the pool: a binary package (.deb), a source package (.dsc) or a
+    source package's upstream tarball alone (arch ``orig``)."""
 
     name: str
-    arch: str  # amd64 | ppc64el | all | source
+    arch: str  # amd64 | ppc64el | all | source | orig
     version: str
     size: int
     sha256: str
@@ -203,20 +207,32 @@ def dsc_files(text: str) -> list[tuple[int, str, str]]:
 # -- the lock maker -------------------------------------------------------------
 
 
-def wanted(versions: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(name, arch, version) of everything the build and the guests take from Debian."""
+#: (name, arch, version, suite): one file to pin and the suite whose signed index names it
+Want = tuple[str, str, str, str]
+
+
+def wanted(versions: dict[str, str], suite: str = SUITE) -> list[Want]:
+    """Everything the build and the guests take from Debian.  The lab kernels'
+    source is an upstream tarball alone (``LINUX_ORIG_VERSION``), pinned from
+    the Sources index of ``LINUX_ORIG_SUITE``; their selftests' libcap-dev comes
+    from ``LIBCAP_DEV_SUITE`` (both default to ``suite``)."""
     abi = versions["LINUX_ABI"]
     linux = versions["LINUX_VERSION"]
     busybox = versions["BUSYBOX_VERSION"]
+    orig_suite = versions.get("LINUX_ORIG_SUITE", suite)
+    libcap = versions["LIBCAP_DEV_VERSION"]
+    libcap_suite = versions.get("LIBCAP_DEV_SUITE", suite)
     return [
-        ("qemu", SOURCE, versions["QEMU_DEB_VERSION"]),
-        ("qemu-system-data", "all", versions["QEMU_SYSTEM_DATA_VERSION"]),
-        ("seabios", "all", versions["SEABIOS_VERSION"]),
-        (f"linux-image-{abi}-amd64-unsigned", "amd64", linux),
-        (f"linux-image-{abi}-powerpc64le", "ppc64el", linux),
-        ("linux", SOURCE, versions["LINUX_SOURCE_VERSION"]),
-        ("busybox-static", "amd64", busybox),
-        ("busybox-static", "ppc64el", busybox),
+        ("qemu", SOURCE, versions["QEMU_DEB_VERSION"], suite),
+        ("qemu-system-data", "all", versions["QEMU_SYSTEM_DATA_VERSION"], suite),
+        ("seabios", "all", versions["SEABIOS_VERSION"], suite),
+        (f"linux-image-{abi}-amd64-unsigned", "amd64", linux, suite),
+        (f"linux-image-{abi}-powerpc64le", "ppc64el", linux, suite),
+        ("linux", ORIG, versions["LINUX_ORIG_VERSION"], orig_suite),
+        ("busybox-static", "amd64", busybox, suite),
+        ("busybox-static", "ppc64el", busybox, suite),
+        ("libcap-dev", "amd64", libcap, libcap_suite),
+        ("libcap-dev", "ppc64el", libcap, libcap_suite),
     ]
 
 
@@ -278,8 +294,19 @@ def index_text(
 
 
 def lookup(index: str, name: str, arch: str, version: str) -> tuple[int, str, str] | None:
-    """(size, sha256, pool path) of a package in an index, or None."""
+    """(size, sha256, pool path) of a package in an index, or None.  For ``orig``,
+    ``version`` is the upstream version: any source package of ``name`` that
+    names ``NAME_VERSION.orig.tar.xz`` gives it (all revisions share one file)."""
     for st in stanzas(index):
+        if arch == ORIG:
+            if st.get("Package") != name:
+                continue
+            want = f"{name}_{version}.orig.tar.xz"
+            for line in st.get("Checksums-Sha256", "").splitlines():
+                f = line.split()
+                if len(f) == 3 and f[2] == want:
+                    return int(f[1]), f[0], f"{st['Directory']}/{want}"
+            continue
         if st.get("Package") != name or st.get("Version") != version:
             continue
         if arch == SOURCE:
@@ -294,21 +321,24 @@ def lookup(index: str, name: str, arch: str, version: str) -> tuple[int, str, st
 
 
 def make_pins(
-    want: Sequence[tuple[str, str, str]],
+    want: Sequence[Want],
     mirror: str,
-    suite: str,
     trust_unverified: Sequence[str] = (),
 ) -> list[Pin]:
-    release = signed_release(mirror, suite)
-    indexes: dict[str, tuple[str, bool]] = {}
+    releases: dict[str, dict[str, tuple[int, str]]] = {}
+    indexes: dict[tuple[str, str], tuple[str, bool]] = {}
     pins = []
-    for name, arch, version in want:
-        look = [SOURCE] if arch == SOURCE else list(BINARY_ARCHES) if arch == "all" else [arch]
+    for name, arch, version, suite in want:
+        if suite not in releases:
+            releases[suite] = signed_release(mirror, suite)
+        look = (
+            [SOURCE] if arch in (SOURCE, ORIG) else list(BINARY_ARCHES) if arch == "all" else [arch]
+        )
         found = None
         for idx in look:
-            if idx not in indexes:
-                indexes[idx] = index_text(mirror, suite, idx, release)
-            text, ok = indexes[idx]
+            if (suite, idx) not in indexes:
+                indexes[suite, idx] = index_text(mirror, suite, idx, releases[suite])
+            text, ok = indexes[suite, idx]
             hit = lookup(text, name, arch, version)
             if hit and (ok or idx in trust_unverified):
                 found = Pin(name, arch, version, hit[0], hit[1], hit[2], verified=ok)
@@ -349,12 +379,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
             pin = find_pin(read_lock(), a.name, a.arch, a.version)
             print(fetch(pin, a.dest))
         elif a.cmd == "lock":
-            pins = make_pins(wanted(read_versions()), MIRROR, SUITE, a.trust_unverified)
+            pins = make_pins(wanted(read_versions()), MIRROR, a.trust_unverified)
             LOCK.write_text(LOCK_HEADER + "".join(p.line() + "\n" for p in pins))
             print(f"{LOCK}: {len(pins)} pins, {sum(not p.verified for p in pins)} unverified")
         else:
             pins = read_lock()
-            fresh = make_pins([(p.name, p.arch, p.version) for p in pins], MIRROR, SUITE)
+            suites = {w[:3]: w[3] for w in wanted(read_versions())}
+            fresh = make_pins(
+                [
+                    (p.name, p.arch, p.version, suites.get((p.name, p.arch, p.version), SUITE))
+                    for p in pins
+                ],
+                MIRROR,
+            )
             bad = [
                 (p, q)
                 for p, q in zip(pins, fresh, strict=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the lab's guest kernel for one architecture from Debian's linux source
-# package (LINUX_SOURCE_VERSION in versions.env), once, into the cache:
+# Build the lab's guest kernel for one architecture from upstream Linux
+# (LINUX_ORIG_VERSION in versions.env: the orig tarball of Debian's linux source
+# package, unpacked by fetch-linux.sh, without Debian's patches), once, into the cache:
 #
 #     scripts/build-kernel.sh x86_64|ppc64le [--force]
 #
@@ -8,7 +9,7 @@
 #     bzImage (x86_64) or vmlinux (ppc64le)   the kernel QEMU boots
 #     config                                  the kernel's .config
 #     modules.builtin                         what is built in (there are no modules)
-#     release                                 its `uname -r` (6.12.107-iommulab)
+#     release                                 its `uname -r` (6.19.11-iommulab)
 #     headers/                                its UAPI headers (headers_install)
 #     selftests/iommufd, iommufd_fail_nth     tools/testing/selftests/iommu, static
 #                                             (guest/selftests/build.sh)
@@ -18,9 +19,10 @@
 # guest/kernel/<arch>.config as KCONFIG_ALLCONFIG: nothing but what the lab
 # needs, all built in (no modules).  The build fails if Kconfig dropped or
 # changed any option of the fragments, or if the image does not carry the
-# expected version.  The stamp records the source version and the hash of the
-# fragments, guest/selftests/ and this script: changing any rebuilds (incrementally: the
-# build directory next to the output is kept).  ppc64le is cross-compiled
+# expected version.  The stamp records the source version, the selftests'
+# libcap-dev version and the hash of the fragments, guest/selftests/ and this
+# script: changing any rebuilds (incrementally: the build directory next to the
+# output is kept).  ppc64le is cross-compiled
 # with Debian's gcc-powerpc64le-linux-gnu.  Builds are serialised per
 # architecture by a lock.
 set -euo pipefail
@@ -42,7 +44,7 @@ for tool in flex bison bc; do
     command -v $tool >/dev/null || die "$tool not found: run scripts/setup-host.sh"
 done
 
-version=$LINUX_SOURCE_VERSION
+version=$LINUX_ORIG_VERSION
 fragments=("$IOMMULAB_REPO/guest/kernel/common.config" "$IOMMULAB_REPO/guest/kernel/$arch.config")
 # A kernel variant adds fragments of its own (guest/kernel-patches/*/build.sh sets this).
 [ -z "${IOMMULAB_KERNEL_EXTRA_CONFIG:-}" ] || fragments+=($IOMMULAB_KERNEL_EXTRA_CONFIG)
@@ -50,7 +52,7 @@ out="$IOMMULAB_CACHE/kernel/$arch-$version"
 build="$IOMMULAB_CACHE/kernel/build-$arch-$version"
 selftests=("$IOMMULAB_REPO"/guest/selftests/*)
 inputs=("${fragments[@]}" "${selftests[@]}" "$here/build-kernel.sh")
-key="linux=$version inputs=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
+key="linux=$version libcap=$LIBCAP_DEV_VERSION inputs=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
 mkdir -p "$IOMMULAB_CACHE/kernel"
 
 exec 9>"$IOMMULAB_CACHE/kernel/.lock-$arch"

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Download Debian's linux source package (LINUX_SOURCE_VERSION in versions.env,
-# pinned in debian.lock), verify it and unpack it once into the cache, with
-# Debian's patches applied.  Prints the unpacked tree's path.
+# Download the upstream Linux tarball Debian ships in its linux source package
+# (linux_<LINUX_ORIG_VERSION>.orig.tar.xz, pinned in debian.lock from the
+# signed Sources index of LINUX_ORIG_SUITE), verify it and unpack it once into
+# the cache.  Upstream Linux as released: Debian's patches are not applied
+# (scripts/versions.env says why).  Prints the unpacked tree's path,
+# $IOMMULAB_CACHE/linux-src/linux-<version> (version-keyed: trees of other
+# versions are left alone).
 #
 # A tree is only used if it carries the '.iommulab-unpacked' stamp written as
 # the very last step; anything else (an interrupted unpack) is removed first.
@@ -11,8 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 source "$here/common.sh"
 
-version=$LINUX_SOURCE_VERSION             # 6.12.107-1
-upstream=${version%%-*}                   # 6.12.107
+version=$LINUX_ORIG_VERSION               # 6.19.11
 base="$IOMMULAB_CACHE/linux-src"
 src_dir="$base/linux-$version"
 stamp="$src_dir/.iommulab-unpacked"
@@ -27,35 +30,31 @@ if [ -f "$stamp" ]; then
 fi
 
 dl="$base/download"
-echo ">> linux: downloading Debian source linux=$version (~140 MB)" >&2
-# The .dsc is pinned by hash in scripts/debian.lock; the files it names are
-# checked against the .dsc's own hashes (pyctl/debian.py).
-dsc=$(debian_fetch linux source "$version" "$dl") || {
-    echo "error: could not download Debian source package linux=$version." >&2
-    echo "       If Debian no longer carries this version, update LINUX_SOURCE_VERSION" >&2
+echo ">> linux: downloading linux_$version.orig.tar.xz (~160 MB)" >&2
+# Pinned by size and SHA-256 in scripts/debian.lock; a mismatch is discarded.
+tarball=$(debian_fetch linux orig "$version" "$dl") || {
+    echo "error: could not download linux_$version.orig.tar.xz." >&2
+    echo "       If Debian no longer carries this version, update LINUX_ORIG_VERSION" >&2
     echo "       in scripts/versions.env and run 'python3 -m pyctl.debian lock';" >&2
     echo "       otherwise check the network and re-run." >&2
     exit 1
 }
 
-# dpkg-source checks every file named in the .dsc once more while unpacking
-# and applies Debian's patch series.
-echo ">> linux: verifying and unpacking $dsc" >&2
+echo ">> linux: unpacking $tarball" >&2
 rm -rf "$src_dir" "$src_dir.tmp"
-if ! dpkg-source --require-strong-checksums -x "$dsc" "$src_dir.tmp" >/dev/null; then
+mkdir -p "$src_dir.tmp"
+# The tarball holds one directory, linux-<version>/.
+if ! tar -xJf "$tarball" -C "$src_dir.tmp" --strip-components=1 --no-same-owner; then
     rm -rf "$src_dir.tmp"
-    echo "error: $dsc failed verification or unpacking; the download was removed," >&2
-    echo "       re-run to fetch it again." >&2
-    rm -f "$dl"/linux_*
+    echo "error: $tarball did not unpack; remove it and re-run." >&2
     exit 1
 fi
 got=$(make -s -C "$src_dir.tmp" kernelversion)
-[ "$got" = "$upstream" ] || {
-    echo "error: unpacked tree is Linux $got, expected $upstream" >&2
+[ "$got" = "$version" ] || {
+    rm -rf "$src_dir.tmp"
+    echo "error: unpacked tree is Linux $got, expected $version" >&2
     exit 1
 }
-# dpkg-source leaves a copy of the upstream tarball next to the tree.
-rm -f "$base/linux_$upstream.orig.tar.xz"
 mv "$src_dir.tmp" "$src_dir"
 date -u +%FT%TZ > "$stamp"
 echo "$src_dir"

@@ -19,7 +19,13 @@ from typing import Protocol
 from .generator import Generator
 from .known import known_difference
 from .mockhw import MockFacts, facts_from_probe
-from .model import ModelSide
+from .model import (
+    HWPT_ALLOC_PASID,
+    IOMMU_HWPT_DATA_SELFTEST,
+    NEST_PARENT,
+    SELFTEST_DATA_LEN,
+    ModelSide,
+)
 from .protocol import Answer, Hello, Op, ProtocolError, Src, decode_answer, decode_hello
 
 
@@ -90,7 +96,11 @@ class Session:
         try:
             self.hello: Hello = decode_hello(self._line())
             facts = facts_from_probe(self.call([Op("P")])[0])
-            self.facts: MockFacts = replace(facts, iova_cap=self._probe_iova_cap(facts))
+            facts = replace(facts, iova_cap=self._probe_iova_cap(facts))
+            data, pasid, data_len = self._probe_mock_driver(facts)
+            self.facts: MockFacts = replace(
+                facts, paging_data=data, pasid_flag=pasid, selftest_data_len=data_len
+            )
         except ProtocolError as exc:
             raise RunnerFailure(str(exc)) from exc
 
@@ -121,6 +131,52 @@ class Session:
         if 3 < gap < page and not gap & (gap - 1):
             return gap
         raise ProtocolError(f"IOVA cap probe: two pages at {second}, after an area at page + 1")
+
+    def _probe_mock_driver(self, facts: MockFacts) -> tuple[bool, bool, int]:
+        """Whether the kernel's mock driver takes, for a paging HWPT, the selftest's
+        data and IOMMU_HWPT_ALLOC_PASID, and the longest selftest data it takes.
+
+        Linux 6.19's mock_domain_alloc_paging_flags() reads ``struct
+        iommu_hwpt_selftest`` (its ``pagetable_type``: the runner's zeroed one is
+        the default mock page table) and allows the PASID flag; 6.12's refuses
+        both (EOPNOTSUPP), as the model's driver does.  6.19's struct is 8 bytes
+        (6.12's 4); iommu_copy_struct_from_user() refuses longer data (EINVAL).
+        On a fresh context: a mock device on an IOAS, a paging HWPT on that IOAS
+        with the data, one with the flag, a nest parent and a nested HWPT with
+        8 bytes of data.
+        """
+        if facts.mock_errno is not None:
+            # no mock device: every HWPT_ALLOC fails before the driver
+            return False, False, SELFTEST_DATA_LEN
+        ans = self.call([Op("S"), Op("ia", (0,))])
+        ioas = ans[1].values[0] if ans[1].errno is None and ans[1].values else 0
+        (md,) = self.call([Op("md", (ioas,))])
+        if md.errno is not None or len(md.values) != 3:
+            raise ProtocolError(f"mock driver probe: mock domain {md}")
+        dev = md.values[2]
+        data, pasid = self.call(
+            [
+                Op("h", (dev, ioas, 0, IOMMU_HWPT_DATA_SELFTEST, SELFTEST_DATA_LEN, 0)),
+                Op("h", (dev, ioas, HWPT_ALLOC_PASID, 0, 0, 0)),
+            ]
+        )
+        for what, a in (("selftest data", data), ("the PASID flag", pasid)):
+            if a.errno not in (None, "EOPNOTSUPP"):
+                raise ProtocolError(f"mock driver probe: HWPT_ALLOC with {what}: {a}")
+        (parent,) = self.call([Op("h", (dev, ioas, int(NEST_PARENT), 0, 0, 0))])
+        if parent.errno is not None or not parent.values:
+            raise ProtocolError(f"mock driver probe: nest parent {parent}")
+        wide = 2 * SELFTEST_DATA_LEN
+        (nested,) = self.call(
+            [Op("h", (dev, parent.values[0], 0, IOMMU_HWPT_DATA_SELFTEST, wide, 0))]
+        )
+        if nested.errno not in (None, "EINVAL"):
+            raise ProtocolError(f"mock driver probe: nested HWPT with {wide} bytes: {nested}")
+        return (
+            data.errno is None,
+            pasid.errno is None,
+            wide if nested.errno is None else SELFTEST_DATA_LEN,
+        )
 
     def _line(self) -> str:
         try:

@@ -17,7 +17,7 @@ from .mockhw import MockFacts
 from .model import ModelSide
 from .protocol import OPS, Answer, Hello, Op, Src
 
-#: what the C runner reports for the selftest's mock device on x86_64 6.12
+#: what the C runner reports for the selftest's mock device on x86_64 (6.12 and 6.19)
 X86_FACTS = MockFacts(
     page_size=4096,
     hw_info_type=0xFEEDBEEF,

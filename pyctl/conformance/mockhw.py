@@ -54,6 +54,15 @@ class MockFacts:
     #: iopt_alloc_iova()'s cap on the automatic IOVA alignment (HPAGE_SIZE) when
     #: the kernel shows one below two pages (differ.Session probes it), else 0
     iova_cap: int = 0
+    #: the mock driver takes IOMMU_HWPT_DATA_SELFTEST for a paging HWPT (from 6.19 its
+    #: pagetable_type picks the mock page table; 6.12: EOPNOTSUPP); differ.Session probes it
+    paging_data: bool = False
+    #: the mock driver takes IOMMU_HWPT_ALLOC_PASID (from 6.19: a PASID-compatible HWPT,
+    #: which only matters to PASID attaches, never generated); differ.Session probes it
+    pasid_flag: bool = False
+    #: sizeof(struct iommu_hwpt_selftest), the longest selftest data the mock driver
+    #: takes (6.12: 4, its iotlb; 6.19: 8, with pagetable_type); differ.Session probes it
+    selftest_data_len: int = 4
 
     def device(self, name: str) -> DeviceHwInfo:
         start, last = self.aperture

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import cast
 
 from pyctl.iommufd import IommufdContext, IommufdError, IommulabHwptData, ModelOptions
-from pyctl.iommufd.uapi import HwptDataType
+from pyctl.iommufd.objects import Ioas
+from pyctl.iommufd.uapi import HwptAllocFlags, HwptDataType
 
 from .mockhw import MockFacts, MockHardware
 from .protocol import Answer, Hello, Op, Src
@@ -21,7 +22,12 @@ from .selftest import SelftestOps
 
 #: include/uapi/linux/iommufd.h has no selftest type; iommufd_test.h's value
 IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
-#: sizeof(struct iommu_hwpt_selftest)
+HWPT_ALLOC_PASID = int(HwptAllocFlags.IOMMU_HWPT_ALLOC_PASID)
+NEST_PARENT = int(HwptAllocFlags.IOMMU_HWPT_ALLOC_NEST_PARENT)
+#: the model driver's refusal of a paging HWPT's data (pyctl/iommufd/hw_pagetable.py),
+#: at the point where the kernel calls the driver's domain_alloc_paging_flags()
+PAGING_NO_DATA = "paging HWPT takes no driver data"
+#: the runner's struct iommu_hwpt_selftest: its iotlb, the least the kernel reads
 SELFTEST_DATA_LEN = 4
 
 
@@ -111,18 +117,44 @@ class ModelSide:
         self, dev: int, pt: int, flags: int, data_type: int, data_len: int, iotlb: int
     ) -> int:
         """HWPT_ALLOC with the selftest's data: its type is the model's driver type, and
-        ``struct iommu_hwpt_selftest`` of another size than the kernel's (EINVAL in
-        iommu_copy_struct_from_user()) is driver data the model's driver refuses (EINVAL)."""
+        ``struct iommu_hwpt_selftest`` shorter than its iotlb or longer than the kernel's
+        struct (EINVAL in iommu_copy_struct_from_user()) is driver data the model's
+        driver refuses (EINVAL).  The mock driver's 6.19 additions (the facts say
+        whether the kernel has them) are translated to what the model has."""
         assert self.ctx is not None
         data: IommulabHwptData | None = None
-        if data_len == SELFTEST_DATA_LEN:
+        if SELFTEST_DATA_LEN <= data_len <= self.facts.selftest_data_len:
             data = IommulabHwptData(0, self._s1_ias(dev))
         elif data_len:
             data = cast(IommulabHwptData, bytes(data_len))  # not the driver's type: EINVAL
+        if self.facts.pasid_flag:
+            # a kernel whose mock driver allows PASID-compatible HWPTs (6.19): the flag
+            # changes nothing the run can see (no PASID attaches); the model has none
+            flags &= ~HWPT_ALLOC_PASID
         dt = data_type
         if data_type == IOMMU_HWPT_DATA_SELFTEST:
             dt = HwptDataType.IOMMU_HWPT_DATA_IOMMULAB
+            if self.facts.paging_data and self._is_ioas(pt):
+                # a kernel whose mock driver reads the data of a paging HWPT (6.19):
+                # the runner's zeroed pagetable_type asks for the default mock page
+                # table, the one a paging HWPT without data gets
+                none = HwptDataType.IOMMU_HWPT_DATA_NONE
+                if isinstance(data, IommulabHwptData):
+                    return self.ctx.hwpt_alloc(dev, pt, flags, none, None)
+                # data of a wrong length: the driver's copy refuses it (EINVAL) after
+                # every check before the driver, which is where the model's driver
+                # refuses any paging data
+                try:
+                    return self.ctx.hwpt_alloc(dev, pt, flags, dt, data)
+                except IommufdError as e:
+                    if e.errno == "EOPNOTSUPP" and e.message == PAGING_NO_DATA:
+                        raise IommufdError("EINVAL", f"selftest data of {data_len} bytes") from e
+                    raise
         return self.ctx.hwpt_alloc(dev, pt, flags, dt, data)
+
+    def _is_ioas(self, pt: int) -> bool:
+        assert self.ctx is not None
+        return isinstance(self.ctx.objects().get(pt), Ioas)
 
     def _s1_ias(self, dev: int) -> int:
         assert self.ctx is not None

@@ -1,7 +1,8 @@
 """The lab kernel flavour: guest kernels built by scripts/build-kernel.sh.
 
 Debian's kernels have no ``CONFIG_IOMMUFD``; the lab builds its own from
-Debian's ``linux`` source package (``LINUX_SOURCE_VERSION``) with the small
+the upstream tarball in Debian's ``linux`` source package
+(``LINUX_ORIG_VERSION``, without Debian's patches) with the small
 config fragments of ``guest/kernel/``, everything built in, plus the kernel's
 iommufd selftests built static from the same tree.  The build script owns
 the cache directory and decides whether it is up to date; this module asks it
@@ -32,7 +33,7 @@ IMAGE_FILE = {"x86_64": "bzImage", "ppc64le": "vmlinux"}
 class LabKernel:
     arch: str
     directory: Path  # <cache>/kernel/<arch>-<version>/
-    release: str  # uname -r, e.g. 6.12.107-iommulab
+    release: str  # uname -r, e.g. 6.19.11-iommulab
     stamp: str  # the build's key: source version and the hash of its inputs
 
     @property
@@ -57,9 +58,9 @@ class LabKernel:
 
 def kernel_dir(arch: str, versions: dict[str, str], cache: Path) -> Path:
     try:
-        version = versions["LINUX_SOURCE_VERSION"]
+        version = versions["LINUX_ORIG_VERSION"]
     except KeyError:
-        raise GuestBuildError("scripts/versions.env lacks LINUX_SOURCE_VERSION") from None
+        raise GuestBuildError("scripts/versions.env lacks LINUX_ORIG_VERSION") from None
     return cache / "kernel" / f"{arch}-{version}"
 
 

@@ -85,8 +85,13 @@ class IommufdConformance(Test):  # type: ignore[misc]
             "boot_s": round(boot_s, 1),
             "facts": {
                 # None: mock devices work; else IOMMU_TEST_OP_MOCK_DOMAIN's errno (pseries
-                # and PowerNV 6.12: the TCE IOMMU probes the mock device, bind is EINVAL)
+                # and PowerNV: no IOMMU_DMA, so the mock device gets no default domain and
+                # no IOMMU; bind is EINVAL)
                 "mock_device_errno": facts.mock_errno,
+                # the mock driver's 6.19 additions, probed (model.py translates them)
+                "mock_paging_data": facts.paging_data,
+                "mock_pasid_flag": facts.pasid_flag,
+                "selftest_data_len": facts.selftest_data_len,
                 "page_size": facts.page_size,
                 "thp": facts.hpage_size,
                 "mock_page": facts.pgsize,

@@ -18,7 +18,7 @@ import pytest
 from pyctl.conformance import Answer, Op, RunnerFailure, Session, differential
 from pyctl.conformance.guest import ConsoleTransport
 from pyctl.conformance.loopback import PPC64LE_FACTS, X86_FACTS, LoopbackRunner
-from pyctl.conformance.model import kernel_options
+from pyctl.conformance.model import HWPT_ALLOC_PASID, kernel_options
 
 
 def test_the_session_finds_no_cap_below_a_page_on_the_usual_kernels() -> None:
@@ -88,3 +88,32 @@ def test_the_console_transport_returns_the_runners_lines_only(tmp_path: Path) ->
         t.join(10)
         tr.close()
         srv.close()
+
+
+def test_the_session_probes_whether_the_mock_driver_takes_paging_data() -> None:
+    """6.19's mock driver reads struct iommu_hwpt_selftest for a paging HWPT (its
+    pagetable_type) and allows IOMMU_HWPT_ALLOC_PASID; 6.12's refuses both.  The
+    session asks, the model follows."""
+    assert not Session(LoopbackRunner(X86_FACTS)).facts.paging_data
+    taking = replace(X86_FACTS, paging_data=True, pasid_flag=True)
+    s = Session(LoopbackRunner(taking))
+    assert s.facts.paging_data and s.facts.pasid_flag
+    assert differential(s, seed=1, count=2000) is None
+
+    # a model that did not take the kernel's answer diverges at the first such call
+    s = Session(LoopbackRunner(taking))
+    s.facts = replace(s.facts, paging_data=False)
+    div = differential(s, seed=1, count=2000)
+    assert div is not None
+    assert div.ops[-1].name == "h" and div.ops[-1].args[3:5] == (0xDEAD, 4)
+    s = Session(LoopbackRunner(taking))
+    s.facts = replace(s.facts, pasid_flag=False)
+    div = differential(s, seed=1, count=2000)
+    assert div is not None
+    assert div.ops[-1].name == "h" and div.ops[-1].args[2] & HWPT_ALLOC_PASID
+
+    def odd(seq: int, op: Op, ans: Answer) -> Answer:
+        return Answer("EINVAL") if op.name == "h" else ans
+
+    with pytest.raises(RunnerFailure, match="mock driver probe"):
+        Session(LoopbackRunner(perturb=odd))

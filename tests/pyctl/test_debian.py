@@ -147,11 +147,11 @@ def test_make_pins_refuses_an_index_that_does_not_match_inrelease(
     index = lzma.compress(text.encode())
     put(root, "dists/trixie/main/binary-ppc64el/Packages.xz", index)
     good = (len(index), hashlib.sha256(index).hexdigest())
-    want = [("busybox-static", "ppc64el", "1:1.37.0-6+b9")]
+    want = [("busybox-static", "ppc64el", "1:1.37.0-6+b9", "trixie")]
 
     monkeypatch.setattr(debian, "signed_release", lambda m, s: {
         "main/binary-ppc64el/Packages.xz": good})  # fmt: skip
-    (pin,) = debian.make_pins(want, url, "trixie")
+    (pin,) = debian.make_pins(want, url)
     assert (pin.size, pin.sha256, pin.verified) == (988788, "cd" * 32, True)
     assert pin.path.endswith("busybox-static_1.37.0-6+b9_ppc64el.deb")
 
@@ -159,9 +159,63 @@ def test_make_pins_refuses_an_index_that_does_not_match_inrelease(
     monkeypatch.setattr(debian, "signed_release", lambda m, s: {
         "main/binary-ppc64el/Packages.xz": (good[0] + 1, good[1])})  # fmt: skip
     with pytest.raises(debian.DebianError, match="--trust-unverified ppc64el"):
-        debian.make_pins(want, url, "trixie")
-    (pin,) = debian.make_pins(want, url, "trixie", trust_unverified=["ppc64el"])
+        debian.make_pins(want, url)
+    (pin,) = debian.make_pins(want, url, trust_unverified=["ppc64el"])
     assert not pin.verified and pin.line().endswith(" unverified")
 
     with pytest.raises(debian.DebianError, match="is not in trixie"):
-        debian.make_pins([("busybox-static", "ppc64el", "9")], url, "trixie", ["ppc64el"])
+        debian.make_pins([("busybox-static", "ppc64el", "9", "trixie")], url, ["ppc64el"])
+
+
+SOURCES = """\
+Package: linux
+Version: 6.19.11-1~bpo13+1
+Directory: pool/main/l/linux
+Checksums-Sha256:
+ {dsc} 290000 linux_6.19.11-1~bpo13+1.dsc
+ {orig} 159228696 linux_6.19.11.orig.tar.xz
+ {deb} 1900000 linux_6.19.11-1~bpo13+1.debian.tar.xz
+
+Package: linux-signed-amd64
+Version: 6.19.11+1~bpo13+1
+Directory: pool/main/l/linux-signed-amd64
+Checksums-Sha256:
+ {dsc} 1 linux_6.19.11.orig.tar.xz
+"""
+
+
+def test_an_orig_tarball_is_pinned_from_its_suites_signed_sources(
+    mirror: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab kernels' source: the upstream tarball alone, from the Sources index of
+    the suite versions.env names (trixie-backports), next to trixie's pins."""
+    url, root = mirror
+    text = SOURCES.format(dsc="11" * 32, orig="22" * 32, deb="33" * 32)
+    index = lzma.compress(text.encode())
+    put(root, "dists/trixie-backports/main/source/Sources.xz", index)
+    good = (len(index), hashlib.sha256(index).hexdigest())
+    asked: list[str] = []
+
+    def release(m: str, suite: str) -> dict[str, tuple[int, str]]:
+        asked.append(suite)
+        return {"main/source/Sources.xz": good if suite == "trixie-backports" else (0, "")}
+
+    monkeypatch.setattr(debian, "signed_release", release)
+    (pin,) = debian.make_pins([("linux", debian.ORIG, "6.19.11", "trixie-backports")], url)
+    assert asked == ["trixie-backports"]
+    assert pin == debian.Pin(
+        "linux", "orig", "6.19.11", 159228696, "22" * 32,
+        "pool/main/l/linux/linux_6.19.11.orig.tar.xz",
+    )  # fmt: skip
+    assert debian.parse_lock(pin.line()) == [pin]
+    with pytest.raises(debian.DebianError, match=r"linux 6.19.10 \(orig\) is not in"):
+        debian.make_pins([("linux", debian.ORIG, "6.19.10", "trixie-backports")], url)
+
+    versions = debian.read_versions()
+    want = debian.wanted(versions)
+    orig = [w for w in want if w[1] == debian.ORIG]
+    assert orig == [("linux", "orig", versions["LINUX_ORIG_VERSION"], "trixie-backports")]
+    libcap = [w for w in want if w[0] == "libcap-dev"]
+    assert {w[1] for w in libcap} == {"amd64", "ppc64el"}
+    assert {w[3] for w in libcap} == {versions["LIBCAP_DEV_SUITE"]}
+    assert all(w[3] == debian.SUITE for w in want if w not in orig + libcap)

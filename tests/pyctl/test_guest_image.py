@@ -192,7 +192,7 @@ def test_unpinned_package_is_a_clear_error(tmp_path: Path) -> None:
 def test_every_pinned_version_is_in_the_lock() -> None:
     """versions.env and debian.lock agree (a version bump needs `pyctl.debian lock`)."""
     pins = debian.read_lock()
-    for name, arch, version in debian.wanted(debian.read_versions()):
+    for name, arch, version, _suite in debian.wanted(debian.read_versions()):
         debian.find_pin(pins, name, arch, version)
     for arch in get_arch("ppc64le"), get_arch("x86_64"):
         for pkg in arch.packages(read_versions()):

@@ -24,13 +24,13 @@ from pyctl.guest import GuestBuildError
 from pyctl.guest.image import KERNEL_ENV, build_image, default_kernel
 from pyctl.guest.labkernel import read_lab_kernel
 
-LAB_VERSIONS = {**VERSIONS, "LINUX_SOURCE_VERSION": "6.12.107-1"}
-LAB_REL = "6.12.107-iommulab"
+LAB_VERSIONS = {**VERSIONS, "LINUX_ORIG_VERSION": "6.19.11"}
+LAB_REL = "6.19.11-iommulab"
 BUILTIN = "kernel/drivers/nvme/host/nvme.ko\nkernel/drivers/nvme/host/nvme-core.ko\n"
 
 
 def fake_kernel_dir(cache: Path, builtin: str = BUILTIN, selftest: bytes = b"ST1") -> Path:
-    d = cache / "kernel" / "ppc64le-6.12.107-1"
+    d = cache / "kernel" / "ppc64le-6.19.11"
     (d / "selftests").mkdir(parents=True, exist_ok=True)
     banner = f"Linux version {LAB_REL} (iommulab@iommulab) #1 SMP".encode()
     (d / "vmlinux").write_bytes(make_elf({".rodata": banner + b"\0"}, etype=2))
@@ -39,7 +39,7 @@ def fake_kernel_dir(cache: Path, builtin: str = BUILTIN, selftest: bytes = b"ST1
     (d / "release").write_text(LAB_REL + "\n")
     (d / "selftests" / "iommufd").write_bytes(b"\x7fELF iommufd " + selftest)
     (d / "selftests" / "iommufd_fail_nth").write_bytes(b"\x7fELF fail_nth")
-    (d / "built").write_text("linux=6.12.107-1 inputs=abc\nbuilt now in 1s\n")
+    (d / "built").write_text("linux=6.19.11 inputs=abc\nbuilt now in 1s\n")
     return d
 
 
@@ -70,7 +70,7 @@ def test_lab_image_has_the_lab_kernel_the_selftests_and_no_modules(tmp_path: Pat
     # the script gets the cache through IOMMULAB_CACHE and is asked for the architecture
     s = script(
         tmp_path,
-        'echo "$1" > "$IOMMULAB_CACHE/asked"; echo "$IOMMULAB_CACHE/kernel/ppc64le-6.12.107-1"\n',
+        'echo "$1" > "$IOMMULAB_CACHE/asked"; echo "$IOMMULAB_CACHE/kernel/ppc64le-6.19.11"\n',
     )
     img = build(tmp_path, cache, s)
     assert (cache / "asked").read_text() == "ppc64le\n"
@@ -93,7 +93,7 @@ def test_debian_and_lab_images_are_separate_and_a_new_selftest_rebuilds(tmp_path
     cache = tmp_path / "cache"
     ppc_packages(cache, tmp_path)
     fake_kernel_dir(cache)
-    s = script(tmp_path, 'echo "$IOMMULAB_CACHE/kernel/ppc64le-6.12.107-1"\n')
+    s = script(tmp_path, 'echo "$IOMMULAB_CACHE/kernel/ppc64le-6.19.11"\n')
     lab = build(tmp_path, cache, s)
     assert build(tmp_path, cache, s).directory == lab.directory
     lock = debian.read_lock(cache / "guest/debs/test.lock")
@@ -109,7 +109,7 @@ def test_a_module_not_built_in_is_refused(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     ppc_packages(cache, tmp_path)
     fake_kernel_dir(cache, builtin="kernel/drivers/nvme/host/nvme-core.ko\n")
-    s = script(tmp_path, 'echo "$IOMMULAB_CACHE/kernel/ppc64le-6.12.107-1"\n')
+    s = script(tmp_path, 'echo "$IOMMULAB_CACHE/kernel/ppc64le-6.19.11"\n')
     with pytest.raises(GuestBuildError, match=r"nvme: not built into the lab kernel"):
         build(tmp_path, cache, s)
     assert not list((cache / "guest" / "images").glob("ppc64le-lab-*"))
@@ -130,7 +130,7 @@ def test_a_build_elsewhere_or_incomplete_is_refused(tmp_path: Path) -> None:
         build(tmp_path, cache, script(tmp_path, "echo /elsewhere\n"))
     kdir = fake_kernel_dir(cache)
     (kdir / "selftests" / "iommufd_fail_nth").unlink()
-    ok = script(tmp_path, 'echo "$IOMMULAB_CACHE/kernel/ppc64le-6.12.107-1"\n')
+    ok = script(tmp_path, 'echo "$IOMMULAB_CACHE/kernel/ppc64le-6.19.11"\n')
     with pytest.raises(GuestBuildError, match="iommufd_fail_nth: missing"):
         build(tmp_path, cache, ok)
     (kdir / "built").unlink()

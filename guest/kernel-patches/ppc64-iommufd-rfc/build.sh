@@ -7,7 +7,7 @@
 # prints the kernel directory, like scripts/build-kernel.sh, which does the build with
 #   - its own cache root, $IOMMULAB_CACHE/rfc (the lab kernel of the same version, in
 #     $IOMMULAB_CACHE, stays as it is; the Debian packages are shared by a symlink);
-#   - as source, a hard-linked copy of the unpacked Debian tree with 0*.patch applied
+#   - as source, a hard-linked copy of the unpacked lab tree with 0*.patch applied
 #     (GNU patch writes new files, so only the patched files stop being links; the
 #     pristine tree is checked to be untouched), stamped like fetch-linux.sh's trees;
 #   - the lab's fragments plus rfc.config (IOMMULAB_KERNEL_EXTRA_CONFIG).
