@@ -299,7 +299,7 @@ class VfioNvmePseries(VfioNvmeBoot):
 
     def test_rfc_iommufd_ddw_on(self) -> None:
         """RFC kernel, the NVMe alone on PHB 1 with ddw=on: iommufd in the default window
-        (on the lab's 6.12 base, pseries recreates window 0 through the DDW reset path).
+        (pseries recreates window 0 through the DDW reset path).
 
         :avocado: tags=kernel:rfc
         """
@@ -352,9 +352,10 @@ class VfioNvmePseries(VfioNvmeBoot):
 class VfioNvmePowernv(VfioNvmeBoot):
     """PowerNV (PHB4/PHB5 IODA TCE tables, OPAL): the RFC's iommufd path on bare metal POWER.
 
-    QEMU's PowerNV device tree has no ``ibm,processor-radix-AP-encodings``, so the guest's
-    radix MMU has no huge page size (HPAGE_SIZE 1): unpatched iommufd then refuses every
-    kernel-chosen IOVA with EINVAL.  The RFC flavour carries the fix (its patch 0003).
+    Upstream QEMU's PowerNV device tree has no ``ibm,processor-radix-AP-encodings``, so the
+    guest's radix MMU had no huge page size (HPAGE_SIZE 1) and iommufd refused every
+    kernel-chosen IOVA with EINVAL.  The lab's QEMU patch 0020 adds them (checked here: the
+    guest registers 2 MiB HugeTLB pages); the RFC flavour's 0003 fixes iommufd's side.
 
     :avocado: tags=arch:ppc64le,vfio-nvme,kernel:rfc
     """
@@ -373,6 +374,10 @@ class VfioNvmePowernv(VfioNvmeBoot):
                 "ppc64-iommufd-rfc/0003-*.patch (rebuild: its build.sh ppc64le)"
             )
         rep = self.check_ok(res, disk, "iommufd")
+        self.assertIn(
+            "HugeTLB: registered 2.00 MiB page size", run.console.read_text(errors="replace"),
+            "the PowerNV guest has no huge page size: QEMU without hw/qemu-patches/0020?",
+        )  # fmt: skip
         self.assertRegex(rep["dma"], r"ranges 0x0-0x40000000$")
         # the kernel chose both IOVAs, inside the RFC's 1 GiB default window
         self.assertLess(rep["data_iova"] + rep["size"], 1 << 30)
