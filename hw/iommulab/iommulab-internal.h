@@ -96,6 +96,21 @@ void iommulab_dev_fault(IOMMULabState *s, IOMMULabDev *dev,
 /* The vIOMMU named @name (qdev id or QOM path) */
 IOMMULabState *iommulab_find(const char *name, Error **errp);
 
+/*
+ * The devices to tell about a change of domain @d: its own (child false)
+ * and, with @children, those of its nested domains (child true).  From the
+ * domain's list (il_domain_for_each_dev()), under the engine lock; the
+ * notifiers are then called without it (a listener may translate).  An
+ * array of IOMMULabUser (iommulab-invalidate.c).
+ */
+typedef struct IOMMULabUser {
+    IOMMULabDev *dev;
+    bool child;
+} IOMMULabUser;
+
+GArray *iommulab_domain_users(IOMMULabState *s, const ILDomain *d,
+                              bool children);
+
 /* The requester of PCI device @name behind vIOMMU @s */
 IOMMULabDev *iommulab_find_dev(IOMMULabState *s, const char *name,
                                Error **errp);
