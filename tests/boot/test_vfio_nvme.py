@@ -297,6 +297,25 @@ class VfioNvmePseries(VfioNvmeBoot):
         self.check_ok(small, disk, "iommufd")
         self.compare(run, rep, "pseries rfc, iommufd 1 GiB window, 512K x qd2 vs dd 1M")
 
+    def test_rfc_iommufd_default_window_vfio_only(self) -> None:
+        """RFC kernel, ddw=off, the NVMe never given to the kernel's nvme driver (its
+        initcall blacklisted): the device goes straight to vfio-pci, as a host device the
+        guest passes on would.  The same oops as with the kernel driver first, so the
+        pseries refusal behind it (see docs/vfio-nvme.md) does not come from the kernel
+        driver's DMA set-up.  Cancelled quoting the oops while the RFC has it.
+
+        :avocado: tags=kernel:rfc,rfc-limits
+        """
+        run, disk = self.run_guest(
+            "pseries", "rfc",
+            [vfio(iommu="iommufd", lba=65536, seed=47, **SEQ)],
+            lambda d: pseries_second_phb(d, ddw=False),
+            append=f"{UNSAFE_MSI} initcall_blacklist=nvme_init",
+        )  # fmt: skip
+        (res,) = self.drivers(run)
+        rep = self.check_ok(res, disk, "iommufd")
+        self.assertRegex(rep["dma"], r"ranges 0x0-0x40000000$")
+
     def test_rfc_iommufd_ddw_on(self) -> None:
         """RFC kernel, the NVMe alone on PHB 1 with ddw=on: iommufd in the default window
         (pseries recreates window 0 through the DDW reset path).
