@@ -300,9 +300,10 @@ class VfioNvmePseries(VfioNvmeBoot):
     def test_rfc_iommufd_default_window_vfio_only(self) -> None:
         """RFC kernel, ddw=off, the NVMe never given to the kernel's nvme driver (its
         initcall blacklisted): the device goes straight to vfio-pci, as a host device the
-        guest passes on would.  The same oops as with the kernel driver first, so the
-        pseries refusal behind it (see docs/vfio-nvme.md) does not come from the kernel
-        driver's DMA set-up.  Cancelled quoting the oops while the RFC has it.
+        guest passes on would.  The same oops as with the kernel driver first, from
+        another refusal of pseries' create_table (no ibm,ddw-applicable instead of the
+        failed-DDW list the kernel driver's DMA set-up leaves: docs/vfio-nvme.md).
+        Cancelled quoting the oops while the RFC has it.
 
         :avocado: tags=kernel:rfc,rfc-limits
         """
