@@ -71,6 +71,15 @@ _QUERY_PAGE = QUERY_MAX_MAPPINGS * 123 + 4096 * 201
 READ_LIMIT = -(-(max(_TCE_PAGE, _QUERY_PAGE) + (4 << 20)) // (1 << 20)) << 20
 
 
+def _return_of(reply: Message, msg: Message) -> object:
+    """A reply's "return", or the error qemu.qmp's execute() would raise."""
+    if "error" in reply:
+        raise ExecuteError(ErrorResponse(reply), msg, reply)
+    if "return" not in reply:
+        raise BadReplyError("QMP reply is missing 'error' or 'return'", reply, msg)
+    return reply["return"]
+
+
 def _lazy_message(cmd: str, arguments: Mapping[str, object] | None, oob: bool = False) -> Message:
     """An execute message encoded only when sent."""
     body: dict[str, object] = {"exec-oob" if oob else "execute": cmd}
@@ -101,21 +110,11 @@ class _Client(QMPClient):
         # one JSON encoding per command: qemu.qmp's execute() encodes three times (an
         # eager Message, its copy, the send), which triples the cost of a large command
         msg = _lazy_message(cmd, arguments, oob)
-        reply = await self._execute(msg)
-        if "error" in reply:
-            raise ExecuteError(ErrorResponse(reply), msg, reply)
-        if "return" not in reply:
-            raise BadReplyError("QMP reply is missing 'error' or 'return'", reply, msg)
-        return reply["return"]
+        return _return_of(await self._execute(msg), msg)
 
     async def reply_of(self, msg_id: str, msg: Message) -> object:
         """The answer to ``msg``, sent already under ``msg_id`` (see qmp_fast)."""
-        reply = await self._reply(msg_id)
-        if "error" in reply:
-            raise ExecuteError(ErrorResponse(reply), msg, reply)
-        if "return" not in reply:
-            raise BadReplyError("QMP reply is missing 'error' or 'return'", reply, msg)
-        return reply["return"]
+        return _return_of(await self._reply(msg_id), msg)
 
     async def _issue(self, msg: Message) -> str | None:
         # write at once instead of waking the writer task: one loop turn less
