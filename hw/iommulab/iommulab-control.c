@@ -25,6 +25,19 @@ IOMMULabState *iommulab_find(const char *name, Error **errp)
     return obj ? IOMMULAB_VIOMMU(obj) : NULL;
 }
 
+bool iommulab_lock_domain(IOMMULabState *s, bool has_domain, uint32_t domain,
+                          ILDomain **d, Error **errp)
+{
+    qemu_mutex_lock(&s->lock);
+    *d = has_domain ? il_domain_find(&s->engine, domain) : NULL;
+    if (has_domain && !*d) {
+        qemu_mutex_unlock(&s->lock);
+        error_setg(errp, "domain %" PRIu32 " does not exist", domain);
+        return false;
+    }
+    return true;
+}
+
 static void iommulab_set_error(Error **errp, ILError err, const char *what,
                                uint32_t domain)
 {
@@ -326,14 +339,8 @@ static bool iommulab_attach_requester(IOMMULabDev *dev,
         error_setg(errp, "'domain' is only valid with mode 'domain'");
         return false;
     }
-    qemu_mutex_lock(&s->lock);
-    if (has_domain) {
-        d = il_domain_find(&s->engine, domain);
-        if (!d) {
-            qemu_mutex_unlock(&s->lock);
-            error_setg(errp, "domain %" PRIu32 " does not exist", domain);
-            return false;
-        }
+    if (!iommulab_lock_domain(s, has_domain, domain, &d, errp)) {
+        return false;
     }
     err = il_dev_switch_domain(&s->engine, dev->index, dev->domain, d);
     if (err != IL_OK) {

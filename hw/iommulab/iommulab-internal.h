@@ -97,6 +97,13 @@ void iommulab_dev_fault(IOMMULabState *s, IOMMULabDev *dev,
 IOMMULabState *iommulab_find(const char *name, Error **errp);
 
 /*
+ * Take @s->lock; with @has_domain, *@d is domain @domain (else NULL).  False,
+ * with the lock released and @errp set, if that domain does not exist.
+ */
+bool iommulab_lock_domain(IOMMULabState *s, bool has_domain, uint32_t domain,
+                          ILDomain **d, Error **errp);
+
+/*
  * The devices to tell about a change of domain @d: its own (child false)
  * and, with @children, those of its nested domains (child true).  From the
  * domain's list (il_domain_for_each_dev()), under the engine lock; the

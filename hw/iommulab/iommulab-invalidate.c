@@ -86,7 +86,7 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
 {
     g_autofree ILMapping *r = NULL;
     g_autoptr(GArray) users = NULL;
-    const ILDomain *d = NULL;
+    ILDomain *d = NULL;
     IOMMULabState *s;
     size_t n = 0, i;
     ILError err;
@@ -132,14 +132,8 @@ void qmp_x_iommulab_invalidate(const char *iommu, bool has_domain,
     if (!s || !iommulab_owner_check(OBJECT(s), owner, errp)) {
         return;
     }
-    qemu_mutex_lock(&s->lock);
-    if (has_domain) {
-        d = il_domain_find(&s->engine, domain);
-        if (!d) {
-            qemu_mutex_unlock(&s->lock);
-            error_setg(errp, "domain %" PRIu32 " does not exist", domain);
-            return;
-        }
+    if (!iommulab_lock_domain(s, has_domain, domain, &d, errp)) {
+        return;
     }
     /* a paging domain's nested children go with it, entries and users */
     for (i = 0; i < n; i++) {
